@@ -1,0 +1,143 @@
+"""KAHN Scope settings.
+
+One switch decides the mode: ``KAHN_MODE`` is read once, here, and everything that differs between
+OSS and cloud (database, channel layer, cache, auth) is a backend chosen below — never an ``if`` deep
+in a view. Every other setting comes from the environment; secrets may come from ``NAME_FILE``.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+
+
+def env_secret(name: str, default: str | None = None) -> str | None:
+    """A secret from ``NAME``, or from the file named by ``NAME_FILE`` (container secrets)."""
+    path = env.str(f"{name}_FILE", default="")
+    if path:
+        return Path(path).read_text().strip()
+    return env.str(name, default=default)
+
+
+def env_required(name: str, why: str) -> str:
+    value = env_secret(name)
+    if not value:
+        raise ImproperlyConfigured(f"{name} is not set: {why}.")
+    return value
+
+
+KAHN_MODE = env.str("KAHN_MODE", default="oss").strip().lower()
+if KAHN_MODE not in ("oss", "cloud"):
+    raise ImproperlyConfigured(f"KAHN_MODE must be 'oss' or 'cloud', not {KAHN_MODE!r}.")
+CLOUD = KAHN_MODE == "cloud"
+
+# Where OSS keeps its embedded database and, by default, where producers write their archive.
+KAHN_HOME = Path(env.str("KAHN_HOME", default=str(BASE_DIR / ".kahn")))
+KAHN_ARCHIVE = Path(env.str("KAHN_ARCHIVE", default=str(KAHN_HOME / "archive")))
+# A run with no run_end whose last event is older than this is shown as interrupted, not running.
+KAHN_STALE_AFTER = env.int("KAHN_STALE_AFTER", default=3600)
+
+# ---------------------------------------------------------------- mode-dependent backends
+if CLOUD:
+    SECRET_KEY = env_required("DJANGO_SECRET_KEY", "cloud mode signs sessions with it")
+    DATABASES = {
+        "default": env.db_url_config(
+            env_required("DATABASE_URL", "cloud mode stores tenants and runs in PostgreSQL")
+        )
+    }
+    DEBUG = env.bool("DJANGO_DEBUG", default=False)
+    ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=[])
+else:
+    # OSS binds to loopback only and has no login, so a fixed key signs nothing of value;
+    # set DJANGO_SECRET_KEY to use your own.
+    SECRET_KEY = env_secret("DJANGO_SECRET_KEY") or "kahn-oss-loopback-only-key-not-a-secret"
+    default_sqlite = KAHN_HOME / "scope.sqlite3"
+    DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{default_sqlite}")}
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+        Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    DEBUG = env.bool("DJANGO_DEBUG", default=False)
+    ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+
+_db = DATABASES["default"]
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    _db.setdefault("OPTIONS", {}).update(
+        {
+            # WAL lets the pages read while `ingest_archive --follow` writes; IMMEDIATE takes the
+            # write lock at BEGIN, so two writers queue instead of failing with "database is locked".
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+        }
+    )
+elif _db["ENGINE"] == "django.db.backends.postgresql":
+    _db.setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+    _db.setdefault("CONN_HEALTH_CHECKS", True)
+else:
+    raise ImproperlyConfigured("DATABASE_URL must be a sqlite:/// or postgres:// URL.")
+
+# ---------------------------------------------------------------- Django
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "tenants",
+    "billing",
+    "runs",
+    "ingest",
+    "retention",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "kahn_site.urls"
+ASGI_APPLICATION = "kahn_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = KAHN_HOME / "staticfiles"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env.str("KAHN_LOG_LEVEL", default="WARNING")},
+}

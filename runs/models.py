@@ -1,0 +1,123 @@
+"""The event store: runs, their append-only events, diagnostics, and per-node final states.
+
+A run row is materialised by the write path (`runs.services`) from the reduction, so history pages
+never re-read logs. Everything here belongs to a tenant and carries `tenant_id` itself, so scoping
+(and, in cloud mode, row-level security) never needs a join.
+"""
+
+from django.db import models
+from django.utils import timezone
+
+from tenants.models import Tenant
+
+
+class Outcome(models.TextChoices):
+    CLEAN = "clean"
+    CLEAN_WITH_FLAKE = "clean_with_flake"
+    FAILED = "failed"
+
+
+class Run(models.Model):
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="runs")
+    run_id = models.CharField(max_length=64)
+
+    # The row of SPEC section 4, as the reduction last left it.
+    started = models.DateTimeField(null=True, blank=True)
+    ended = models.DateTimeField(null=True, blank=True)
+    duration_s = models.FloatField(null=True, blank=True)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices, null=True, blank=True)
+    total_nodes = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    blocked = models.PositiveIntegerField(default=0)
+    total_attempts = models.PositiveIntegerField(default=0)
+    flake_retries = models.PositiveIntegerField(default=0)
+    exit_code = models.IntegerField(null=True, blank=True)
+    failed_nodes = models.JSONField(default=list)
+    node_attempts = models.JSONField(default=dict)
+    complete = models.BooleanField(default=False)
+    last_event_at = models.DateTimeField(null=True, blank=True)
+
+    # Stored diagnostics by severity; `died_mid_attempt` is added when read, as it depends on time.
+    errors = models.PositiveIntegerField(default=0)
+    warnings = models.PositiveIntegerField(default=0)
+    infos = models.PositiveIntegerField(default=0)
+
+    next_seq = models.PositiveIntegerField(default=0, help_text="events stored; the next event's seq")
+    reduction_state = models.JSONField(default=dict)
+    graph = models.JSONField(null=True, blank=True)
+    summary = models.JSONField(null=True, blank=True, help_text="the producer's summary.json, if any")
+
+    # Archive import progress: bytes and complete lines of transitions.jsonl already read.
+    log_offset = models.BigIntegerField(default=0)
+    log_lines = models.PositiveIntegerField(default=0)
+    log_shrank = models.BooleanField(default=False)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "run_id"], name="run_unique_per_tenant")]
+        indexes = [models.Index(fields=["tenant", "-started", "-id"], name="run_newest_first")]
+
+    def __str__(self) -> str:
+        return self.run_id
+
+
+class Event(models.Model):
+    """One line of a run's log. `seq` is append order; views and the reduction follow it, never `ts`."""
+
+    pk = models.CompositePrimaryKey("run_id", "seq")
+    # The primary key (run_id, seq) already indexes run_id: no second index on the foreign key.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, db_index=False, related_name="events")
+    seq = models.PositiveIntegerField()
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, db_index=False, related_name="+")
+    ts = models.DateTimeField()
+    kind = models.CharField(max_length=64)
+    node = models.CharField(max_length=200, null=True, blank=True)
+    payload = models.JSONField(help_text="the event as the producer wrote it")
+
+    def __str__(self) -> str:
+        return f"{self.run_id}#{self.seq} {self.kind}"
+
+
+class Severity(models.TextChoices):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+class Diagnostic(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="diagnostics")
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, db_index=False, related_name="+")
+    code = models.CharField(max_length=40)
+    severity = models.CharField(max_length=10, choices=Severity.choices)
+    seq = models.PositiveIntegerField(null=True, blank=True)
+    line = models.PositiveIntegerField(null=True, blank=True)
+    message = models.TextField()
+    details = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["run", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.code} in {self.run_id}"
+
+
+class RunNode(models.Model):
+    """A node's final state in one run: answers "runs that have node X" and "how flaky is X"."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, db_index=False, related_name="nodes")
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, db_index=False, related_name="+")
+    node_id = models.CharField(max_length=200)
+    position = models.PositiveIntegerField(help_text="graph order, then order of first appearance")
+    state = models.CharField(max_length=10)
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "node_id"], name="runnode_unique_per_run")]
+        indexes = [models.Index(fields=["tenant", "node_id"], name="runnode_by_node")]
+
+    def __str__(self) -> str:
+        return f"{self.node_id} in {self.run_id}"

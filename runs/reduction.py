@@ -1,0 +1,440 @@
+"""The reduction: from a run's event log to its row (SPEC section 4) and its diagnostics.
+
+Pure Python, no Django: the archive importer, the ingest API and the tests all feed the same
+``RunReduction`` one event at a time, in ``seq`` order. Its state is O(nodes), not O(events), and
+round-trips through JSON, so a run row can carry it and appending N events to a run of M events
+costs O(N), never a re-read of the M already stored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+# One serialized event is at most PIPE_BUF bytes: the producer's appends are atomic up to that size.
+MAX_EVENT_BYTES = 4096
+
+NODE_STATES = ("pending", "running", "done", "failed", "blocked")
+KNOWN_EVENTS = ("run_start", "transition", "node_attempt", "run_end")
+
+SEVERITY = {
+    "malformed_line": "error",
+    "missing_run_start": "error",
+    "events_after_run_end": "error",
+    "log_shrank": "error",
+    "attempt_without_record": "warning",
+    "invalid_transition": "warning",
+    "unknown_node": "warning",
+    "summary_mismatch": "warning",
+    "died_mid_attempt": "info",
+    "unknown_event": "info",
+}
+
+# The fields of a run row that summary.json also carries, compared for `summary_mismatch`.
+SUMMARY_FIELDS = (
+    "started",
+    "ended",
+    "duration_s",
+    "outcome",
+    "total_nodes",
+    "done",
+    "failed",
+    "blocked",
+    "total_attempts",
+    "flake_retries",
+    "exit_code",
+    "failed_nodes",
+    "node_attempts",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    code: str
+    message: str
+    seq: int | None = None
+    line: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def severity(self) -> str:
+        return SEVERITY[self.code]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One reason an event breaks the schema: which field, and what is wrong with it."""
+
+    field: str
+    message: str
+
+
+# ---------------------------------------------------------------- schema
+
+
+def parse_ts(value: str) -> datetime:
+    """An RFC 3339 timestamp with a zone (``Z`` or an offset); naive times are refused."""
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError("no time zone")
+    return parsed
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_str(event: dict, name: str, errors: list[FieldError], *, optional: bool = False) -> None:
+    value = event.get(name)
+    if value is None and optional and name not in event:
+        return
+    if not isinstance(value, str) or not value:
+        errors.append(FieldError(name, "must be a non-empty string"))
+    elif "\x00" in value:
+        errors.append(FieldError(name, "must not contain NUL characters"))
+
+
+def _check_attempt(event: dict, errors: list[FieldError]) -> None:
+    attempt = event.get("attempt")
+    if not _is_int(attempt) or attempt < 0:
+        errors.append(FieldError("attempt", "must be an integer >= 0"))
+
+
+def validate_graph(graph: Any, prefix: str = "") -> list[FieldError]:
+    """``{"version": 1, "nodes": [{"id": "a", "deps": []}, ...]}``; extra fields are kept."""
+    if not isinstance(graph, dict):
+        return [FieldError(prefix or "graph", "must be an object")]
+    nodes = graph.get("nodes")
+    if not isinstance(nodes, list):
+        return [FieldError(f"{prefix}nodes", "must be a list of nodes")]
+    errors: list[FieldError] = []
+    seen: set[str] = set()
+    for i, node in enumerate(nodes):
+        where = f"{prefix}nodes[{i}]"
+        if not isinstance(node, dict):
+            errors.append(FieldError(where, "must be an object with an id"))
+            continue
+        node_id = node.get("id")
+        if not isinstance(node_id, str) or not node_id:
+            errors.append(FieldError(f"{where}.id", "must be a non-empty string"))
+        elif node_id in seen:
+            errors.append(FieldError(f"{where}.id", f"repeats node {node_id!r}"))
+        else:
+            seen.add(node_id)
+        deps = node.get("deps", [])
+        if not isinstance(deps, list) or not all(isinstance(d, str) and d for d in deps):
+            errors.append(FieldError(f"{where}.deps", "must be a list of node ids"))
+    return errors
+
+
+def validate_event(event: Any) -> list[FieldError]:
+    """Why ``event`` breaks the event schema (SPEC section 2); an empty list means it is valid.
+
+    Unknown extra fields are allowed, and so are unknown ``event`` kinds (they need ``ts`` only).
+    """
+    if not isinstance(event, dict):
+        return [FieldError("", "an event must be a JSON object")]
+    errors: list[FieldError] = []
+    ts = event.get("ts")
+    if not isinstance(ts, str):
+        errors.append(FieldError("ts", "must be an RFC 3339 UTC timestamp string"))
+    else:
+        try:
+            parse_ts(ts)
+        except ValueError:
+            errors.append(FieldError("ts", f"{ts[:40]!r} is not an RFC 3339 timestamp with a zone"))
+    kind = event.get("event")
+    if not isinstance(kind, str) or not kind:
+        errors.append(FieldError("event", "must be a non-empty string naming the event kind"))
+        return errors
+    if kind == "run_start":
+        _check_str(event, "run_id", errors)
+        _check_str(event, "producer", errors, optional=True)
+        if "graph" in event and event["graph"] is not None:
+            errors.extend(validate_graph(event["graph"], prefix="graph."))
+    elif kind == "transition":
+        _check_str(event, "node", errors)
+        for name in ("from", "to"):
+            if event.get(name) not in NODE_STATES:
+                errors.append(FieldError(name, f"must be one of {', '.join(NODE_STATES)}"))
+        _check_attempt(event, errors)
+    elif kind == "node_attempt":
+        _check_str(event, "node", errors)
+        _check_attempt(event, errors)
+        if not isinstance(event.get("ok"), bool):
+            errors.append(FieldError("ok", "must be true or false"))
+        duration = event.get("duration_s")
+        if (
+            not isinstance(duration, int | float)
+            or isinstance(duration, bool)
+            or not math.isfinite(duration)
+            or duration < 0
+        ):
+            errors.append(FieldError("duration_s", "must be a number of seconds >= 0"))
+        if not _is_int(event.get("exit_code")):
+            errors.append(FieldError("exit_code", "must be an integer"))
+        if event.get("error") is not None and not isinstance(event["error"], str):
+            errors.append(FieldError("error", "must be a string when present"))
+    elif kind == "run_end":
+        if not _is_int(event.get("exit_code")):
+            errors.append(FieldError("exit_code", "must be an integer"))
+    return errors
+
+
+# ---------------------------------------------------------------- the reduction
+
+
+class RunReduction:
+    """A run's state, advanced one event at a time in ``seq`` order.
+
+    Order is append order: many events share a ``ts``, so nothing here ever sorts or compares by
+    ``ts``; it is read only for ``started``, ``ended`` and ``last_event_ts``.
+    """
+
+    def __init__(self, run_id: str, state: dict[str, Any] | None = None) -> None:
+        self.run_id = run_id
+        state = state or {}
+        self.next_seq: int = state.get("next_seq", 0)
+        # node id -> [state, highest running attempt, named by graph.json]; a list keeps it ordered
+        # through a JSON column (jsonb does not keep key order).
+        self.nodes: dict[str, list[Any]] = {n[0]: list(n[1:]) for n in state.get("nodes", [])}
+        self.has_graph: bool = state.get("has_graph", False)
+        # node id -> [attempt, seq of its `to: running`, node_attempt seen] for attempts not yet over
+        self.open_attempts: dict[str, list[Any]] = {o[0]: list(o[1:]) for o in state.get("open", [])}
+        self.started: str | None = state.get("started")
+        self.ended: str | None = state.get("ended")
+        self.exit_code: int | None = state.get("exit_code")
+        self.last_event_ts: str | None = state.get("last_event_ts")
+
+    # -- state round trip
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "next_seq": self.next_seq,
+            "nodes": [[node, *values] for node, values in self.nodes.items()],
+            "has_graph": self.has_graph,
+            "open": [[node, *values] for node, values in self.open_attempts.items()],
+            "started": self.started,
+            "ended": self.ended,
+            "exit_code": self.exit_code,
+            "last_event_ts": self.last_event_ts,
+        }
+
+    @property
+    def complete(self) -> bool:
+        return self.ended is not None
+
+    # -- feeding
+
+    def set_graph(self, graph: dict[str, Any]) -> list[Diagnostic]:
+        """Adopt the DAG (from graph.json, a PUT, or `run_start.graph`); only the first one counts."""
+        if self.has_graph:
+            return []
+        self.has_graph = True
+        declared = [node["id"] for node in graph.get("nodes", [])]
+        known = set(declared)
+        seen_before = {node: values for node, values in self.nodes.items() if not values[2]}
+        # Graph order first, then nodes met in events before the graph arrived.
+        self.nodes = {node: ["pending", 0, True] for node in declared}
+        diagnostics = []
+        for node, values in seen_before.items():
+            if node in known:
+                self.nodes[node] = [values[0], values[1], True]
+            else:
+                self.nodes[node] = values
+                diagnostics.append(self._unknown_node(node, seq=None))
+        return diagnostics
+
+    def apply(self, event: dict[str, Any]) -> list[Diagnostic]:
+        """Take the next event (already valid by `validate_event`); it becomes ``seq = next_seq``."""
+        seq = self.next_seq
+        self.next_seq += 1
+        self.last_event_ts = event["ts"]
+        kind = event["event"]
+        diagnostics: list[Diagnostic] = []
+        if seq == 0 and kind != "run_start":
+            diagnostics.append(
+                Diagnostic("missing_run_start", f"the first event is {kind!r}, not 'run_start'", seq=seq)
+            )
+        if self.ended is not None:
+            # The row is final at run_end: later events are stored and shown, not reduced.
+            diagnostics.append(
+                Diagnostic(
+                    "events_after_run_end", f"{kind!r} event follows run_end", seq=seq, details={"event": kind}
+                )
+            )
+            return diagnostics
+        if kind == "run_start":
+            if self.started is None:
+                self.started = event["ts"]
+            if isinstance(event.get("graph"), dict):
+                diagnostics.extend(self.set_graph(event["graph"]))
+        elif kind == "transition":
+            diagnostics.extend(self._transition(event, seq))
+        elif kind == "node_attempt":
+            diagnostics.extend(self._node(event["node"], seq))
+            opened = self.open_attempts.get(event["node"])
+            if opened is not None and opened[0] == event["attempt"]:
+                opened[2] = True
+        elif kind == "run_end":
+            self.ended = event["ts"]
+            self.exit_code = event["exit_code"]
+            # The run ended, so every attempt still open went on without its record.
+            for node, (attempt, started_seq, recorded) in self.open_attempts.items():
+                if not recorded:
+                    diagnostics.append(self._attempt_without_record(node, attempt, started_seq, seq))
+            self.open_attempts.clear()
+        else:
+            diagnostics.append(
+                Diagnostic(
+                    "unknown_event", f"unknown event kind {kind!r} is stored but not reduced", seq=seq,
+                    details={"event": kind},
+                )
+            )
+        return diagnostics
+
+    def _node(self, node: str, seq: int) -> list[Diagnostic]:
+        if node in self.nodes:
+            return []
+        self.nodes[node] = ["pending", 0, False]
+        return [self._unknown_node(node, seq)] if self.has_graph else []
+
+    def _unknown_node(self, node: str, seq: int | None) -> Diagnostic:
+        return Diagnostic(
+            "unknown_node", f"node {node!r} is not in graph.json", seq=seq, details={"node": node}
+        )
+
+    def _attempt_without_record(self, node: str, attempt: int, started_seq: int, seq: int) -> Diagnostic:
+        return Diagnostic(
+            "attempt_without_record",
+            f"attempt {attempt} of {node!r} ended with no node_attempt record",
+            seq=started_seq,
+            details={"node": node, "attempt": attempt, "moved_on_at_seq": seq},
+        )
+
+    def _transition(self, event: dict[str, Any], seq: int) -> list[Diagnostic]:
+        node, source, target, attempt = event["node"], event["from"], event["to"], event["attempt"]
+        diagnostics = self._node(node, seq)
+        values = self.nodes[node]
+        current = values[0]
+        if source != current or (current == "done" and target != "done"):
+            reason = (
+                f"moves out of 'done' to {target!r}"
+                if current == "done"
+                else f"says from {source!r} but the node was {current!r}"
+            )
+            diagnostics.append(
+                Diagnostic(
+                    "invalid_transition",
+                    f"{node!r} {reason}",
+                    seq=seq,
+                    details={"node": node, "from": source, "to": target, "current": current},
+                )
+            )
+        # An attempt is over once its node moves on: out of running, or into a new attempt.
+        opened = self.open_attempts.get(node)
+        if opened is not None and (target != "running" or attempt != opened[0]):
+            del self.open_attempts[node]
+            if not opened[2]:
+                diagnostics.append(self._attempt_without_record(node, opened[0], opened[1], seq))
+        if target == "running":
+            values[1] = max(values[1], attempt)
+            if node not in self.open_attempts:
+                self.open_attempts[node] = [attempt, seq, False]
+        values[0] = target
+        return diagnostics
+
+    # -- reading
+
+    def died_mid_attempt(self) -> list[Diagnostic]:
+        """Attempts still open where the log stops: meaningful once the run is known to be over."""
+        return [
+            Diagnostic(
+                "died_mid_attempt",
+                f"the log stops during attempt {attempt} of {node!r}",
+                seq=started_seq,
+                details={"node": node, "attempt": attempt},
+            )
+            for node, (attempt, started_seq, _recorded) in self.open_attempts.items()
+        ]
+
+    def node_states(self) -> list[tuple[str, str, int]]:
+        """(node id, final state, attempts) for every node, in graph order then first appearance."""
+        return [(node, values[0], values[1]) for node, values in self.nodes.items()]
+
+    def row(self) -> dict[str, Any]:
+        """The run row of SPEC section 4, from this reduction alone."""
+        states = [values[0] for values in self.nodes.values()]
+        node_attempts = {node: values[1] for node, values in self.nodes.items() if values[1] > 0}
+        failed_nodes = sorted(node for node, values in self.nodes.items() if values[0] == "failed")
+        flake_retries = sum(
+            values[1] - 1 for values in self.nodes.values() if values[0] == "done" and values[1] > 0
+        )
+        duration_s = None
+        if self.started is not None and self.ended is not None:
+            seconds = (parse_ts(self.ended) - parse_ts(self.started)).total_seconds()
+            duration_s = round(seconds, 3)
+        outcome = None
+        if self.ended is not None:
+            if failed_nodes or self.exit_code != 0:
+                outcome = "failed"
+            elif flake_retries > 0:
+                outcome = "clean_with_flake"
+            else:
+                outcome = "clean"
+        return {
+            "run_id": self.run_id,
+            "started": self.started,
+            "ended": self.ended,
+            "duration_s": duration_s,
+            "outcome": outcome,
+            "total_nodes": len(self.nodes),
+            "done": states.count("done"),
+            "failed": states.count("failed"),
+            "blocked": states.count("blocked"),
+            "total_attempts": sum(node_attempts.values()),
+            "flake_retries": flake_retries,
+            "exit_code": self.exit_code,
+            "failed_nodes": failed_nodes,
+            "node_attempts": node_attempts,
+        }
+
+
+def summary_mismatch(summary: dict[str, Any], row: dict[str, Any]) -> Diagnostic | None:
+    """Where the producer's summary.json disagrees with Scope's own reduction, field by field."""
+    differing = {}
+    for name in SUMMARY_FIELDS:
+        if name not in summary:
+            continue
+        theirs, ours = summary[name], row[name]
+        if name in ("started", "ended") and isinstance(theirs, str) and isinstance(ours, str):
+            try:
+                same = parse_ts(theirs) == parse_ts(ours)
+            except ValueError:
+                same = False
+        elif name == "duration_s" and isinstance(theirs, int | float) and isinstance(ours, int | float):
+            same = round(float(theirs), 3) == ours
+        else:
+            same = theirs == ours
+        if not same:
+            differing[name] = {"summary": theirs, "reduction": ours}
+    if not differing:
+        return None
+    return Diagnostic(
+        "summary_mismatch",
+        f"summary.json differs from the reduction in {', '.join(differing)}",
+        details={"fields": differing},
+    )
+
+
+def reduce_events(
+    run_id: str, events: list[dict[str, Any]], graph: dict[str, Any] | None = None
+) -> tuple[RunReduction, list[Diagnostic]]:
+    """The whole log at once: what the incremental path must always agree with."""
+    reduction = RunReduction(run_id)
+    diagnostics = reduction.set_graph(graph) if graph is not None else []
+    for event in events:
+        diagnostics.extend(reduction.apply(event))
+    return reduction, diagnostics
