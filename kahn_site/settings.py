@@ -105,6 +105,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    *([] if CLOUD else ["tenants.middleware.LocalTenantMiddleware"]),
 ]
 
 ROOT_URLCONF = "kahn_site.urls"

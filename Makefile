@@ -1,0 +1,32 @@
+# The two commands of the README: `make run` (OSS mode with the demo archive) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The PostgreSQL pass of the suite; pytest-django creates and drops `test_<name>` beside it.
+TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/kahn
+
+.PHONY: run test install services lint
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(PY) manage.py migrate --no-input -v0
+	$(PY) manage.py ingest_archive ingest/demo_archive
+	$(PY) manage.py serve
+
+services:
+	bash .ci/services
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) manage.py makemigrations --check --dry-run -v0
+
+test: install services lint
+	$(VENV)/bin/pytest -m "not postgres"
+	DATABASE_URL=$(TEST_POSTGRES_URL) $(VENV)/bin/pytest
