@@ -5,6 +5,9 @@ never re-read logs. Everything here belongs to a tenant and carries `tenant_id` 
 (and, in cloud mode, row-level security) never needs a join.
 """
 
+from datetime import datetime, timedelta
+
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
@@ -25,7 +28,8 @@ class Run(models.Model):
     started = models.DateTimeField(null=True, blank=True)
     ended = models.DateTimeField(null=True, blank=True)
     duration_s = models.FloatField(null=True, blank=True)
-    outcome = models.CharField(max_length=20, choices=Outcome.choices, null=True, blank=True)
+    # SPEC: a run without run_end has outcome null, which is not the same as an empty string.
+    outcome = models.CharField(max_length=20, choices=Outcome.choices, null=True, blank=True)  # noqa: DJ001
     total_nodes = models.PositiveIntegerField(default=0)
     done = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
@@ -48,8 +52,10 @@ class Run(models.Model):
     graph = models.JSONField(null=True, blank=True)
     summary = models.JSONField(null=True, blank=True, help_text="the producer's summary.json, if any")
 
-    # Archive import progress: bytes and complete lines of transitions.jsonl already read.
+    # Archive import progress: bytes and complete lines of transitions.jsonl already imported, and
+    # the file's size when last read (it differs from the offset while a last line is unfinished).
     log_offset = models.BigIntegerField(default=0)
+    log_size_seen = models.BigIntegerField(default=0)
     log_lines = models.PositiveIntegerField(default=0)
     log_shrank = models.BooleanField(default=False)
 
@@ -63,6 +69,14 @@ class Run(models.Model):
     def __str__(self) -> str:
         return self.run_id
 
+    def status_at(self, now: datetime) -> str:
+        """complete, running, or interrupted once its last event is older than KAHN_STALE_AFTER."""
+        if self.complete:
+            return "complete"
+        last = self.last_event_at or self.created_at
+        stale = now - timedelta(seconds=settings.KAHN_STALE_AFTER)
+        return "interrupted" if last < stale else "running"
+
 
 class Event(models.Model):
     """One line of a run's log. `seq` is append order; views and the reduction follow it, never `ts`."""
@@ -74,7 +88,7 @@ class Event(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, db_index=False, related_name="+")
     ts = models.DateTimeField()
     kind = models.CharField(max_length=64)
-    node = models.CharField(max_length=200, null=True, blank=True)
+    node = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 (run events have none)
     payload = models.JSONField(help_text="the event as the producer wrote it")
 
     def __str__(self) -> str:

@@ -177,9 +177,8 @@ def validate_event(event: Any) -> list[FieldError]:
             errors.append(FieldError("exit_code", "must be an integer"))
         if event.get("error") is not None and not isinstance(event["error"], str):
             errors.append(FieldError("error", "must be a string when present"))
-    elif kind == "run_end":
-        if not _is_int(event.get("exit_code")):
-            errors.append(FieldError("exit_code", "must be an integer"))
+    elif kind == "run_end" and not _is_int(event.get("exit_code")):
+        errors.append(FieldError("exit_code", "must be an integer"))
     return errors
 
 
@@ -262,7 +261,10 @@ class RunReduction:
             # The row is final at run_end: later events are stored and shown, not reduced.
             diagnostics.append(
                 Diagnostic(
-                    "events_after_run_end", f"{kind!r} event follows run_end", seq=seq, details={"event": kind}
+                    "events_after_run_end",
+                    f"{kind!r} event follows run_end",
+                    seq=seq,
+                    details={"event": kind},
                 )
             )
             return diagnostics
@@ -289,7 +291,9 @@ class RunReduction:
         else:
             diagnostics.append(
                 Diagnostic(
-                    "unknown_event", f"unknown event kind {kind!r} is stored but not reduced", seq=seq,
+                    "unknown_event",
+                    f"unknown event kind {kind!r} is stored but not reduced",
+                    seq=seq,
                     details={"event": kind},
                 )
             )

@@ -1,0 +1,118 @@
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
+from tqdm import tqdm
+
+from ingest.archive import ArchiveError, ArchiveReport, archive_import
+from kahn_site.checks import require_migrated
+from tenants.models import LOCAL_TENANT_SLUG, Tenant
+
+# Beyond this many changed runs the table would bury the totals: the rest are counted, not listed.
+TABLE_ROWS = 50
+
+
+class TqdmProgress:
+    """A byte-counting progress bar on stderr; silent when stderr is not a terminal."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def start(self, total_bytes: int) -> None:
+        self.bar = tqdm(
+            total=total_bytes, unit="B", unit_scale=True, desc="importing", disable=None, file=sys.stderr
+        )
+
+    def advance(self, bytes_read: int) -> None:
+        if self.bar is not None:
+            self.bar.update(bytes_read)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Command(BaseCommand):
+    help = "Imports a KAHN archive (a folder holding runs/<run_id>/), once or following it as it grows."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "path", nargs="?", type=Path, help="the archive root, holding runs/ (default: KAHN_ARCHIVE)"
+        )
+        parser.add_argument("--tenant", default=LOCAL_TENANT_SLUG, help="the tenant's slug (default: local)")
+        parser.add_argument(
+            "--follow", action="store_true", help="keep importing appended lines and new runs"
+        )
+        parser.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --follow")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        require_migrated()
+        root: Path = options["path"] or settings.KAHN_ARCHIVE
+        if options["interval"] <= 0:
+            raise CommandError("--interval must be a positive number of seconds")
+        try:
+            tenant = Tenant.objects.get(slug=options["tenant"])
+        except Tenant.DoesNotExist:
+            raise CommandError(
+                f"there is no tenant {options['tenant']!r}: create it with `manage.py create_tenant`"
+            ) from None
+        if not options["follow"]:
+            self._import(tenant, root, quiet_when_unchanged=False)
+            return
+
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            # A signal lets the transaction in flight finish, then the loop ends: nothing half-written.
+            signal.signal(signum, lambda *_: stop.set())
+        self.stdout.write(f"following {root} every {options['interval']} s; Ctrl-C stops")
+        while not stop.is_set():
+            self._import(tenant, root, quiet_when_unchanged=True)
+            stop.wait(options["interval"])
+        self.stdout.write("stopped following")
+
+    def _import(self, tenant: Tenant, root: Path, *, quiet_when_unchanged: bool) -> None:
+        progress = TqdmProgress()
+        started = time.perf_counter()
+        try:
+            report = archive_import(tenant=tenant, root=root, progress=progress)
+        except ArchiveError as exc:
+            raise CommandError(str(exc)) from None
+        finally:
+            progress.close()
+        for warning in report.warnings:
+            self.stderr.write(self.style.WARNING(f"warning: {warning}"))
+        if quiet_when_unchanged and not report.runs:
+            return
+        self._table(report)
+        seconds = time.perf_counter() - started
+        rate = f" ({report.events / seconds:,.0f} events/s)" if report.events and seconds > 0 else ""
+        self.stdout.write(
+            f"imported {report.events} events into {len(report.runs)} runs "
+            f"({report.scanned} in the archive) in {seconds:.2f} s{rate}"
+        )
+
+    def _table(self, report: ArchiveReport) -> None:
+        if not report.runs:
+            self.stdout.write("nothing new")
+            return
+        now = timezone.now()
+        header = (
+            f"{'run':<32} {'new':>7} {'events':>7} {'err':>4} {'warn':>4} {'info':>4}  {'status':<11} outcome"
+        )
+        self.stdout.write(header)
+        for item in report.runs[:TABLE_ROWS]:
+            run = item.run
+            assert run is not None
+            counts = item.diagnostics
+            self.stdout.write(
+                f"{item.run_id:<32} {item.events:>7} {run.next_seq:>7} {counts['error']:>4} "
+                f"{counts['warning']:>4} {counts['info']:>4}  {run.status_at(now):<11} {run.outcome or '-'}"
+            )
+        if len(report.runs) > TABLE_ROWS:
+            self.stdout.write(f"... and {len(report.runs) - TABLE_ROWS} more runs")
