@@ -5,6 +5,7 @@ OSS and cloud (database, channel layer, cache, auth) is a backend chosen below â
 in a view. Every other setting comes from the environment; secrets may come from ``NAME_FILE``.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -63,6 +64,8 @@ else:
 
 _db = DATABASES["default"]
 if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not memory, for the test database: tests run `manage.py` in subprocesses against it.
+    _db["TEST"] = {"NAME": str(KAHN_HOME / f"test-{os.getpid()}.sqlite3")}
     _db.setdefault("OPTIONS", {}).update(
         {
             # WAL lets the pages read while `ingest_archive --follow` writes; IMMEDIATE takes the

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection
+from django.db.models import Model
 from django.utils import timezone
 
 from runs import reduction
@@ -65,8 +66,8 @@ class RunChange:
     run: Run
     reduction: reduction.RunReduction
     is_new: bool
-    # (seq, ts, kind, node, payload JSON text, event dict)
-    events: list[tuple[int, str, str, str | None, str, dict[str, Any]]] = field(default_factory=list)
+    # (seq, ts, kind, node, payload as JSON text)
+    events: list[tuple[int, str, str, str | None, str]] = field(default_factory=list)
     diagnostics: list[reduction.Diagnostic] = field(default_factory=list)
     nodes_changed: bool = False
     # Whether summary.json was already compared with the finished reduction (in an earlier batch).
@@ -88,7 +89,7 @@ class RunChange:
         """Adds a valid event (see `reduction.validate_event`); `payload` is its JSON text as stored."""
         seq = self.reduction.next_seq
         self.diagnostics.extend(self.reduction.apply(event))
-        self.events.append((seq, event["ts"], event["event"], event.get("node"), payload, event))
+        self.events.append((seq, event["ts"], event["event"], event.get("node"), payload))
         self.nodes_changed = True
         return seq
 
@@ -206,32 +207,25 @@ class RunBatch:
     # -- events, diagnostics, nodes
 
     def _write_events(self, changes: list[RunChange]) -> None:
-        if not any(c.events for c in changes):
-            return
-        tenant_id = self.tenant.pk
-        if connection.vendor == "postgresql":
-            columns = "run_id, seq, tenant_id, ts, kind, node, payload"
-            with (
-                connection.cursor() as cursor,
-                cursor.cursor.copy(f"COPY {Event._meta.db_table} ({columns}) FROM STDIN") as copy,
-            ):
-                for change in changes:
-                    run_pk = change.run.pk
-                    for seq, ts, kind, node, payload, _event in change.events:
-                        copy.write_row((run_pk, seq, tenant_id, ts, kind, node, payload))
-            return
-        Event.objects.bulk_create(
-            Event(
-                run_id=change.run.pk,
-                seq=seq,
-                tenant_id=tenant_id,
-                ts=reduction.parse_ts(ts),
-                kind=kind,
-                node=node,
-                payload=event,
-            )
-            for change in changes
-            for seq, ts, kind, node, _payload, event in change.events
+        # PostgreSQL parses the RFC 3339 text itself; SQLite stores what Django's adapter writes.
+        on_sqlite = connection.vendor == "sqlite"
+        adapt = connection.ops.adapt_datetimefield_value
+        _bulk_insert(
+            Event,
+            ("run_id", "seq", "tenant_id", "ts", "kind", "node", "payload"),
+            (
+                (
+                    change.run.pk,
+                    seq,
+                    self.tenant.pk,
+                    adapt(reduction.parse_ts(ts)) if on_sqlite else ts,
+                    kind,
+                    node,
+                    payload,
+                )
+                for change in changes
+                for seq, ts, kind, node, payload in change.events
+            ),
         )
 
     def _write_diagnostics(self, changes: list[RunChange]) -> None:
@@ -259,23 +253,32 @@ class RunBatch:
         stale = [c.run.pk for c in changes if not c.is_new]
         if stale:
             RunNode.objects.filter(run_id__in=stale).delete()
-        rows = [
-            (change.run.pk, self.tenant.pk, node, position, state, attempts)
-            for change in changes
-            for position, (node, state, attempts) in enumerate(change.reduction.node_states())
-        ]
-        if not rows:
-            return
+        _bulk_insert(
+            RunNode,
+            ("run_id", "tenant_id", "node_id", "position", "state", "attempts"),
+            (
+                (change.run.pk, self.tenant.pk, node, position, state, attempts)
+                for change in changes
+                for position, (node, state, attempts) in enumerate(change.reduction.node_states())
+            ),
+        )
+
+
+def _bulk_insert(model: type[Model], columns: tuple[str, ...], rows: Iterable[tuple[Any, ...]]) -> None:
+    """Rows into a table in one statement: COPY on PostgreSQL, one prepared executemany on SQLite.
+
+    Never `bulk_create` here: it costs a model instance per row and, on SQLite, a query per 999
+    parameters; this is the hot path of every import.
+    """
+    table = connection.ops.quote_name(model._meta.db_table)
+    names = ", ".join(connection.ops.quote_name(c) for c in columns)
+    with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            columns = "run_id, tenant_id, node_id, position, state, attempts"
-            with (
-                connection.cursor() as cursor,
-                cursor.cursor.copy(f"COPY {RunNode._meta.db_table} ({columns}) FROM STDIN") as copy,
-            ):
+            with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
-            return
-        RunNode.objects.bulk_create(
-            RunNode(run_id=r[0], tenant_id=r[1], node_id=r[2], position=r[3], state=r[4], attempts=r[5])
-            for r in rows
-        )
+        else:
+            rows = list(rows)
+            if rows:
+                placeholders = ", ".join(["%s"] * len(columns))
+                cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({placeholders})", rows)

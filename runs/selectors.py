@@ -1,0 +1,272 @@
+"""Reads: every query the read API and the pages make, scoped by the tenant they are given.
+
+Each selector takes the tenant as a keyword argument and filters by it first, so a caller cannot
+read another tenant's rows by passing the wrong run id. Status is derived, never stored: a run
+without `run_end` turns from running to interrupted by the clock alone, so it is computed here, in
+SQL for filtering and in Python for rows already loaded (`Run.status_at`), from one cutoff.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Case, Count, Exists, F, OuterRef, Q, QuerySet, Sum, Value, When
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from runs.models import Diagnostic, Event, Run, RunNode
+from runs.reduction import RunReduction
+from tenants.models import Tenant
+
+STATUSES = ("complete", "running", "interrupted")
+OUTCOMES = ("clean", "clean_with_flake", "failed")
+
+# Columns a history row never shows: the reduction's working state and the producer's files.
+LIST_DEFERRED = ("reduction_state", "graph", "summary")
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilters:
+    status: str | None = None
+    outcome: str | None = None
+    q: str | None = None
+    started_after: datetime | None = None
+    started_before: datetime | None = None
+    node: str | None = None
+    failed_node: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunPosition:
+    """Where a page of history starts or ends: newest first is `started` descending, then `id`."""
+
+    started: datetime | None
+    id: int
+
+
+def stale_cutoff(now: datetime) -> datetime:
+    return now - timedelta(seconds=settings.KAHN_STALE_AFTER)
+
+
+def _status_expression(now: datetime) -> Case:
+    # The same rule as `Run.status_at`, written for the database.
+    return Case(
+        When(complete=True, then=Value("complete")),
+        When(
+            Q(last_event_at__lt=stale_cutoff(now)) | Q(last_event_at=None, created_at__lt=stale_cutoff(now)),
+            then=Value("interrupted"),
+        ),
+        default=Value("running"),
+    )
+
+
+def run_list(*, tenant: Tenant, filters: RunFilters, now: datetime | None = None) -> QuerySet[Run]:
+    """The tenant's runs matching `filters`, each with `status` annotated; not yet ordered."""
+    now = now or timezone.now()
+    runs = Run.objects.filter(tenant=tenant).defer(*LIST_DEFERRED).annotate(status=_status_expression(now))
+    if filters.status:
+        runs = runs.filter(status=filters.status)
+    if filters.outcome:
+        runs = runs.filter(outcome=filters.outcome)
+    if filters.q:
+        runs = runs.filter(run_id__icontains=filters.q)
+    if filters.started_after:
+        runs = runs.filter(started__gte=filters.started_after)
+    if filters.started_before:
+        runs = runs.filter(started__lt=filters.started_before)
+    if filters.node:
+        runs = runs.filter(_has_node(tenant, filters.node))
+    if filters.failed_node:
+        runs = runs.filter(_has_node(tenant, filters.failed_node, state="failed"))
+    return runs
+
+
+def _has_node(tenant: Tenant, node_id: str, **extra: Any) -> Exists:
+    return Exists(RunNode.objects.filter(tenant=tenant, run=OuterRef("pk"), node_id=node_id, **extra))
+
+
+def run_page(runs: QuerySet[Run], *, position: RunPosition | None, backwards: bool, limit: int) -> list[Run]:
+    """Up to `limit` runs after `position` newest first (or before it, oldest first, `backwards`).
+
+    A keyset on (`started`, `id`), not an offset: a page costs the same at the end of a long history,
+    and runs arriving meanwhile do not shift it. A run with no `started` (no `run_start` yet) sorts as
+    the newest, which is where the database's index on `started DESC` already puts it.
+    """
+    if backwards:
+        ordering = (F("started").asc(nulls_last=True), F("id").asc())
+    else:
+        ordering = (F("started").desc(nulls_first=True), F("id").desc())
+    runs = runs.order_by(*ordering)
+    if position is not None:
+        runs = runs.filter(_beyond(position, backwards=backwards))
+    return list(runs[:limit])
+
+
+def _beyond(position: RunPosition, *, backwards: bool) -> Q:
+    started, pk = position.started, position.id
+    if not backwards:
+        if started is None:
+            return Q(started=None, id__lt=pk) | Q(started__isnull=False)
+        return Q(started__lt=started) | Q(started=started, id__lt=pk)
+    if started is None:
+        return Q(started=None, id__gt=pk)
+    return Q(started=None) | Q(started__gt=started) | Q(started=started, id__gt=pk)
+
+
+def run_attach_open_attempts(runs: list[Run], *, tenant: Tenant, now: datetime | None = None) -> None:
+    """Sets `open_attempts` (the `died_mid_attempt` diagnostics) on each interrupted run of a page.
+
+    These are not stored, as they depend on the clock; reading them takes one query for the whole
+    page, and none when the page holds no interrupted run.
+    """
+    now = now or timezone.now()
+    interrupted = {}
+    for run in runs:
+        run.open_attempts = []
+        if getattr(run, "status", None) is None:
+            run.status = run.status_at(now)
+        if run.status == "interrupted":
+            interrupted[run.pk] = run
+    if not interrupted:
+        return
+    states = Run.objects.filter(tenant=tenant, pk__in=interrupted).values_list(
+        "pk", "run_id", "reduction_state"
+    )
+    for pk, run_id, state in states:
+        interrupted[pk].open_attempts = RunReduction(run_id, state).died_mid_attempt()
+
+
+def run_get(*, tenant: Tenant, run_id: str, now: datetime | None = None) -> Run:
+    """One run with everything its page shows; raises `Run.DoesNotExist`."""
+    run = Run.objects.get(tenant=tenant, run_id=run_id)
+    run.status = run.status_at(now or timezone.now())
+    run.open_attempts = (
+        RunReduction(run.run_id, run.reduction_state).died_mid_attempt()
+        if run.status == "interrupted"
+        else []
+    )
+    return run
+
+
+def run_diagnostics(*, tenant: Tenant, run: Run) -> list[Diagnostic]:
+    """Stored diagnostics in the order they were found, then the time-dependent ones."""
+    stored = list(Diagnostic.objects.filter(tenant=tenant, run=run).order_by("id"))
+    computed = [
+        Diagnostic(
+            run=run,
+            tenant=tenant,
+            code=d.code,
+            severity=d.severity,
+            seq=d.seq,
+            line=d.line,
+            message=d.message,
+            details=d.details,
+        )
+        for d in run.open_attempts
+    ]
+    return stored + computed
+
+
+def diagnostic_counts(run: Run) -> dict[str, int]:
+    return {"error": run.errors, "warning": run.warnings, "info": run.infos + len(run.open_attempts)}
+
+
+def run_events(*, tenant: Tenant, run: Run, after_seq: int = -1, limit: int | None = None) -> QuerySet[Event]:
+    """A run's events in `seq` (append) order; `ts` never orders anything."""
+    events = Event.objects.filter(tenant=tenant, run=run, seq__gt=after_seq).order_by("seq")
+    return events[:limit] if limit is not None else events
+
+
+def run_event_rows(*, tenant: Tenant, run: Run) -> list[tuple[int, datetime, str, str | None, dict]]:
+    """The whole log as plain tuples (seq, ts, kind, node, payload), for the timeline."""
+    return list(
+        Event.objects.filter(tenant=tenant, run=run)
+        .order_by("seq")
+        .values_list("seq", "ts", "kind", "node", "payload")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRun:
+    """One run of a node, for the node-across-runs page."""
+
+    run_id: str
+    started: datetime | None
+    run_outcome: str | None
+    run_complete: bool
+    state: str
+    attempts: int
+
+    @property
+    def verdict(self) -> str:
+        """failed, flaked (done after retries), clean (done first time), or the state it stopped in."""
+        if self.state == "done":
+            return "flaked" if self.attempts > 1 else "clean"
+        return self.state
+
+
+def node_runs(*, tenant: Tenant, node_id: str, limit: int) -> list[NodeRun]:
+    """The node's last `limit` runs, newest first."""
+    rows = (
+        RunNode.objects.filter(tenant=tenant, node_id=node_id)
+        .order_by(F("run__started").desc(nulls_first=True), F("run_id").desc())
+        .values_list("run__run_id", "run__started", "run__outcome", "run__complete", "state", "attempts")
+    )[:limit]
+    return [NodeRun(*row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStats:
+    node_id: str
+    runs: int
+    ran: int
+    failed: int
+    flaked: int
+    blocked: int
+    attempts: int
+
+    @property
+    def flake_rate(self) -> float:
+        return self.flaked / self.ran if self.ran else 0.0
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failed / self.ran if self.ran else 0.0
+
+
+def node_stats(*, tenant: Tenant, last_runs: int) -> list[NodeStats]:
+    """Every node of the tenant's last `last_runs` runs, the flakiest and most failing first."""
+    recent = (
+        Run.objects.filter(tenant=tenant)
+        .order_by(F("started").desc(nulls_first=True), F("id").desc())
+        .values("id")[:last_runs]
+    )
+    rows = (
+        RunNode.objects.filter(tenant=tenant, run_id__in=recent)
+        .values("node_id")
+        .annotate(
+            runs=Count("id"),
+            ran=Count("id", filter=Q(attempts__gt=0)),
+            failed=Count("id", filter=Q(state="failed")),
+            flaked=Count("id", filter=Q(state="done", attempts__gt=1)),
+            blocked=Count("id", filter=Q(state="blocked")),
+            total_attempts=Coalesce(Sum("attempts"), 0),
+        )
+    )
+    stats = [
+        NodeStats(
+            node_id=row["node_id"],
+            runs=row["runs"],
+            ran=row["ran"],
+            failed=row["failed"],
+            flaked=row["flaked"],
+            blocked=row["blocked"],
+            attempts=row["total_attempts"],
+        )
+        for row in rows
+    ]
+    stats.sort(key=lambda s: (-(s.flaked + s.failed) / max(s.ran, 1), -s.failed, s.node_id))
+    return stats
