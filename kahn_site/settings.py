@@ -145,3 +145,19 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("KAHN_LOG_LEVEL", default="WARNING")},
 }
+
+# ---------------------------------------------------------------- read API (DRF, OpenAPI)
+REST_FRAMEWORK = {
+    # Every API error leaves as {"error": {"code", "message", "details"}} (SPEC section 11).
+    "EXCEPTION_HANDLER": "kahn_site.api_errors.api_exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "KAHN Scope API",
+    "DESCRIPTION": "Read-only observability for KAHN orchestrator runs: history, replay, diagnostics.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}

@@ -1,6 +1,16 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+
+from runs.urls import api_urlpatterns, page_urlpatterns
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/v1/", include(api_urlpatterns)),
+    path("", include(page_urlpatterns)),
 ]
+
+# API paths answer errors in the JSON shape of SPEC section 11; pages get HTML.
+handler404 = "kahn_site.api_errors.not_found_handler"
+handler500 = "kahn_site.api_errors.server_error_handler"

@@ -79,7 +79,9 @@ class RunCursorPagination(CursorPagination):
         for parameter in parameters:
             if parameter["name"] == self.page_size_query_param:
                 parameter["schema"] = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE}
-                parameter["description"] = f"Runs per page, 1 to {MAX_PAGE_SIZE} (default {DEFAULT_PAGE_SIZE})."
+                parameter["description"] = (
+                    f"Runs per page, 1 to {MAX_PAGE_SIZE} (default {DEFAULT_PAGE_SIZE})."
+                )
             else:
                 parameter["description"] = "An opaque cursor from a previous page's `next` or `previous`."
         return parameters
@@ -103,7 +105,11 @@ class RunCursorPagination(CursorPagination):
             "query parameter is invalid: cursor",
             details={
                 "errors": [
-                    {"index": None, "field": self.cursor_query_param, "message": "not a cursor this API gave out"}
+                    {
+                        "index": None,
+                        "field": self.cursor_query_param,
+                        "message": "not a cursor this API gave out",
+                    }
                 ]
             },
         )

@@ -151,6 +151,17 @@ def run_get(*, tenant: Tenant, run_id: str, now: datetime | None = None) -> Run:
     return run
 
 
+def run_graph(*, tenant: Tenant, run: Run) -> dict[str, Any] | None:
+    """The run's DAG: graph.json (or a PUT) when stored, else the one its `run_start` carried."""
+    if run.graph is not None:
+        return run.graph
+    start = (
+        Event.objects.filter(tenant=tenant, run=run, kind="run_start").order_by("seq").values_list("payload")
+    ).first()
+    graph = start[0].get("graph") if start else None
+    return graph if isinstance(graph, dict) else None
+
+
 def run_diagnostics(*, tenant: Tenant, run: Run) -> list[Diagnostic]:
     """Stored diagnostics in the order they were found, then the time-dependent ones."""
     stored = list(Diagnostic.objects.filter(tenant=tenant, run=run).order_by("id"))

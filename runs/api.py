@@ -1,0 +1,305 @@
+"""The read API (SPEC section 6): run history, one run with its DAG, attempts and diagnostics, its
+events in `seq` order, and the producer's graph and summary.
+
+Views stay thin: validate the query with an Input serializer, ask a selector (always with the current
+tenant), answer with an Output serializer. Errors leave in the shape of SPEC section 11
+(`kahn_site.api_errors`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+    inline_serializer,
+)
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from kahn_site.api_errors import ApiError, InvalidQuery, RunNotFound
+from runs import selectors
+from runs.models import Run
+from runs.pagination import RunCursorPagination
+from runs.reduction import RunReduction
+from runs.timeline import attempt_as_dict, build_timeline
+from tenants.context import tenant_current
+
+MAX_EVENTS_PER_PAGE = 1000
+DEFAULT_EVENTS_PER_PAGE = 100
+
+
+class TimestampField(serializers.DateTimeField):
+    """RFC 3339 UTC with milliseconds, as producers write them: `2026-11-20T10:00:00.000Z`."""
+
+    def to_representation(self, value: datetime | None) -> str | None:
+        if value is None:
+            return None
+        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class ErrorSerializer(serializers.Serializer):
+    """`{"error": {...}}`: the shape of every error (SPEC section 11)."""
+
+    @extend_schema_serializer(component_name="ErrorBody")
+    class Body(serializers.Serializer):
+        code = serializers.CharField(help_text="stable, for machines: `run_not_found`, `invalid_query`, …")
+        message = serializers.CharField(help_text="a sentence, for people")
+        details = serializers.DictField(
+            help_text="for `invalid_query`: `errors`, a list of `{index, field, message}`"
+        )
+
+    error = Body()
+
+
+ERRORS = {400: ErrorSerializer, 404: ErrorSerializer}
+RUN_ID = OpenApiParameter(
+    "run_id", OpenApiTypes.STR, OpenApiParameter.PATH, description="the run's id", examples=[]
+)
+
+
+def _run_or_404(run_id: str) -> Run:
+    try:
+        return selectors.run_get(tenant=tenant_current(), run_id=run_id)
+    except Run.DoesNotExist:
+        # Retention's soft-deleted runs will answer 410 `run_deleted` from here (SPEC section 9).
+        raise RunNotFound(run_id) from None
+
+
+def _validated(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
+    serializer = serializer_class(data=request.query_params)
+    if not serializer.is_valid():
+        raise InvalidQuery.from_serializer_errors(serializer.errors)
+    return serializer.validated_data
+
+
+class DiagnosticCountsSerializer(serializers.Serializer):
+    error = serializers.IntegerField()
+    warning = serializers.IntegerField()
+    info = serializers.IntegerField()
+
+
+class RunRowSerializer(serializers.Serializer):
+    """One row of run history: SPEC section 4's fields, `status`, diagnostic counts, last event."""
+
+    run_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=selectors.STATUSES)
+    outcome = serializers.ChoiceField(choices=selectors.OUTCOMES, allow_null=True)
+    started = TimestampField(allow_null=True)
+    ended = TimestampField(allow_null=True)
+    duration_s = serializers.FloatField(allow_null=True)
+    total_nodes = serializers.IntegerField()
+    done = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    blocked = serializers.IntegerField()
+    total_attempts = serializers.IntegerField()
+    flake_retries = serializers.IntegerField()
+    exit_code = serializers.IntegerField(allow_null=True)
+    failed_nodes = serializers.ListField(child=serializers.CharField())
+    node_attempts = serializers.DictField(child=serializers.IntegerField())
+    diagnostic_counts = serializers.SerializerMethodField()
+    last_event_at = TimestampField(allow_null=True)
+
+    @extend_schema_field(DiagnosticCountsSerializer)
+    def get_diagnostic_counts(self, run: Run) -> dict[str, int]:
+        return selectors.diagnostic_counts(run)
+
+
+class RunListApi(APIView):
+    pagination_class = RunCursorPagination
+
+    class InputSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=selectors.STATUSES, required=False)
+        outcome = serializers.ChoiceField(choices=selectors.OUTCOMES, required=False)
+        q = serializers.CharField(required=False, max_length=64, help_text="run id contains (any case)")
+        started_after = serializers.DateTimeField(required=False, help_text="started at or after")
+        started_before = serializers.DateTimeField(required=False, help_text="started before")
+        node = serializers.CharField(required=False, max_length=200, help_text="runs that have this node")
+        failed_node = serializers.CharField(required=False, max_length=200, help_text="runs where it failed")
+        page_size = serializers.IntegerField(
+            required=False, min_value=1, max_value=RunCursorPagination.max_page_size
+        )
+        cursor = serializers.CharField(required=False)
+
+        def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+            after, before = data.get("started_after"), data.get("started_before")
+            if after and before and after > before:
+                raise serializers.ValidationError(
+                    {"started_before": "must not be earlier than started_after"}
+                )
+            return data
+
+    OutputSerializer = RunRowSerializer
+
+    @extend_schema(
+        operation_id="runs_list",
+        parameters=[InputSerializer(partial=True)],
+        responses={200: OutputSerializer(many=True), 400: ErrorSerializer},
+        summary="Run history, newest first",
+    )
+    def get(self, request: Request) -> Response:
+        tenant = tenant_current()
+        query = _validated(self.InputSerializer, request)
+        filter_names = selectors.RunFilters.__dataclass_fields__
+        filters = selectors.RunFilters(**{k: v for k, v in query.items() if k in filter_names})
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(selectors.run_list(tenant=tenant, filters=filters), request, self)
+        selectors.run_attach_open_attempts(page, tenant=tenant)
+        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+
+
+class AttemptSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField()
+    start = TimestampField()
+    end = TimestampField(allow_null=True, help_text="null while the attempt is open")
+    duration_s = serializers.FloatField(allow_null=True)
+    ok = serializers.BooleanField(allow_null=True, help_text="null while open or when never recorded")
+    exit_code = serializers.IntegerField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+    start_seq = serializers.IntegerField(help_text="the event that began it")
+    end_seq = serializers.IntegerField(allow_null=True, help_text="the event that ended it")
+
+
+class NodeSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    state = serializers.ChoiceField(choices=("pending", "running", "done", "failed", "blocked"))
+    deps = serializers.ListField(child=serializers.CharField())
+    attempts = AttemptSerializer(many=True)
+
+
+class DiagnosticSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    severity = serializers.ChoiceField(choices=("error", "warning", "info"))
+    seq = serializers.IntegerField(allow_null=True, help_text="the event it concerns, if any")
+    line = serializers.IntegerField(allow_null=True, help_text="the log line it concerns, if not an event")
+    message = serializers.CharField()
+    details = serializers.DictField()
+
+
+class RunDetailApi(APIView):
+    @extend_schema_serializer(component_name="RunDetail")
+    class OutputSerializer(RunRowSerializer):
+        graph = serializers.DictField(allow_null=True, help_text="the DAG, as graph.json has it")
+        nodes = NodeSerializer(many=True, source="node_details")
+        diagnostics = DiagnosticSerializer(many=True, source="diagnostic_list")
+
+    @extend_schema(
+        operation_id="runs_retrieve",
+        parameters=[RUN_ID],
+        responses={200: OutputSerializer, 404: ErrorSerializer},
+        summary="One run: its row, DAG, per-node attempts and diagnostics",
+    )
+    def get(self, request: Request, run_id: str) -> Response:
+        tenant = tenant_current()
+        run = _run_or_404(run_id)
+        timeline = build_timeline(run.graph, selectors.run_event_rows(tenant=tenant, run=run))
+        nodes = []
+        for node_id, state, _attempts in RunReduction(run.run_id, run.reduction_state).node_states():
+            node = timeline.nodes.get(node_id)
+            nodes.append(
+                {
+                    "id": node_id,
+                    "state": state,
+                    "deps": node.deps if node else [],
+                    "attempts": [attempt_as_dict(a) for a in node.attempts] if node else [],
+                }
+            )
+        run.graph = timeline.graph
+        run.node_details = nodes
+        run.diagnostic_list = selectors.run_diagnostics(tenant=tenant, run=run)
+        return Response(self.OutputSerializer(run).data)
+
+
+class RunEventsApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        after_seq = serializers.IntegerField(
+            required=False,
+            default=-1,
+            min_value=-1,
+            max_value=2**31 - 1,
+            help_text="events with a greater seq",
+        )
+        limit = serializers.IntegerField(
+            required=False, default=DEFAULT_EVENTS_PER_PAGE, min_value=1, max_value=MAX_EVENTS_PER_PAGE
+        )
+
+    @extend_schema_serializer(component_name="EventPage")
+    class OutputSerializer(serializers.Serializer):
+        results = serializers.ListField(
+            child=inline_serializer(
+                "Event",
+                fields={
+                    "seq": serializers.IntegerField(),
+                    "ts": serializers.CharField(),
+                    "event": serializers.CharField(),
+                },
+            ),
+            help_text="each event as the producer wrote it, with its `seq`; unknown fields are kept",
+        )
+        next_seq = serializers.IntegerField(
+            help_text="the seq after the last one returned: pass it minus one as after_seq"
+        )
+
+    @extend_schema(
+        operation_id="runs_events_list",
+        parameters=[RUN_ID, InputSerializer],
+        responses={200: OutputSerializer, **ERRORS},
+        summary="A run's events in seq (append) order",
+    )
+    def get(self, request: Request, run_id: str) -> Response:
+        query = _validated(self.InputSerializer, request)
+        run = _run_or_404(run_id)
+        events = selectors.run_events(
+            tenant=tenant_current(), run=run, after_seq=query["after_seq"], limit=query["limit"]
+        ).values_list("seq", "payload")
+        results = [{**payload, "seq": seq} for seq, payload in events]
+        next_seq = results[-1]["seq"] + 1 if results else query["after_seq"] + 1
+        return Response({"results": results, "next_seq": next_seq})
+
+
+class GraphNotFound(ApiError):
+    status_code = 404
+    code = "graph_not_found"
+
+
+class SummaryNotFound(ApiError):
+    status_code = 404
+    code = "summary_not_found"
+
+
+class RunGraphApi(APIView):
+    @extend_schema(
+        operation_id="runs_graph_retrieve",
+        parameters=[RUN_ID],
+        responses={200: OpenApiTypes.OBJECT, 404: ErrorSerializer},
+        summary="The run's DAG, as graph.json (or run_start) gave it",
+    )
+    def get(self, request: Request, run_id: str) -> Response:
+        run = _run_or_404(run_id)
+        graph = selectors.run_graph(tenant=tenant_current(), run=run)
+        if graph is None:
+            raise GraphNotFound(f"run {run_id!r} has no graph yet", details={"run_id": run_id})
+        return Response(graph)
+
+
+class RunSummaryApi(APIView):
+    @extend_schema(
+        operation_id="runs_summary_retrieve",
+        parameters=[RUN_ID],
+        responses={200: OpenApiTypes.OBJECT, 404: ErrorSerializer},
+        summary="The producer's summary.json, if it wrote one",
+    )
+    def get(self, request: Request, run_id: str) -> Response:
+        run = _run_or_404(run_id)
+        if run.summary is None:
+            raise SummaryNotFound(
+                f"the producer wrote no summary for run {run_id!r}", details={"run_id": run_id}
+            )
+        return Response(run.summary)

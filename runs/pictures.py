@@ -1,0 +1,342 @@
+"""Geometry for the pages' SVG pictures: the DAG, the Gantt timeline and the history chart.
+
+Pure Python, no database and no templates: the views pass what a template needs to draw (boxes,
+paths, bars, ticks), so the pictures render on the server and read without JavaScript. Replay
+re-colours the same shapes in the browser from the data attributes set here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from runs.timeline import Timeline
+
+# DAG: boxes in columns by dependency depth, left to right.
+NODE_W, NODE_H = 172, 44
+COLUMN_GAP, ROW_GAP = 64, 18
+DAG_PAD = 12
+LABEL_CHARS = 22
+
+# Gantt: one row per node, one bar per attempt.
+GANTT_LABEL_W, GANTT_CHART_W = 190, 760
+GANTT_ROW_H, GANTT_BAR_H = 24, 14
+GANTT_TOP, GANTT_BOTTOM = 8, 26
+
+# History chart: one bar per listed run, oldest on the left.
+CHART_W, CHART_H, CHART_BOTTOM, CHART_LEFT = 720, 120, 18, 48
+
+
+def short(text: str, limit: int = LABEL_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def seconds_label(seconds: float) -> str:
+    """A compact duration for axes and tooltips: 0.4s, 46.8s, 8m 01.6s, 2h 05m."""
+    if seconds < 60:
+        return f"{seconds:.1f}s" if seconds % 1 else f"{seconds:.0f}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{int(minutes)}m {secs:04.1f}s" if secs % 1 else f"{int(minutes)}m {int(secs):02d}s"
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+# ---------------------------------------------------------------- DAG
+
+
+@dataclass
+class DagNode:
+    id: str
+    label: str
+    x: int
+    y: int
+    state: str
+    attempts: int
+    # (seq, state) and (start seq, attempt number): what replay needs to redraw this box.
+    changes: list[tuple[int, str]]
+    attempt_starts: list[tuple[int, int]]
+    title: str
+
+
+@dataclass
+class DagEdge:
+    source: str
+    target: str
+    path: str
+    blocking: bool
+
+
+@dataclass
+class DagPicture:
+    width: int
+    height: int
+    nodes: list[DagNode]
+    edges: list[DagEdge]
+    node_w: int = NODE_W
+    node_h: int = NODE_H
+
+
+def dag_picture(
+    timeline: Timeline, order: Sequence[str], states: dict[str, str], attempts: dict[str, int]
+) -> DagPicture:
+    """The DAG at one moment: `states` and `attempts` say how each node stood then."""
+    depth = timeline.depth()
+    layers: dict[int, list[str]] = {}
+    for node_id in order:
+        layers.setdefault(depth.get(node_id, 0), []).append(node_id)
+    row_of: dict[str, float] = {}
+    for layer in sorted(layers):
+        members = layers[layer]
+        if layer:
+            # Barycentre ordering: a node sits near the rows of its dependencies, so edges cross less.
+            members.sort(key=lambda n: _mean([row_of[d] for d in timeline.nodes[n].deps if d in row_of], 1e9))
+        for row, node_id in enumerate(members):
+            row_of[node_id] = row
+
+    positions = {
+        node_id: (DAG_PAD + layer * (NODE_W + COLUMN_GAP), DAG_PAD + row * (NODE_H + ROW_GAP))
+        for layer, members in layers.items()
+        for row, node_id in enumerate(members)
+    }
+    blocking = timeline.blocking_edges(states)
+    nodes = []
+    for node_id in order:
+        x, y = positions[node_id]
+        node = timeline.nodes[node_id]
+        extra = "".join(f"\n{k}: {v}" for k, v in node.extra.items())
+        nodes.append(
+            DagNode(
+                id=node_id,
+                label=short(node_id),
+                x=x,
+                y=y,
+                state=states[node_id],
+                attempts=attempts[node_id],
+                changes=node.changes,
+                attempt_starts=[(a.start_seq, a.attempt) for a in node.attempts],
+                title=f"{node_id}: {states[node_id]}, {_attempts_text(attempts[node_id])}{extra}",
+            )
+        )
+    edges = []
+    for node_id in order:
+        for dep in timeline.nodes[node_id].deps:
+            if dep not in positions:
+                continue
+            (x1, y1), (x2, y2) = positions[dep], positions[node_id]
+            x1, y1, y2 = x1 + NODE_W, y1 + NODE_H // 2, y2 + NODE_H // 2
+            bend = max(24, (x2 - x1) // 2)
+            path = f"M{x1},{y1} C{x1 + bend},{y1} {x2 - bend},{y2} {x2},{y2}"
+            edges.append(DagEdge(dep, node_id, path, (dep, node_id) in blocking))
+    width = DAG_PAD * 2 + (max(layers, default=0) + 1) * (NODE_W + COLUMN_GAP) - COLUMN_GAP
+    tallest = max((len(m) for m in layers.values()), default=1)
+    height = DAG_PAD * 2 + tallest * (NODE_H + ROW_GAP) - ROW_GAP
+    # Blocking edges last, so they are drawn over the others.
+    edges.sort(key=lambda e: e.blocking)
+    return DagPicture(width, height, nodes, edges)
+
+
+def _attempts_text(attempts: int) -> str:
+    return "not run" if attempts == 0 else "1 attempt" if attempts == 1 else f"{attempts} attempts"
+
+
+def _mean(values: list[float], default: float) -> float:
+    return sum(values) / len(values) if values else default
+
+
+# ---------------------------------------------------------------- Gantt
+
+
+@dataclass
+class GanttBar:
+    node: str
+    attempt: int
+    x: float
+    width: float
+    # The bar's full width once the attempt is over; replay shortens it while the attempt runs.
+    final_width: float
+    outcome: str  # ok, failed, open, unknown: as drawn at the replay position
+    final_outcome: str
+    start_seq: int
+    end_seq: int | None
+    title: str
+    hidden: bool = False
+
+
+@dataclass
+class GanttMark:
+    """A moment with no bar: a node blocked by a failure upstream."""
+
+    x: float
+    seq: int
+    label: str
+    hidden: bool = False
+
+
+@dataclass
+class GanttRow:
+    node: str
+    label: str
+    y: int
+    state: str
+    bars: list[GanttBar] = field(default_factory=list)
+    marks: list[GanttMark] = field(default_factory=list)
+
+
+@dataclass
+class GanttPicture:
+    width: int
+    height: int
+    rows: list[GanttRow]
+    ticks: list[tuple[float, str]]
+    # x of every event, by position in the log: where replay puts its cursor.
+    event_x: list[float]
+    cursor_x: float | None
+    label_w: int = GANTT_LABEL_W
+    chart_w: int = GANTT_CHART_W
+    row_h: int = GANTT_ROW_H
+    bar_h: int = GANTT_BAR_H
+    axis_y: int = 0
+
+
+def gantt_picture(
+    timeline: Timeline, order: Sequence[str], states: dict[str, str], at: int | None
+) -> GanttPicture:
+    start = timeline.started
+    span = 1.0
+    if start is not None and timeline.finished is not None:
+        span = max(1.0, (timeline.finished - start).total_seconds())
+    scale = GANTT_CHART_W / span
+
+    def x_of(ts: datetime | None) -> float:
+        if ts is None or start is None:
+            return GANTT_LABEL_W
+        return GANTT_LABEL_W + max(0.0, (ts - start).total_seconds()) * scale
+
+    times = dict(timeline.event_times)
+    event_x = [round(x_of(ts), 1) for _seq, ts in timeline.event_times]
+    final_x = x_of(timeline.finished)
+    cursor_x = x_of(times.get(at)) if at is not None else None
+    rows = []
+    for index, node_id in enumerate(order):
+        row = GanttRow(node_id, short(node_id, 26), GANTT_TOP + index * GANTT_ROW_H, states[node_id])
+        for attempt in timeline.nodes[node_id].attempts:
+            x = x_of(attempt.start)
+            end_x = x_of(attempt.end) if attempt.end is not None else final_x
+            final_width = max(2.0, end_x - x)
+            outcome = "open" if attempt.open else {True: "ok", False: "failed"}.get(attempt.ok, "unknown")
+            bar = GanttBar(
+                node=node_id,
+                attempt=attempt.attempt,
+                x=round(x, 1),
+                width=round(final_width, 1),
+                final_width=round(final_width, 1),
+                outcome=outcome,
+                final_outcome=outcome,
+                start_seq=attempt.start_seq,
+                end_seq=attempt.end_seq,
+                title=_bar_title(node_id, attempt, outcome),
+            )
+            if at is not None:
+                if attempt.start_seq > at:
+                    bar.hidden = True
+                elif attempt.end_seq is None or attempt.end_seq > at:
+                    bar.outcome = "open"
+                    bar.width = round(max(2.0, (cursor_x or x) - x), 1)
+            row.bars.append(bar)
+        for seq, state in timeline.nodes[node_id].changes:
+            if state == "blocked":
+                hidden = at is not None and seq > at
+                row.marks.append(GanttMark(round(x_of(times.get(seq)), 1), seq, "blocked", hidden))
+        rows.append(row)
+    axis_y = GANTT_TOP + len(order) * GANTT_ROW_H
+    ticks = [(round(GANTT_LABEL_W + s * scale, 1), seconds_label(s)) for s in _nice_ticks(span)]
+    return GanttPicture(
+        width=GANTT_LABEL_W + GANTT_CHART_W + 24,
+        height=axis_y + GANTT_BOTTOM,
+        rows=rows,
+        ticks=ticks,
+        event_x=event_x,
+        cursor_x=round(cursor_x, 1) if cursor_x is not None else None,
+        axis_y=axis_y,
+    )
+
+
+def _bar_title(node_id: str, attempt: Any, outcome: str) -> str:
+    words = {"ok": "succeeded", "failed": "failed", "open": "still running", "unknown": "ended, no record"}
+    text = f"{node_id} attempt {attempt.attempt}: {words[outcome]}"
+    if attempt.duration_s is not None:
+        text += f" in {seconds_label(attempt.duration_s)}"
+    if attempt.error:
+        text += f" — {attempt.error}"
+    return text
+
+
+def _nice_ticks(span: float, target: int = 6) -> list[float]:
+    steps = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400]
+    step = next(
+        (s for s in steps if span / s <= target), steps[-1] * max(1, round(span / steps[-1] / target))
+    )
+    count = int(span // step)
+    return [i * step for i in range(count + 1)]
+
+
+# ---------------------------------------------------------------- history chart
+
+
+@dataclass
+class ChartBar:
+    run_id: str
+    x: float
+    y: float
+    width: float
+    height: float
+    verdict: str
+    title: str
+
+
+@dataclass
+class HistoryChart:
+    width: int
+    height: int
+    bars: list[ChartBar]
+    max_label: str
+    left: int = CHART_LEFT
+    baseline: int = CHART_H - CHART_BOTTOM
+
+
+def history_chart(rows: Sequence[Any], now: datetime) -> HistoryChart | None:
+    """Duration (bar height) and verdict (colour) of the listed runs, oldest first."""
+    if not rows:
+        return None
+    durations = [_duration_so_far(row, now) for row in reversed(rows)]
+    longest = max(durations) or 1.0
+    slot = (CHART_W - CHART_LEFT) / len(durations)
+    width = max(2.0, min(28.0, slot * 0.72))
+    usable = CHART_H - CHART_BOTTOM - 8
+    bars = []
+    for i, (row, seconds) in enumerate(zip(reversed(rows), durations, strict=True)):
+        height = max(2.0, usable * seconds / longest)
+        bars.append(
+            ChartBar(
+                run_id=row.run_id,
+                x=round(CHART_LEFT + i * slot + (slot - width) / 2, 1),
+                y=round(CHART_H - CHART_BOTTOM - height, 1),
+                width=round(width, 1),
+                height=round(height, 1),
+                verdict=row.verdict,
+                title=f"{row.run_id}: {row.verdict_label}, {seconds_label(seconds)}",
+            )
+        )
+    return HistoryChart(CHART_W, CHART_H, bars, seconds_label(longest))
+
+
+def _duration_so_far(row: Any, now: datetime) -> float:
+    if row.duration_s is not None:
+        return float(row.duration_s)
+    if row.started is None:
+        return 0.0
+    until = row.last_event_at or now
+    return max(0.0, (until - row.started).total_seconds())

@@ -1,0 +1,311 @@
+"""The pages: run history, one run's replay, and a node across runs.
+
+Server-rendered and readable without JavaScript: every picture is SVG drawn here, and replay works
+as a plain form (`?at=N`); `static/replay.js` only makes the scrubber move without a reload. Every
+query goes through `runs.selectors` with the current tenant.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+from django import forms
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+from rest_framework.request import Request
+
+from kahn_site.api_errors import InvalidQuery
+from runs import selectors
+from runs.models import Run
+from runs.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RunCursorPagination
+from runs.pictures import dag_picture, gantt_picture, history_chart, seconds_label
+from runs.reduction import RunReduction, summary_mismatch
+from runs.timeline import NodeTimeline, build_timeline
+from tenants.context import tenant_current
+
+EVENTS_PER_PAGE = 100
+NODE_RUN_CHOICES = (20, 50, 100, 200)
+
+# What the history shows as one word: the outcome of a complete run, else its status.
+VERDICTS = {
+    "clean": ("clean", "clean"),
+    "clean_with_flake": ("flaky", "flaky"),
+    "failed": ("failed", "failed"),
+    "running": ("running", "running"),
+    "interrupted": ("interrupted", "interrupted"),
+}
+VERDICT_FILTERS = {
+    "failed": {"outcome": "failed"},
+    "flaky": {"outcome": "clean_with_flake"},
+    "clean": {"outcome": "clean"},
+    "running": {"status": "running"},
+    "interrupted": {"status": "interrupted"},
+}
+
+
+def _set_verdict(run: Run) -> None:
+    key = run.outcome if run.status == "complete" else run.status
+    run.verdict, run.verdict_label = VERDICTS.get(key or "", ("running", run.status))
+    run.diagnostic_counts = selectors.diagnostic_counts(run)
+
+
+class HistoryFilterForm(forms.Form):
+    status = forms.ChoiceField(
+        required=False,
+        choices=[("", "All runs"), *((key, key.capitalize()) for key in VERDICT_FILTERS)],
+        label="Show",
+    )
+    q = forms.CharField(required=False, max_length=64, label="Run id contains")
+    node = forms.CharField(required=False, max_length=200, label="Has node")
+    failed_node = forms.CharField(required=False, max_length=200, widget=forms.HiddenInput)
+    started_from = forms.DateField(
+        required=False, label="Started from", widget=forms.DateInput({"type": "date"})
+    )
+    started_to = forms.DateField(required=False, label="to", widget=forms.DateInput({"type": "date"}))
+    page_size = forms.TypedChoiceField(
+        required=False,
+        coerce=int,
+        empty_value=50,
+        choices=[(n, n) for n in (25, 50, 100, MAX_PAGE_SIZE)],
+        label="Per page",
+    )
+
+    def filters(self) -> selectors.RunFilters:
+        data = self.cleaned_data
+        start, end = data.get("started_from"), data.get("started_to")
+        return selectors.RunFilters(
+            **VERDICT_FILTERS.get(data.get("status") or "", {}),
+            q=data.get("q") or None,
+            node=data.get("node") or None,
+            failed_node=data.get("failed_node") or None,
+            started_after=datetime.combine(start, time.min, UTC) if start else None,
+            # The "to" day is included: runs started before the next midnight.
+            started_before=datetime.combine(end + timedelta(days=1), time.min, UTC) if end else None,
+        )
+
+
+def run_history(request: HttpRequest) -> HttpResponse:
+    tenant = tenant_current()
+    data = (
+        request.GET if "page_size" in request.GET else {**request.GET.dict(), "page_size": DEFAULT_PAGE_SIZE}
+    )
+    form = HistoryFilterForm(data)
+    runs: list[Run] = []
+    paginator = RunCursorPagination()
+    error = None
+    if form.is_valid():
+        queryset = selectors.run_list(tenant=tenant, filters=form.filters())
+        try:
+            runs = paginator.paginate_queryset(queryset, Request(request))
+        except InvalidQuery:
+            error = "That page link is out of date: showing the newest runs."
+            runs = paginator.paginate_queryset(queryset, Request(_without_cursor(request)))
+    selectors.run_attach_open_attempts(runs, tenant=tenant)
+    for run in runs:
+        _set_verdict(run)
+    filtered = any(v for k, v in request.GET.items() if k not in ("cursor", "page_size"))
+    context = {
+        "nav": "runs",
+        "form": form,
+        "runs": runs,
+        "error": error,
+        "filtered": filtered,
+        "next_url": paginator.get_next_link() if runs else None,
+        "previous_url": paginator.get_previous_link() if runs else None,
+        "chart": history_chart(runs, timezone.now()),
+        "verdict_links": [("", "All")] + [(key, key.capitalize()) for key in VERDICT_FILTERS],
+        "current_status": form.cleaned_data.get("status", "") if form.is_valid() else "",
+    }
+    return render(request, "runs/history.html", context)
+
+
+def _without_cursor(request: HttpRequest) -> HttpRequest:
+    copy = request.GET.copy()
+    copy.pop("cursor", None)
+    request.GET = copy
+    return request
+
+
+def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
+    tenant = tenant_current()
+    try:
+        run = selectors.run_get(tenant=tenant, run_id=run_id)
+    except Run.DoesNotExist:
+        raise Http404(f"There is no run named “{run_id}”.") from None
+    _set_verdict(run)
+    events = selectors.run_event_rows(tenant=tenant, run=run)
+    timeline = build_timeline(run.graph, events)
+    final = RunReduction(run.run_id, run.reduction_state).node_states()
+    order = [node_id for node_id, _state, _attempts in final]
+    for node_id in order:
+        # A node the reduction knows from a graph the page does not have: drawn with no history.
+        timeline.nodes.setdefault(node_id, NodeTimeline(node_id, [], {}))
+
+    at = _replay_position(request, timeline.last_seq)
+    if at is None:
+        states = {node_id: state for node_id, state, _attempts in final}
+        attempts = {node_id: count for node_id, _state, count in final}
+    else:
+        states = {node_id: timeline.nodes[node_id].state_at(at) for node_id in order}
+        attempts = {node_id: timeline.nodes[node_id].attempts_at(at) for node_id in order}
+
+    log_from = _int_param(request, "log_from", default=0, low=0, high=max(0, timeline.last_seq))
+    log = [
+        _event_row(seq, ts, kind, node, payload)
+        for seq, ts, kind, node, payload in events
+        if log_from <= seq < log_from + EVENTS_PER_PAGE
+    ]
+
+    mismatch = None
+    if run.summary is not None and run.complete:
+        found = summary_mismatch(run.summary, RunReduction(run.run_id, run.reduction_state).row())
+        mismatch = found.details["fields"] if found else None
+
+    gantt = gantt_picture(timeline, order, states, at)
+    context = {
+        "nav": "runs",
+        "run": run,
+        "at": at,
+        "last_seq": timeline.last_seq,
+        "at_label": _event_label(events, at if at is not None else timeline.last_seq),
+        "dag": dag_picture(timeline, order, states, attempts),
+        "gantt": gantt,
+        "replay": {
+            "lastSeq": timeline.last_seq,
+            "eventX": gantt.event_x,
+            "labels": [_short_event(seq, kind, node, payload) for seq, _ts, kind, node, payload in events],
+        },
+        "diagnostics": selectors.run_diagnostics(tenant=tenant, run=run),
+        "mismatch": mismatch,
+        "log": log,
+        "log_from": log_from,
+        "log_previous": max(0, log_from - EVENTS_PER_PAGE) if log_from > 0 else None,
+        "log_next": log_from + EVENTS_PER_PAGE if log_from + EVENTS_PER_PAGE <= timeline.last_seq else None,
+        "log_pages": [
+            (n, n // EVENTS_PER_PAGE + 1) for n in range(0, timeline.last_seq + 1, EVENTS_PER_PAGE)
+        ],
+        "producer": next((p.get("producer") for _s, _t, kind, _n, p in events if kind == "run_start"), None),
+        "elapsed": _elapsed(run),
+    }
+    return render(request, "runs/run.html", context)
+
+
+def _replay_position(request: HttpRequest, last_seq: int) -> int | None:
+    """`?at=N`: the run as it stood after event N; absent (or past the end) means as it stands now."""
+    if last_seq < 0 or "at" not in request.GET:
+        return None
+    at = _int_param(request, "at", default=last_seq, low=0, high=last_seq)
+    return None if at == last_seq else at
+
+
+def _int_param(request: HttpRequest, name: str, *, default: int, low: int, high: int) -> int:
+    try:
+        value = int(request.GET.get(name, default))
+    except ValueError:
+        return default
+    return min(max(value, low), high)
+
+
+def _elapsed(run: Run) -> str | None:
+    if run.duration_s is not None:
+        return seconds_label(run.duration_s)
+    if run.started is not None and run.last_event_at is not None:
+        return seconds_label((run.last_event_at - run.started).total_seconds())
+    return None
+
+
+# Fields every event has, or that the log's own columns already show.
+SHOWN_FIELDS = {
+    "ts",
+    "event",
+    "node",
+    "from",
+    "to",
+    "attempt",
+    "ok",
+    "duration_s",
+    "exit_code",
+    "error",
+    "run_id",
+}
+
+
+def _event_row(
+    seq: int, ts: datetime, kind: str, node: str | None, payload: dict[str, Any]
+) -> dict[str, Any]:
+    extra = {k: v for k, v in payload.items() if k not in SHOWN_FIELDS}
+    if kind == "run_start":
+        extra.pop("graph", None)
+        extra.pop("producer", None)
+    return {
+        "seq": seq,
+        "ts": ts,
+        "kind": kind,
+        "node": node,
+        "what": _event_words(kind, payload),
+        "error": payload.get("error") if kind == "node_attempt" else None,
+        "ok": payload.get("ok") if kind == "node_attempt" else None,
+        "extra": extra,
+    }
+
+
+def _event_words(kind: str, payload: dict[str, Any]) -> str:
+    if kind == "transition":
+        return f"{payload.get('from')} → {payload.get('to')} (attempt {payload.get('attempt')})"
+    if kind == "node_attempt":
+        verdict = "ok" if payload.get("ok") else "failed"
+        took = f"{payload.get('duration_s')}s"
+        return f"attempt {payload.get('attempt')} {verdict} in {took}, exit {payload.get('exit_code')}"
+    if kind == "run_end":
+        return f"exit code {payload.get('exit_code')}"
+    if kind == "run_start":
+        return f"by {payload['producer']}" if payload.get("producer") else ""
+    return ""
+
+
+def _short_event(seq: int, kind: str, node: str | None, payload: dict[str, Any]) -> str:
+    words = _event_words(kind, payload)
+    return " ".join(part for part in (f"#{seq}", kind, node or "", words) if part)
+
+
+def _event_label(events: list[tuple], seq: int) -> str:
+    for row_seq, _ts, kind, node, payload in events:
+        if row_seq == seq:
+            return _short_event(row_seq, kind, node, payload)
+    return ""
+
+
+def node_page(request: HttpRequest, node_id: str) -> HttpResponse:
+    tenant = tenant_current()
+    last = _int_param(request, "last", default=50, low=1, high=NODE_RUN_CHOICES[-1])
+    rows = selectors.node_runs(tenant=tenant, node_id=node_id, limit=last)
+    if not rows:
+        raise Http404(f"No run has a node named “{node_id}”.")
+    counts = {
+        verdict: sum(1 for r in rows if r.verdict == verdict)
+        for verdict in ("clean", "flaked", "failed", "blocked", "pending", "running")
+    }
+    ran = sum(1 for r in rows if r.attempts > 0)
+    context = {
+        "nav": "nodes",
+        "node_id": node_id,
+        "rows": rows,
+        "strip": list(reversed(rows)),
+        "counts": counts,
+        "ran": ran,
+        "attempts": sum(r.attempts for r in rows),
+        "flake_rate": counts["flaked"] / ran if ran else 0.0,
+        "failure_rate": counts["failed"] / ran if ran else 0.0,
+        "last": last,
+        "last_choices": NODE_RUN_CHOICES,
+    }
+    return render(request, "runs/node.html", context)
+
+
+def node_index(request: HttpRequest) -> HttpResponse:
+    last = _int_param(request, "last", default=100, low=1, high=1000)
+    stats = selectors.node_stats(tenant=tenant_current(), last_runs=last)
+    context = {"nav": "nodes", "stats": stats, "last": last, "last_choices": (50, 100, 200, 500, 1000)}
+    return render(request, "runs/nodes.html", context)
