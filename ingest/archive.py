@@ -6,10 +6,12 @@ each run's log already imported, so a second import reads only what was appended
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import stat
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,7 +21,7 @@ from django.db.models import Q
 
 from runs import reduction
 from runs.models import Run
-from runs.services import RunBatch, RunChange
+from runs.services import RunBatch, RunChange, run_batch_write
 from tenants.context import tenant_atomic
 from tenants.models import Tenant
 
@@ -155,21 +157,36 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
-def _line_problem(raw: bytes) -> tuple[dict[str, Any] | None, str]:
-    """The event on a log line, or None and the reason it is malformed."""
-    if len(raw) > reduction.MAX_EVENT_BYTES:
-        return None, f"the line is {len(raw)} bytes; one event is at most {reduction.MAX_EVENT_BYTES}"
-    try:
-        event = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return None, f"not JSON: {exc}"
-    errors = reduction.validate_event(event)
-    if errors:
-        return None, "; ".join(f"{e.field or 'event'}: {e.message}" for e in errors)
-    # A NUL can only arrive escaped; look deeper only then (databases refuse NUL in text).
-    if b"\\u0000" in raw and _has_nul(event):
-        return None, "the event contains a NUL character"
-    return event, ""
+def _valid_events(
+    change: RunChange, lines: list[bytes], first_line: int
+) -> Iterator[tuple[dict[str, Any], str]]:
+    """The events of complete log lines with their JSON text; a bad line becomes a diagnostic."""
+    loads, validate, limit = orjson.loads, reduction.validate_event, reduction.MAX_EVENT_BYTES
+    for number, raw in enumerate(lines, start=first_line):
+        if len(raw) > limit:
+            problem = f"the line is {len(raw)} bytes; one event is at most {limit}"
+        else:
+            try:
+                event = loads(raw)
+            except orjson.JSONDecodeError as exc:
+                problem = f"not JSON: {exc}"
+            else:
+                errors = validate(event)
+                # A NUL can only arrive escaped; look deeper only then (databases refuse NUL in text).
+                if not errors and not (b"\\u0000" in raw and _has_nul(event)):
+                    yield event, raw.decode()
+                    continue
+                problem = "; ".join(f"{e.field or 'event'}: {e.message}" for e in errors) or (
+                    "the event contains a NUL character"
+                )
+        change.diagnose(
+            reduction.Diagnostic(
+                "malformed_line",
+                f"line {number} skipped: {problem}",
+                line=number,
+                details={"reason": problem, "text": raw[:200].decode("utf-8", "replace")},
+            )
+        )
 
 
 def _import_run(change: RunChange, folder: RunFolder, warnings: list[str]) -> int:
@@ -208,23 +225,10 @@ def _import_run(change: RunChange, folder: RunFolder, warnings: list[str]) -> in
                 # A line is complete only once it ends in "\n"; an unfinished last line is a write in
                 # progress and waits for the next import.
                 end = data.rfind(b"\n") + 1
-                line_number = run.log_lines
-                for raw in data[: end - 1].split(b"\n") if end else ():
-                    line_number += 1
-                    event, problem = _line_problem(raw)
-                    if event is None:
-                        change.diagnose(
-                            reduction.Diagnostic(
-                                "malformed_line",
-                                f"line {line_number} skipped: {problem}",
-                                line=line_number,
-                                details={"reason": problem, "text": raw[:200].decode("utf-8", "replace")},
-                            )
-                        )
-                        continue
-                    change.append(event, raw.decode())
+                lines = data[: end - 1].split(b"\n") if end else []
+                change.extend(_valid_events(change, lines, first_line=run.log_lines + 1))
                 run.log_offset += end
-                run.log_lines = line_number
+                run.log_lines += len(lines)
                 read = end
 
     if folder.has_summary and run.summary is None:
@@ -253,21 +257,49 @@ def archive_import(*, tenant: Tenant, root: Path, progress: ImportProgress | Non
     offsets = {run_id: values[0] for run_id, values in stored.items()}
     if progress is not None:
         progress.start(sum(max(f.log_size - offsets.get(f.run_id, 0), 0) for f in todo))
+    with _collector_paused():
+        _import_chunks(tenant, todo, offsets, report, progress)
+    return report
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pauses Python's cyclic garbage collector for a bulk import.
+
+    It makes a pass every 700 new containers and, every so often, a full pass over every object
+    Django keeps alive: on an import that costs more than the parsing itself (measured: 7.7 µs an
+    event with it, 3.4 µs without). Events parsed from JSON form no cycles, so reference counting
+    frees them all the same.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _import_chunks(
+    tenant: Tenant,
+    todo: list[RunFolder],
+    offsets: dict[str, int],
+    report: ArchiveReport,
+    progress: ImportProgress | None,
+) -> None:
     for chunk in _chunks(todo, offsets):
-        with tenant_atomic(tenant):
-            batch = RunBatch(tenant=tenant)
+
+        def import_chunk(batch: RunBatch, chunk: list[RunFolder] = chunk) -> None:
             changes = batch.open(f.run_id for f in chunk)
             for folder in chunk:
                 read = _import_run(changes[folder.run_id], folder, report.warnings)
                 if progress is not None:
                     progress.advance(read)
-            batch.flush()
-        for folder in chunk:
-            change = changes[folder.run_id]
-            if not change.news:
-                continue
-            run_import = RunImport(folder.run_id, events=len(change.events), run=change.run)
-            for diagnostic in change.diagnostics:
-                run_import.diagnostics[diagnostic.severity] += 1
-            report.runs.append(run_import)
-    return report
+
+        _, changes = run_batch_write(tenant=tenant, write=import_chunk)
+        for change in changes:
+            if change.news:
+                run_import = RunImport(change.run.run_id, events=change.appended, run=change.run)
+                for diagnostic in change.diagnostics:
+                    run_import.diagnostics[diagnostic.severity] += 1
+                report.runs.append(run_import)

@@ -83,9 +83,15 @@ class Event(models.Model):
 
     pk = models.CompositePrimaryKey("run_id", "seq")
     # The primary key (run_id, seq) already indexes run_id: no second index on the foreign key.
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, db_index=False, related_name="events")
+    # No database constraint either: checking a million rows' keys at commit costs as much as
+    # storing them, and the write path (runs.services), the only writer, holds the run's row lock.
+    run = models.ForeignKey(
+        Run, on_delete=models.CASCADE, db_index=False, db_constraint=False, related_name="events"
+    )
     seq = models.PositiveIntegerField()
-    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, db_index=False, related_name="+")
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.PROTECT, db_index=False, db_constraint=False, related_name="+"
+    )
     ts = models.DateTimeField()
     kind = models.CharField(max_length=64)
     node = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 (run events have none)
@@ -122,8 +128,13 @@ class Diagnostic(models.Model):
 class RunNode(models.Model):
     """A node's final state in one run: answers "runs that have node X" and "how flaky is X"."""
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, db_index=False, related_name="nodes")
-    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, db_index=False, related_name="+")
+    # Written in bulk with the events, by the same single writer: no database constraint (see Event).
+    run = models.ForeignKey(
+        Run, on_delete=models.CASCADE, db_index=False, db_constraint=False, related_name="nodes"
+    )
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.PROTECT, db_index=False, db_constraint=False, related_name="+"
+    )
     node_id = models.CharField(max_length=200)
     position = models.PositiveIntegerField(help_text="graph order, then order of first appearance")
     state = models.CharField(max_length=10)
