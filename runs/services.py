@@ -147,14 +147,15 @@ class _RowSink:
 
 
 def _role_bypasses_rls() -> bool:
-    """Whether this connection's role is exempt from row-level security (asked once per process)."""
-    bypasses = getattr(connection, "kahn_role_bypasses_rls", None)
-    if bypasses is None:
+    """Whether this connection's role is exempt from row-level security (asked once per role)."""
+    role = connection.settings_dict.get("USER")
+    known = getattr(connection, "kahn_rls_exemption", None)
+    if known is None or known[0] != role:
         with connection.cursor() as cursor:
             cursor.execute("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user")
-            bypasses = bool(cursor.fetchone()[0])
-        connection.kahn_role_bypasses_rls = bypasses
-    return bypasses
+            known = (role, bool(cursor.fetchone()[0]))
+        connection.kahn_rls_exemption = known
+    return known[1]
 
 
 @dataclass
