@@ -8,6 +8,7 @@ SQL for filtering and in Python for rows already loaded (`Run.status_at`), from 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +21,9 @@ from django.utils import timezone
 from runs.models import Diagnostic, Event, Run, RunNode
 from runs.reduction import RunReduction
 from tenants.models import Tenant
+
+# SPEC section 2. A run id that cannot exist is not looked up: PostgreSQL refuses NUL characters.
+RUN_ID_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,63}$")
 
 STATUSES = ("complete", "running", "interrupted")
 OUTCOMES = ("clean", "clean_with_flake", "failed")
@@ -141,6 +145,8 @@ def run_attach_open_attempts(runs: list[Run], *, tenant: Tenant, now: datetime |
 
 def run_get(*, tenant: Tenant, run_id: str, now: datetime | None = None) -> Run:
     """One run with everything its page shows; raises `Run.DoesNotExist`."""
+    if not RUN_ID_PATTERN.match(run_id):
+        raise Run.DoesNotExist(run_id)
     run = Run.objects.get(tenant=tenant, run_id=run_id)
     run.status = run.status_at(now or timezone.now())
     run.open_attempts = (
@@ -221,6 +227,8 @@ class NodeRun:
 
 def node_runs(*, tenant: Tenant, node_id: str, limit: int) -> list[NodeRun]:
     """The node's last `limit` runs, newest first."""
+    if "\x00" in node_id:
+        return []  # no node has one: producers' events cannot carry NUL (reduction.validate_event)
     rows = (
         RunNode.objects.filter(tenant=tenant, node_id=node_id)
         .order_by(F("run__started").desc(nulls_first=True), F("run_id").desc())

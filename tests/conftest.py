@@ -62,3 +62,131 @@ def manage(*args: str, env: dict[str, str] | None = None, **kwargs) -> subproces
         timeout=120,
         **kwargs,
     )
+
+
+# ---------------------------------------------------------------- the read side's world
+
+
+def write_archive_run(
+    root: Path, run_id: str, events: list[dict], graph: dict | None = None, summary: dict | None = None
+) -> None:
+    """Writes one run as a producer would: its log, and graph.json / summary.json when given."""
+    import json
+
+    folder = root / "runs" / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps(event, separators=(",", ":")) + "\n" for event in events)
+    (folder / "transitions.jsonl").write_text(lines)
+    if graph is not None:
+        (folder / "graph.json").write_text(json.dumps(graph))
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps(summary))
+
+
+# A run that starts without run_start (so it has no `started`) and has no graph.
+HEADLESS_EVENTS = [
+    {
+        "ts": "2026-11-20T08:00:00.000Z",
+        "event": "transition",
+        "node": "warm-up",
+        "from": "pending",
+        "to": "running",
+        "attempt": 1,
+    },
+]
+# A run whose DAG comes inside run_start, with extra fields on nodes and events and an unknown kind.
+INLINE_GRAPH = {
+    "version": 1,
+    "nodes": [
+        {"id": "fetch", "deps": [], "label": "Fetch sources", "kind": "io"},
+        {"id": "build", "deps": ["fetch"], "label": "Build wheels"},
+    ],
+}
+INLINE_EVENTS = [
+    {
+        "ts": "2026-11-20T15:00:00.000Z",
+        "event": "run_start",
+        "run_id": "run_inline",
+        "graph": INLINE_GRAPH,
+        "host": "ci-runner-3",
+    },
+    {
+        "ts": "2026-11-20T15:00:00.000Z",
+        "event": "transition",
+        "node": "fetch",
+        "from": "pending",
+        "to": "running",
+        "attempt": 1,
+    },
+    {"ts": "2026-11-20T15:00:02.500Z", "event": "checkpoint", "note": "cache warm"},
+    {
+        "ts": "2026-11-20T15:00:05.000Z",
+        "event": "node_attempt",
+        "node": "fetch",
+        "attempt": 1,
+        "ok": True,
+        "duration_s": 5.0,
+        "exit_code": 0,
+        "bytes": 1024,
+    },
+    {
+        "ts": "2026-11-20T15:00:05.000Z",
+        "event": "transition",
+        "node": "fetch",
+        "from": "running",
+        "to": "done",
+        "attempt": 1,
+    },
+    {
+        "ts": "2026-11-20T15:00:05.000Z",
+        "event": "transition",
+        "node": "build",
+        "from": "pending",
+        "to": "running",
+        "attempt": 1,
+    },
+    {
+        "ts": "2026-11-20T15:00:09.000Z",
+        "event": "node_attempt",
+        "node": "build",
+        "attempt": 1,
+        "ok": True,
+        "duration_s": 4.0,
+        "exit_code": 0,
+    },
+    {
+        "ts": "2026-11-20T15:00:09.000Z",
+        "event": "transition",
+        "node": "build",
+        "from": "running",
+        "to": "done",
+        "attempt": 1,
+    },
+    {"ts": "2026-11-20T15:00:09.200Z", "event": "run_end", "exit_code": 0},
+]
+
+
+def ingest_quietly(root: Path, *args: str) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    call_command("ingest_archive", str(root), *args, stdout=StringIO(), stderr=StringIO())
+
+
+@pytest.fixture
+def imported(local_tenant: Tenant, sample_archive: Path) -> Path:
+    """The sample archive plus `run_headless` and `run_inline`, imported into the local tenant."""
+    write_archive_run(sample_archive, "run_headless", HEADLESS_EVENTS)
+    write_archive_run(sample_archive, "run_inline", INLINE_EVENTS)
+    ingest_quietly(sample_archive)
+    return sample_archive
+
+
+@pytest.fixture
+def many_runs(imported: Path) -> Path:
+    """Adds 24 synthetic runs: two seeds whose runs start at the same instants, pair by pair."""
+    for seed in ("1", "2"):
+        archive_tool("synth", str(imported), "--runs", "12", "--nodes", "5", "--seed", seed)
+    ingest_quietly(imported)
+    return imported
