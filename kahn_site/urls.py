@@ -2,11 +2,13 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
+from ingest.urls import api_urlpatterns as ingest_api_urlpatterns
 from runs.urls import api_urlpatterns, page_urlpatterns
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/v1/", include(ingest_api_urlpatterns)),
     path("api/v1/", include(api_urlpatterns)),
     path("", include(page_urlpatterns)),
 ]

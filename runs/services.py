@@ -127,6 +127,13 @@ class _RowSink:
             )
         return self._copy.write_row
 
+    def discard(self) -> None:
+        """Ends a COPY in flight as failed, so the transaction can roll back."""
+        if self._stack is not None:
+            stack, self._stack, self._copy = self._stack, None, None
+            stack.__exit__(RuntimeError, RuntimeError("batch discarded"), None)
+        self._rows = []
+
     def close(self) -> None:
         if self._stack is not None:
             self._stack.close()
@@ -196,6 +203,9 @@ class RunChange:
             found = apply(event)
             if found:
                 diagnostics.extend(found)
+            if self.run.graph is None and event["event"] == "run_start" and event.get("graph") is not None:
+                self.run.graph = event["graph"]  # the reduction adopted it too
+                self.nodes_changed = True
             ts = event["ts"]
             if on_sqlite:
                 # PostgreSQL parses the RFC 3339 text itself; SQLite stores what Django's adapter writes.
@@ -415,7 +425,11 @@ def run_batch_write(*, tenant: Tenant, write: Callable[[RunBatch], T]) -> tuple[
         try:
             with tenant_atomic(tenant):
                 batch = RunBatch(tenant=tenant)
-                result = write(batch)
+                try:
+                    result = write(batch)
+                except BaseException:
+                    batch.events.discard()
+                    raise
                 return result, batch.flush()
         except IntegrityError:
             if last_try:

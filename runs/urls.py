@@ -5,9 +5,8 @@ from runs import api, views
 api_urlpatterns = [
     path("runs/", api.RunListApi.as_view(), name="api-runs"),
     path("runs/<str:run_id>/", api.RunDetailApi.as_view(), name="api-run"),
-    path("runs/<str:run_id>/events", api.RunEventsApi.as_view(), name="api-run-events"),
-    path("runs/<str:run_id>/graph", api.RunGraphApi.as_view(), name="api-run-graph"),
-    path("runs/<str:run_id>/summary", api.RunSummaryApi.as_view(), name="api-run-summary"),
+    # runs/<run_id>/events, graph and summary: routed by ingest.urls, whose views extend the read
+    # views of runs.api with the producer's POST and PUT.
 ]
 
 page_urlpatterns = [

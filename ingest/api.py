@@ -1,0 +1,153 @@
+"""The ingest API (SPEC section 5): producers POST events and PUT a run's graph and summary.
+
+Each path also answers GET through the read API's view it extends, so one URL has one view class.
+The body is read raw, not through DRF's parsers: limits, NDJSON and the contract's error codes are
+the ingest service's to decide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+from django.core.exceptions import RequestDataTooBig
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiRequest, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from ingest import services
+from ingest.archive import RUN_ID_PATTERN
+from kahn_site.api_errors import ApiError
+from runs.api import ERRORS, RUN_ID, ErrorSerializer, RunEventsApi, RunGraphApi, RunSummaryApi
+from tenants.context import tenant_current
+
+
+class InvalidRunId(ApiError):
+    code = "invalid_run_id"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            "a run id is 1 to 64 letters, digits, '_' or '-', starting with a letter or digit",
+            details={"run_id": run_id[:100]},
+        )
+
+
+def _body(request: Request) -> bytes:
+    # Refuse an oversized body by its declared length before reading it.
+    declared = request.META.get("CONTENT_LENGTH") or "0"
+    if declared.isdigit() and int(declared) > services.MAX_REQUEST_BYTES:
+        raise services.BatchTooLarge(
+            f"the request is {declared} bytes; a batch is at most {services.MAX_REQUEST_BYTES}",
+            details={"max_bytes": services.MAX_REQUEST_BYTES},
+        )
+    try:
+        return request.body
+    except RequestDataTooBig:
+        raise services.BatchTooLarge(
+            f"a batch is at most {services.MAX_REQUEST_BYTES} bytes",
+            details={"max_bytes": services.MAX_REQUEST_BYTES},
+        ) from None
+
+
+def _checked_run_id(run_id: str) -> str:
+    if not RUN_ID_PATTERN.match(run_id):
+        raise InvalidRunId(run_id)
+    return run_id
+
+
+# What a producer's request can be refused with, besides the read API's 400 and 404.
+INGEST_ERRORS = {**ERRORS, 409: ErrorSerializer, 413: ErrorSerializer, 415: ErrorSerializer}
+
+Receipt = inline_serializer(
+    "Receipt",
+    fields={
+        "run_id": serializers.CharField(),
+        "accepted": serializers.IntegerField(help_text="events stored by this request"),
+        "duplicates": serializers.IntegerField(help_text="events of this request already stored (retries)"),
+        "next_seq": serializers.IntegerField(help_text="the seq the next batch starts at"),
+    },
+)
+
+
+class RunEventsEndpoint(RunEventsApi):
+    @extend_schema(
+        operation_id="runs_events_create",
+        parameters=[RUN_ID],
+        request=OpenApiRequest(
+            OpenApiTypes.BYTE,
+            examples=[
+                OpenApiExample(
+                    "NDJSON",
+                    media_type="application/x-ndjson",
+                    value='{"seq":0,"ts":"2026-11-20T10:00:00.000Z","event":"run_start","run_id":"run_x"}\n',
+                )
+            ],
+        ),
+        responses={200: Receipt, **INGEST_ERRORS},
+        summary="Append a batch of events (NDJSON or a JSON array), all of it or none of it",
+    )
+    def post(self, request: Request, run_id: str) -> Response:
+        _checked_run_id(run_id)
+        batch = services.events_parse(_body(request), request.content_type or "")
+        receipt = services.run_append_batch(tenant=tenant_current(), run_id=run_id, batch=batch)
+        return Response(asdict(receipt))
+
+
+def _document(request: Request, kind: str) -> dict[str, Any]:
+    body = _body(request)
+    if (request.content_type or "").split(";")[0].strip().lower() != "application/json":
+        raise services.UnsupportedMediaType(f"send the {kind} as application/json")
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise services.InvalidBody(
+            f"the {kind} is not JSON", [{"index": None, "field": "", "message": str(exc)}]
+        ) from None
+    if not isinstance(document, dict):
+        raise services.InvalidBody(
+            f"the {kind} is a JSON object", [{"index": None, "field": "", "message": "not an object"}]
+        )
+    return document
+
+
+def _put(request: Request, run_id: str, kind: str) -> Response:
+    _checked_run_id(run_id)
+    document = _document(request, kind)
+    written = services.run_put_document(tenant=tenant_current(), run_id=run_id, kind=kind, document=document)
+    return Response({"run_id": run_id, "written": written})
+
+
+Written = inline_serializer(
+    "DocumentReceipt",
+    fields={
+        "run_id": serializers.CharField(),
+        "written": serializers.BooleanField(help_text="false when the same document was already stored"),
+    },
+)
+
+
+class RunGraphEndpoint(RunGraphApi):
+    @extend_schema(
+        operation_id="runs_graph_update",
+        parameters=[RUN_ID],
+        request=OpenApiTypes.OBJECT,
+        responses={200: Written, **INGEST_ERRORS},
+        summary="Write the run's DAG once (the same body again is fine)",
+    )
+    def put(self, request: Request, run_id: str) -> Response:
+        return _put(request, run_id, "graph")
+
+
+class RunSummaryEndpoint(RunSummaryApi):
+    @extend_schema(
+        operation_id="runs_summary_update",
+        parameters=[RUN_ID],
+        request=OpenApiTypes.OBJECT,
+        responses={200: Written, **INGEST_ERRORS},
+        summary="Write the producer's summary once (the same body again is fine)",
+    )
+    def put(self, request: Request, run_id: str) -> Response:
+        return _put(request, run_id, "summary")

@@ -1,0 +1,280 @@
+"""Producers' batches over HTTP (SPEC section 5), through the same write path as the archive.
+
+A batch is all or nothing: every check runs before the first event is written, inside the
+transaction that locks the run, so a rejected batch leaves the database exactly as it was and
+concurrent batches of one run are serialised while batches of other runs proceed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from rest_framework import status
+
+from kahn_site.api_errors import ApiError
+from runs import reduction
+from runs.models import Event
+from runs.services import RunBatch, RunChange, run_batch_write
+from tenants.models import Tenant
+
+MAX_REQUEST_BYTES = 1024 * 1024
+MAX_BATCH_EVENTS = 1000
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+JSON_TYPES = ("application/json",)
+
+
+# ---------------------------------------------------------------- errors of the contract
+
+
+class InvalidBody(ApiError):
+    code = "invalid_body"
+
+    def __init__(self, message: str, errors: list[dict[str, Any]]) -> None:
+        super().__init__(message, details={"errors": errors})
+
+
+class EventTooLarge(ApiError):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    code = "event_too_large"
+
+
+class BatchTooLarge(ApiError):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    code = "batch_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status_code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
+    code = "unsupported_media_type"
+
+
+class Conflict(ApiError):
+    status_code = status.HTTP_409_CONFLICT
+
+
+class SeqConflict(Conflict):
+    code = "seq_conflict"
+
+
+class SeqGap(Conflict):
+    code = "seq_gap"
+
+
+class RunNotStarted(Conflict):
+    code = "run_not_started"
+
+
+class RunEnded(Conflict):
+    code = "run_ended"
+
+
+class AlreadyWritten(Conflict):
+    code = "already_written"
+
+
+# ---------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """A parsed, valid batch: the events (without `seq`), their JSON text, and their `seq`s if sent."""
+
+    events: list[dict[str, Any]]
+    payloads: list[str]
+    seqs: list[int] | None
+
+
+def _problem(index: int | None, field: str, message: str) -> dict[str, Any]:
+    return {"index": index, "field": field, "message": message}
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _loads(raw: bytes, index: int | None) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        where = "the body" if index is None else f"event {index}"
+        reason = "is not valid UTF-8" if "utf-8" in str(exc).lower() else f"is not JSON ({exc})"
+        raise InvalidBody(f"{where} {reason}", [_problem(index, "", reason)]) from None
+
+
+def events_parse(body: bytes, content_type: str) -> EventBatch:
+    """The events of a request body (NDJSON or a JSON array), or the contract's error for it."""
+    media_type = _media_type(content_type)
+    if media_type not in NDJSON_TYPES + JSON_TYPES:
+        raise UnsupportedMediaType(
+            f"send events as application/x-ndjson or application/json, not {media_type or 'no content type'}"
+        )
+    if len(body) > MAX_REQUEST_BYTES:
+        raise BatchTooLarge(
+            f"the request is {len(body)} bytes; a batch is at most {MAX_REQUEST_BYTES}",
+            details={"max_bytes": MAX_REQUEST_BYTES},
+        )
+    if media_type in NDJSON_TYPES:
+        lines = body.split(b"\n")
+        if lines and not lines[-1].strip():
+            lines.pop()  # the newline that ends the last line
+        raws: list[bytes] = lines
+        items = [_loads(raw, index) for index, raw in enumerate(lines)]
+    else:
+        items = _loads(body, None)
+        if not isinstance(items, list):
+            raise InvalidBody(
+                "an application/json body is an array of events", [_problem(None, "", "not an array")]
+            )
+        raws = [orjson.dumps(item) for item in items]
+    if not items:
+        raise InvalidBody("the batch holds no events", [_problem(None, "", "no events")])
+    if len(items) > MAX_BATCH_EVENTS:
+        raise BatchTooLarge(
+            f"the batch holds {len(items)} events; a batch is at most {MAX_BATCH_EVENTS}",
+            details={"max_events": MAX_BATCH_EVENTS},
+        )
+    for index, raw in enumerate(raws):
+        if len(raw) > reduction.MAX_EVENT_BYTES:
+            raise EventTooLarge(
+                f"event {index} is {len(raw)} bytes; one event is at most {reduction.MAX_EVENT_BYTES}",
+                details={"index": index, "max_bytes": reduction.MAX_EVENT_BYTES},
+            )
+
+    problems: list[dict[str, Any]] = []
+    events, payloads, seqs = [], [], []
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and "seq" in item:
+            item = dict(item)
+            seq = item.pop("seq")
+            if type(seq) is not int or seq < 0:
+                problems.append(_problem(index, "seq", "must be an integer >= 0"))
+            seqs.append(seq)
+        problems.extend(_problem(index, e.field, e.message) for e in reduction.validate_event(item))
+        if isinstance(item, dict) and _has_nul(item):
+            problems.append(_problem(index, "", "must not contain NUL characters"))
+        events.append(item)
+    if seqs and len(seqs) != len(items):
+        problems.append(_problem(None, "seq", "give seq on every event of a batch, or on none"))
+    elif seqs and not problems and any(b != a + 1 for a, b in itertools.pairwise(seqs)):
+        problems.append(_problem(None, "seq", "the seqs of a batch must be consecutive and increasing"))
+    if problems:
+        raise InvalidBody(f"{len(problems)} problem(s) in the batch", problems)
+    payloads = [orjson.dumps(event).decode() for event in events]
+    return EventBatch(events=events, payloads=payloads, seqs=seqs or None)
+
+
+# ---------------------------------------------------------------- writing
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What is stored after a batch: the producer's next batch starts at `next_seq`."""
+
+    run_id: str
+    accepted: int
+    duplicates: int
+    next_seq: int
+
+
+def _already_stored(change: RunChange, batch: EventBatch, next_seq: int) -> int:
+    """How many leading events of a batch are retries of stored ones; a different one is a conflict."""
+    assert batch.seqs is not None
+    first = batch.seqs[0]
+    if first > next_seq:
+        raise SeqGap(
+            f"the batch starts at seq {first} but the run's next seq is {next_seq}",
+            details={"next_seq": next_seq, "first_seq": first},
+        )
+    overlap = min(next_seq - first, len(batch.events))
+    if overlap <= 0:
+        return 0
+    stored = dict(
+        Event.objects.filter(run_id=change.run.pk, seq__gte=first, seq__lt=first + overlap).values_list(
+            "seq", "payload"
+        )
+    )
+    for offset in range(overlap):
+        seq = first + offset
+        if stored.get(seq) != batch.events[offset]:
+            raise SeqConflict(
+                f"seq {seq} is already stored with other content",
+                details={"seq": seq, "index": offset, "next_seq": next_seq},
+            )
+    return overlap
+
+
+def run_append_batch(*, tenant: Tenant, run_id: str, batch: EventBatch) -> Receipt:
+    """Appends a batch to a run (created by its first batch), all of it or none of it."""
+
+    def append(run_batch: RunBatch) -> Receipt:
+        change = run_batch.open([run_id])[run_id]
+        next_seq = change.reduction.next_seq
+        duplicates = _already_stored(change, batch, next_seq) if batch.seqs else 0
+        new_events = batch.events[duplicates:]
+        if new_events:
+            if next_seq == 0 and new_events[0]["event"] != "run_start":
+                raise RunNotStarted(
+                    f"the first event of a run must be run_start, not {new_events[0]['event']!r}",
+                    details={"index": duplicates},
+                )
+            ended = change.reduction.complete
+            for index, event in enumerate(new_events, start=duplicates):
+                if ended:
+                    raise RunEnded(
+                        "the run has ended: nothing is accepted after run_end",
+                        details={"index": index, "next_seq": next_seq},
+                    )
+                ended = event["event"] == "run_end"
+            change.extend(zip(new_events, batch.payloads[duplicates:], strict=True))
+        return Receipt(
+            run_id=run_id,
+            accepted=len(new_events),
+            duplicates=duplicates,
+            next_seq=change.reduction.next_seq,
+        )
+
+    receipt, _ = run_batch_write(tenant=tenant, write=append)
+    return receipt
+
+
+def run_put_document(*, tenant: Tenant, run_id: str, kind: str, document: dict[str, Any]) -> bool:
+    """Writes a run's graph or summary once; the same body again is fine. True if newly written."""
+    if kind == "graph":
+        problems = reduction.validate_graph(document)
+        if problems:
+            raise InvalidBody("the graph is invalid", [_problem(None, p.field, p.message) for p in problems])
+    if _has_nul(document):
+        raise InvalidBody(
+            f"the {kind} must not contain NUL characters", [_problem(None, "", "NUL character")]
+        )
+
+    def put(run_batch: RunBatch) -> bool:
+        change = run_batch.open([run_id])[run_id]
+        stored = getattr(change.run, kind)
+        if stored is not None:
+            if stored != document:
+                raise AlreadyWritten(
+                    f"the run's {kind} is written once, and differs from this one", details={"kind": kind}
+                )
+            return False
+        if kind == "graph":
+            change.set_graph(document)
+        else:
+            change.set_summary(document)
+        return True
+
+    written, _ = run_batch_write(tenant=tenant, write=put)
+    return written

@@ -1,0 +1,393 @@
+"""The ingest API of SPEC section 5, through HTTP: every status and error code, and retry safety."""
+
+import json
+import threading
+from pathlib import Path
+
+import orjson
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runs.models import Diagnostic, Event, Run, RunNode
+from runs.reduction import MAX_EVENT_BYTES, reduce_events
+from tests.conftest import SAMPLE_ARCHIVE
+
+pytestmark = pytest.mark.django_db
+
+T = "2026-11-20T10:00:00.000Z"
+GRAPH = {"version": 1, "nodes": [{"id": "a", "deps": []}, {"id": "b", "deps": ["a"]}]}
+
+
+def sample_events(run_id: str = "run_flaky") -> list[dict]:
+    lines = (SAMPLE_ARCHIVE / "runs" / run_id / "transitions.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def ndjson(events: list[dict]) -> bytes:
+    return b"".join(orjson.dumps(e) + b"\n" for e in events)
+
+
+def with_seq(events: list[dict], start: int = 0) -> list[dict]:
+    return [dict(e, seq=start + i) for i, e in enumerate(events)]
+
+
+def post(client, run_id: str, body: bytes | str, content_type: str = "application/x-ndjson"):
+    return client.post(f"/api/v1/runs/{run_id}/events", data=body, content_type=content_type)
+
+
+def error_of(response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"} and {"code", "message", "details"} <= set(body["error"]), body
+    return body["error"]
+
+
+def snapshot() -> tuple:
+    """Everything a batch could change, to show a rejected one changed nothing."""
+    runs = list(Run.objects.order_by("id").values())
+    events = list(Event.objects.order_by("run_id", "seq").values_list("run_id", "seq", "payload"))
+    diagnostics = list(Diagnostic.objects.order_by("id").values_list("run_id", "code", "seq"))
+    nodes = list(RunNode.objects.order_by("run_id", "position").values_list("run_id", "node_id", "state"))
+    return runs, events, diagnostics, nodes
+
+
+def stored(run_id: str) -> list[dict]:
+    return [
+        {**payload, "seq": seq}
+        for seq, payload in Event.objects.filter(run__run_id=run_id)
+        .order_by("seq")
+        .values_list("seq", "payload")
+    ]
+
+
+# ---------------------------------------------------------------- accepted
+
+
+def test_an_ndjson_batch_is_stored_and_reduced(client, local_tenant):
+    events = sample_events()
+    response = post(client, "run_flaky", ndjson(with_seq(events)))
+    assert response.status_code == 200, response.content
+    assert response.json() == {"run_id": "run_flaky", "accepted": 35, "duplicates": 0, "next_seq": 35}
+    run = Run.objects.get(run_id="run_flaky")
+    whole, _ = reduce_events("run_flaky", events)
+    assert (run.total_attempts, run.flake_retries, run.outcome, run.duration_s) == (
+        11,
+        4,
+        "clean_with_flake",
+        481.6,
+    )
+    assert run.node_attempts == whole.row()["node_attempts"]
+    assert [e["seq"] for e in stored("run_flaky")] == list(range(35))
+
+
+def test_a_json_array_without_seq_is_appended_in_order(client, local_tenant):
+    events = sample_events("run_clean")
+    first = post(client, "run_clean", orjson.dumps(events[:10]), "application/json")
+    second = post(client, "run_clean", orjson.dumps(events[10:]), "application/json")
+    assert first.json()["next_seq"] == 10
+    assert second.json() == {"run_id": "run_clean", "accepted": 13, "duplicates": 0, "next_seq": 23}
+    assert [{k: v for k, v in e.items() if k != "seq"} for e in stored("run_clean")] == events
+
+
+def test_run_start_may_carry_the_graph(client, local_tenant):
+    start = {"ts": T, "event": "run_start", "run_id": "g", "graph": GRAPH}
+    assert post(client, "g", ndjson([start])).status_code == 200
+    run = Run.objects.get(run_id="g")
+    assert run.graph == GRAPH and run.total_nodes == 2
+    assert client.get("/api/v1/runs/g/graph").json() == GRAPH
+
+
+def test_get_on_the_same_path_still_reads_the_events(client, local_tenant):
+    post(client, "run_clean", ndjson(sample_events("run_clean")))
+    page = client.get("/api/v1/runs/run_clean/events?after_seq=20").json()
+    assert [e["seq"] for e in page["results"]] == [21, 22]
+
+
+# ---------------------------------------------------------------- retries
+
+
+def test_the_same_batch_twice_is_stored_once(client, local_tenant):
+    body = ndjson(with_seq(sample_events()))
+    post(client, "run_flaky", body)
+    again = post(client, "run_flaky", body)
+    assert again.status_code == 200
+    assert again.json() == {"run_id": "run_flaky", "accepted": 0, "duplicates": 35, "next_seq": 35}
+    assert Event.objects.count() == 35
+
+
+def test_a_batch_cut_by_a_dropped_connection_and_sent_again_stores_each_event_once(client, local_tenant):
+    events = with_seq(sample_events())
+    post(client, "run_flaky", ndjson(events[:12]))  # the producer never saw this receipt
+    response = post(client, "run_flaky", ndjson(events[:20]))
+    assert response.json() == {"run_id": "run_flaky", "accepted": 8, "duplicates": 12, "next_seq": 20}
+    assert [e["seq"] for e in stored("run_flaky")] == list(range(20))
+
+
+# ---------------------------------------------------------------- refused, and nothing changes
+
+
+def refused(client, run_id, body, content_type="application/x-ndjson", status=None, code=None) -> dict:
+    before = snapshot()
+    response = post(client, run_id, body, content_type)
+    assert response.status_code == status, response.content
+    error = error_of(response)
+    assert error["code"] == code
+    assert error["message"]
+    assert snapshot() == before
+    return error
+
+
+@pytest.fixture
+def started(client, local_tenant):
+    """run_flaky with its first 10 events stored."""
+    post(client, "run_flaky", ndjson(with_seq(sample_events()[:10])))
+
+
+def test_seq_conflict(client, started):
+    events = with_seq(sample_events()[:12])
+    events[5] = dict(events[5], node="someone-else")
+    error = refused(client, "run_flaky", ndjson(events), status=409, code="seq_conflict")
+    assert error["details"]["seq"] == 5
+
+
+def test_seq_gap_names_next_seq(client, started):
+    events = with_seq(sample_events()[12:15], start=12)
+    error = refused(client, "run_flaky", ndjson(events), status=409, code="seq_gap")
+    assert error["details"]["next_seq"] == 10
+
+
+def test_run_not_started(client, local_tenant):
+    events = sample_events()[1:4]
+    refused(client, "fresh", ndjson(events), status=409, code="run_not_started")
+    assert not Run.objects.filter(run_id="fresh").exists()
+
+
+def test_nothing_is_accepted_after_run_end(client, local_tenant):
+    events = sample_events()
+    post(client, "run_flaky", ndjson(events))
+    late = {"ts": T, "event": "note", "text": "late"}
+    error = refused(client, "run_flaky", ndjson([late]), status=409, code="run_ended")
+    assert error["details"]["next_seq"] == 35
+    # ... nor after a run_end earlier in the same batch.
+    refused(client, "other", ndjson([*sample_events("run_clean"), late]), status=409, code="run_ended")
+
+
+def test_schema_errors_are_listed_by_index_and_field(client, started):
+    events = with_seq(sample_events()[10:13], start=10)
+    events[0] = dict(events[0], attempt=-1)
+    events[2] = {k: v for k, v in events[2].items() if k != "ts"}
+    error = refused(client, "run_flaky", ndjson(events), status=400, code="invalid_body")
+    assert {(e["index"], e["field"]) for e in error["details"]["errors"]} == {(0, "attempt"), (2, "ts")}
+    assert all(e["message"] for e in error["details"]["errors"])
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"ts":"2026-11-20T10:00:00.000Z","event":"note","text":"a\\u0000b"}\n', ""),
+        (b'{"ts":"2026-11-20T10:00:00.000Z","event":"note","text":"\xff\xfe"}\n', ""),
+        (b"not json\n", ""),
+        (b"[1]\n", ""),
+        (b'{"seq":"0","ts":"2026-11-20T10:00:00.000Z","event":"note"}\n', "seq"),
+    ],
+    ids=["nul", "invalid-utf8", "not-json", "not-an-object", "bad-seq"],
+)
+def test_bad_bodies_are_400_with_a_reason(client, started, body, field):
+    error = refused(client, "run_flaky", body, status=400, code="invalid_body")
+    assert error["details"]["errors"][0]["field"] == field
+
+
+def test_seq_on_some_events_only_is_refused(client, started):
+    events = with_seq(sample_events()[10:12], start=10)
+    events[1].pop("seq")
+    refused(client, "run_flaky", ndjson(events), status=400, code="invalid_body")
+
+
+def test_event_too_large(client, started):
+    big = {"ts": T, "event": "note", "seq": 10, "text": "x" * MAX_EVENT_BYTES}
+    error = refused(client, "run_flaky", ndjson([big]), status=413, code="event_too_large")
+    assert error["details"]["index"] == 0
+
+
+def test_batch_too_large_by_count_and_by_bytes(client, started):
+    notes = [{"ts": T, "event": "note"}] * 1001
+    refused(client, "run_flaky", ndjson(notes), status=413, code="batch_too_large")
+    padded = [{"ts": T, "event": "note", "text": "x" * 3000}] * 400  # 1.2 MB
+    refused(client, "run_flaky", ndjson(padded), status=413, code="batch_too_large")
+
+
+def test_unsupported_media_type(client, started):
+    refused(
+        client, "run_flaky", "hello", content_type="text/plain", status=415, code="unsupported_media_type"
+    )
+
+
+def test_an_invalid_run_id_is_refused(client, local_tenant):
+    start = {"ts": T, "event": "run_start", "run_id": "x"}
+    refused(client, ".hidden", ndjson([start]), status=400, code="invalid_run_id")
+
+
+# ---------------------------------------------------------------- graph and summary
+
+
+@pytest.mark.parametrize("kind", ["graph", "summary"])
+def test_graph_and_summary_are_written_once(client, local_tenant, kind):
+    document = GRAPH if kind == "graph" else {"run_id": "x", "total_nodes": 2}
+    url = f"/api/v1/runs/x/{kind}"
+    first = client.put(url, data=json.dumps(document), content_type="application/json")
+    assert (first.status_code, first.json()["written"]) == (200, True)
+    again = client.put(url, data=json.dumps(document), content_type="application/json")
+    assert (again.status_code, again.json()["written"]) == (200, False)
+    before = snapshot()
+    other = client.put(url, data=json.dumps({**document, "extra": 1}), content_type="application/json")
+    assert (other.status_code, error_of(other)["code"]) == (409, "already_written")
+    assert snapshot() == before
+    assert client.get(url).json() == document
+
+
+def test_an_invalid_graph_is_refused(client, local_tenant):
+    response = client.put(
+        "/api/v1/runs/x/graph", data=json.dumps({"nodes": [{"id": 3}]}), content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert error_of(response)["details"]["errors"][0]["field"] == "nodes[0].id"
+    assert not Run.objects.filter(run_id="x").exists()
+
+
+def test_a_summary_that_disagrees_is_a_diagnostic(client, local_tenant):
+    post(client, "run_flaky", ndjson(sample_events()))
+    summary = json.loads((SAMPLE_ARCHIVE / "runs" / "run_flaky" / "summary.json").read_text())
+    client.put(
+        "/api/v1/runs/run_flaky/summary",
+        data=json.dumps(dict(summary, flake_retries=9)),
+        content_type="application/json",
+    )
+    assert Diagnostic.objects.get(run__run_id="run_flaky").details["fields"] == {
+        "flake_retries": {"summary": 9, "reduction": 4}
+    }
+
+
+# ---------------------------------------------------------------- fuzz
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.lists(
+            st.dictionaries(
+                st.sampled_from(["ts", "event", "seq", "node", "from", "to", "attempt", "ok", "exit_code"]),
+                st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.text(max_size=8), st.just(T)),
+            ),
+            max_size=4,
+        ).map(lambda events: b"".join(orjson.dumps(e) + b"\n" for e in events)),
+    ),
+    content_type=st.sampled_from(["application/x-ndjson", "application/json"]),
+)
+def test_random_bodies_never_fail_the_server_and_store_nothing_when_refused(
+    client, started, body, content_type
+):
+    before = snapshot()
+    response = post(client, "run_flaky", body, content_type)
+    assert response.status_code in (200, 400, 409, 413, 415), response.content
+    if response.status_code != 200:
+        assert error_of(response)["code"]
+        assert snapshot() == before
+
+
+# ---------------------------------------------------------------- concurrency, over real HTTP
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_producers_end_with_contiguous_seqs_and_rows_equal_to_their_logs(
+    live_server, local_tenant
+):
+    url = live_server.url + "/api/v1/runs/{}/events"
+    failures: list[str] = []
+
+    def produce(run_id: str, events: list[dict], batch: int) -> None:
+        with requests.Session() as session:
+            for start in range(0, len(events), batch):
+                chunk = [
+                    dict(e, run_id=run_id) if e["event"] == "run_start" else e
+                    for e in events[start : start + batch]
+                ]
+                response = session.post(
+                    url.format(run_id),
+                    data=ndjson(chunk),
+                    headers={"Content-Type": "application/x-ndjson"},
+                    timeout=60,
+                )
+                if response.status_code != 200:
+                    failures.append(f"{run_id}: {response.status_code} {response.text[:200]}")
+
+    sample = sample_events()
+    threads = [threading.Thread(target=produce, args=(f"run_{i}", sample, 4)) for i in range(8)]
+    # Four writers on one run, appending without seq once it has started: every event lands once.
+    post_start = threading.Event()
+
+    def shared_writer(k: int) -> None:
+        post_start.wait(30)
+        notes = [{"ts": T, "event": "note", "writer": k, "n": n} for n in range(25)]
+        produce("shared", notes, 5)
+
+    shared = [threading.Thread(target=shared_writer, args=(k,)) for k in range(4)]
+    produce("shared", [{"ts": T, "event": "run_start", "run_id": "shared"}], 1)
+    post_start.set()
+    for thread in threads + shared:
+        thread.start()
+    for thread in threads + shared:
+        thread.join(120)
+    assert failures == []
+
+    for i in range(8):
+        run = Run.objects.get(run_id=f"run_{i}")
+        events = stored(f"run_{i}")
+        assert [e["seq"] for e in events] == list(range(35))
+        whole, _ = reduce_events(run.run_id, [{k: v for k, v in e.items() if k != "seq"} for e in events])
+        assert (run.total_attempts, run.flake_retries, run.outcome, run.next_seq) == (
+            whole.row()["total_attempts"],
+            whole.row()["flake_retries"],
+            whole.row()["outcome"],
+            35,
+        )
+    notes = stored("shared")
+    assert [e["seq"] for e in notes] == list(range(101))
+    assert sorted((e["writer"], e["n"]) for e in notes[1:]) == [(k, n) for k in range(4) for n in range(25)]
+    # Each writer's own events kept their order.
+    for k in range(4):
+        assert [e["n"] for e in notes[1:] if e["writer"] == k] == list(range(25))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_tool_producers_use_can_post_a_run(live_server, local_tenant):
+    """`kahn_archive.py post`, the producer emulator, against the real server."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ARCHIVE_TOOL
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ARCHIVE_TOOL),
+            "post",
+            live_server.url,
+            "--key",
+            "unused-in-oss",
+            "--runs",
+            "2",
+            "--nodes",
+            "6",
+            "--batch",
+            "7",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert Run.objects.filter(run_id__startswith="post_").count() == 2
+    assert all(run.complete for run in Run.objects.filter(run_id__startswith="post_"))
+    assert Path(ARCHIVE_TOOL).exists()
