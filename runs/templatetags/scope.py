@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django import template
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
 
 from runs.pictures import seconds_label
 
@@ -50,7 +51,7 @@ def diagnostic_counts(counts: dict[str, int]) -> str:
         if counts.get(severity)
     ]
     if not parts:
-        return format_html('<span class="muted">none</span>')
+        return mark_safe('<span class="muted">none</span>')
     return format_html_join(" ", '<span class="sev sev-{}">{} {}</span>', parts)
 
 
