@@ -51,6 +51,15 @@ if CLOUD:
     }
     DEBUG = env.bool("DJANGO_DEBUG", default=False)
     ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=[])
+    if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        raise ImproperlyConfigured(
+            "DATABASE_URL must be a postgres:// URL in cloud mode: row-level security keeps tenants apart."
+        )
+    # Migrations run as this role, the tables' owner; the service runs as DATABASE_URL's role, which
+    # owns nothing (see tenants/management/commands/migrate.py and the README).
+    _owner_url = env_secret("DATABASE_OWNER_URL")
+    KAHN_DATABASE_OWNER = env.db_url_config(_owner_url) if _owner_url else None
+    REDIS_URL = env_required("REDIS_URL", "cloud mode shares live updates and rate limits between replicas")
 else:
     # OSS binds to loopback only and has no login, so a fixed key signs nothing of value;
     # set DJANGO_SECRET_KEY to use your own.
@@ -108,7 +117,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    *([] if CLOUD else ["tenants.middleware.LocalTenantMiddleware"]),
+    # Chooses the request's tenant and binds it, in code and for row-level security (tenants.middleware).
+    "tenants.middleware.CloudTenantMiddleware" if CLOUD else "tenants.middleware.LocalTenantMiddleware",
 ]
 
 ROOT_URLCONF = "kahn_site.urls"
@@ -156,6 +166,8 @@ REST_FRAMEWORK = {
     # OSS: open on loopback with no login (SPEC section 6), so no credentials are asked for or
     # checked: a stray Authorization header must not turn a read into a 401.
     **({} if CLOUD else {"DEFAULT_AUTHENTICATION_CLASSES": []}),
+    # No view runs without a current tenant (tenants.permissions): a new view cannot forget it.
+    "DEFAULT_PERMISSION_CLASSES": ["tenants.permissions.HasTenant"],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "KAHN Scope API",

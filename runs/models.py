@@ -12,6 +12,7 @@ from django.db import models
 from django.utils import timezone
 
 from tenants.models import Tenant
+from tenants.scoping import TenantScopedManager
 
 
 class Outcome(models.TextChoices):
@@ -62,6 +63,9 @@ class Run(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
+    # Queries need a current tenant and see only its rows (tenants.scoping).
+    objects = TenantScopedManager()
+
     class Meta:
         constraints = [models.UniqueConstraint(fields=["tenant", "run_id"], name="run_unique_per_tenant")]
         indexes = [models.Index(fields=["tenant", "-started", "-id"], name="run_newest_first")]
@@ -97,6 +101,8 @@ class Event(models.Model):
     node = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 (run events have none)
     payload = models.JSONField(help_text="the event as the producer wrote it")
 
+    objects = TenantScopedManager()
+
     def __str__(self) -> str:
         return f"{self.run_id}#{self.seq} {self.kind}"
 
@@ -117,6 +123,8 @@ class Diagnostic(models.Model):
     message = models.TextField()
     details = models.JSONField(default=dict)
     created_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantScopedManager()
 
     class Meta:
         ordering = ["run", "id"]
@@ -139,6 +147,8 @@ class RunNode(models.Model):
     position = models.PositiveIntegerField(help_text="graph order, then order of first appearance")
     state = models.CharField(max_length=10)
     attempts = models.PositiveIntegerField(default=0)
+
+    objects = TenantScopedManager()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "node_id"], name="runnode_unique_per_run")]

@@ -1,19 +1,99 @@
+"""The tenant of each request, chosen once, then bound in code and in the database for the request.
+
+OSS mode: the one `local` tenant. Cloud mode: the session user's tenant, chosen by the
+`X-Organization` header, then the session's choice, then the first membership; a tenant the user
+is not a member of is refused with 403. Either way the request runs inside `tenant_request`: on
+PostgreSQL one transaction with `kahn.tenant_id` set, so row-level security sees the same tenant as
+the code, and nothing of the tenant survives on the connection after the request.
+"""
+
+from __future__ import annotations
+
 from collections.abc import Callable
+from urllib.parse import urlencode
 
-from django.http import HttpRequest, HttpResponse
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, HttpResponseRedirect, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
 
-from tenants.context import tenant_scope
+from tenants.context import NoTenantError, tenant_request
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
+from tenants.selectors import membership_list_for_user
+
+# Where the cloud session keeps the tenant the user last switched to.
+SESSION_TENANT_KEY = "kahn_tenant_id"
+ORGANIZATION_HEADER = "X-Organization"
+API_PREFIX = "/api/"
 
 
-class LocalTenantMiddleware:
-    """OSS mode: one operator on loopback, so every request acts for the one `local` tenant."""
-
+class _TenantMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
+    def choose_tenant(self, request: HttpRequest) -> Tenant | HttpResponse | None:
+        raise NotImplementedError
+
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        tenant = Tenant.objects.get(slug=LOCAL_TENANT_SLUG)
-        request.tenant = tenant
-        with tenant_scope(tenant):
-            return self.get_response(request)
+        request.tenant = None
+        request.memberships = []
+        chosen = self.choose_tenant(request)
+        if isinstance(chosen, HttpResponse):
+            return chosen
+        request.tenant = chosen
+        with tenant_request(chosen) as atomic:
+            response = self.get_response(request)
+            if atomic and response.status_code >= 500:
+                # A request that failed writes nothing, as with ATOMIC_REQUESTS.
+                transaction.set_rollback(True)
+            return response
+
+
+class LocalTenantMiddleware(_TenantMiddleware):
+    """OSS mode: one operator on loopback, so every request acts for the one `local` tenant."""
+
+    def choose_tenant(self, request: HttpRequest) -> Tenant:
+        return Tenant.objects.get(slug=LOCAL_TENANT_SLUG)
+
+
+class CloudTenantMiddleware(_TenantMiddleware):
+    """Cloud mode: the tenant of the logged-in user (API keys are resolved by their own middleware)."""
+
+    def choose_tenant(self, request: HttpRequest) -> Tenant | HttpResponse | None:
+        user = request.user
+        if not user.is_authenticated:
+            return None
+        memberships = membership_list_for_user(user_id=user.pk)
+        request.memberships = memberships
+        by_slug = {m.tenant.slug: m.tenant for m in memberships}
+
+        asked = request.headers.get(ORGANIZATION_HEADER)
+        if asked is not None:
+            if asked in by_slug:
+                return by_slug[asked]
+            # The same answer whether the tenant exists or not: a header probes nothing.
+            return _forbidden(request, f"You are not a member of the organization {asked!r}.")
+
+        by_id = {m.tenant_id: m.tenant for m in memberships}
+        chosen = by_id.get(request.session.get(SESSION_TENANT_KEY))
+        if chosen is not None:
+            return chosen
+        return memberships[0].tenant if memberships else None
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        """A view that needs a tenant, reached without one: sign in, or the "no workspace yet" page."""
+        # API views refuse before this point (tenants.api.HasTenant) and answer in their own shape.
+        if not isinstance(exception, NoTenantError) or request.path.startswith(API_PREFIX):
+            return None
+        if not request.user.is_authenticated:
+            login = reverse("oidc_authentication_init")
+            return HttpResponseRedirect(f"{login}?{urlencode({'next': request.get_full_path()})}")
+        return render(request, "tenants/no_workspace.html", status=200)
+
+
+def _forbidden(request: HttpRequest, message: str) -> HttpResponse:
+    if request.path.startswith(API_PREFIX):
+        # The error shape of SPEC section 11, with DRF's code for a 403.
+        body = {"error": {"code": "permission_denied", "message": message, "details": {}}}
+        return JsonResponse(body, status=403)
+    return HttpResponseForbidden(message)

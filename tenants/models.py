@@ -1,17 +1,118 @@
+"""Tenants, the people in them, and the record of staff acting across them."""
+
+import secrets
+import string
+
+from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
+
+from billing.models import Plan, plan_default_id
+from tenants.scoping import TenantScopedManager
 
 # The one tenant of OSS mode, created by migration: every OSS run belongs to it.
 LOCAL_TENANT_SLUG = "local"
+
+# The tenant's part of its API keys: `kahn_live_sk_<key_prefix>_<secret>` (SPEC section 5).
+KEY_PREFIX_PATTERN = r"^[a-z0-9]{6,16}$"
+KEY_PREFIX_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def key_prefix_random() -> str:
+    """A fresh prefix for a tenant made without one (admin, tests); 36^10 makes collisions moot."""
+    return "".join(secrets.choice(KEY_PREFIX_ALPHABET) for _ in range(10))
 
 
 class Tenant(models.Model):
     slug = models.SlugField(max_length=50, unique=True)
     name = models.CharField(max_length=200)
+    key_prefix = models.CharField(
+        max_length=16,
+        unique=True,
+        default=key_prefix_random,
+        validators=[RegexValidator(KEY_PREFIX_PATTERN, "6 to 16 lowercase letters and digits.")],
+        help_text="public: names the tenant in its API keys (kahn_live_sk_<prefix>_<secret>)",
+    )
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="tenants", default=plan_default_id)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["slug"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(key_prefix__regex=KEY_PREFIX_PATTERN), name="tenant_key_prefix_format"
+            )
+        ]
 
     def __str__(self) -> str:
         return self.slug
+
+
+class Role(models.TextChoices):
+    OWNER = "owner"
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
+class MembershipManager(TenantScopedManager["Membership"]):
+    def pre_tenant_of_user(self, user_id: int) -> models.QuerySet["Membership"]:
+        """A user's memberships in every tenant, read before any tenant is chosen.
+
+        The one narrow pre-tenant path: `tenants.selectors.membership_list_for_user` calls it inside
+        a transaction that sets `kahn.user_id`, which the table's second, read-only policy admits.
+        """
+        return self.unscoped().filter(user_id=user_id)
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = MembershipManager()
+
+    class Meta:
+        # The first membership is the default tenant of a user with no other choice.
+        ordering = ["created_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["user", "tenant"], name="membership_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.tenant_id} as {self.role}"
+
+
+class Identity(models.Model):
+    """The login provider's `sub` for a user: the key a login is matched by (the email only shows)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="identity")
+    sub = models.CharField(max_length=255, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "identities"
+
+    def __str__(self) -> str:
+        return self.sub
+
+
+class StaffAccess(models.Model):
+    """One use of the staff path: who acted in which tenant, and why.
+
+    Deliberately no foreign key to the tenant: the record outlives the tenant, and it is not
+    tenant-owned data, so staff can read it without entering the tenant.
+    """
+
+    at = models.DateTimeField(default=timezone.now)
+    actor = models.CharField(max_length=200, help_text="a user (email and id) or a command")
+    tenant_ref = models.BigIntegerField(help_text="the tenant's id")
+    tenant_slug = models.SlugField(max_length=50)
+    reason = models.CharField(max_length=300)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name_plural = "staff accesses"
+
+    def __str__(self) -> str:
+        return f"{self.actor} in {self.tenant_slug}: {self.reason}"

@@ -1,0 +1,157 @@
+"""PostgreSQL row-level security for tenant-owned tables, as migration operations.
+
+Every table with a tenant foreign key gets, by migration, `ENABLE` and `FORCE ROW LEVEL SECURITY`
+(FORCE: the table's owner is held to it too) and one policy, `tenant_isolation`, whose USING and
+WITH CHECK are the same: a row is visible and writable only while the transaction's
+`kahn.tenant_id` names its tenant. With the setting unset the comparison is NULL, so nothing is
+visible and every insert is refused. `tests/tenants/test_rls_coverage.py` fails for a tenant-owned
+table that lacks any of this, so a new table cannot forget it:
+
+    from tenants.rls import EnableTenantRowLevelSecurity
+    operations = [EnableTenantRowLevelSecurity("runs.Run")]
+
+A lookup that must happen before the tenant is known gets a second, read-only policy on another
+setting (`AddPreTenantLookupPolicy`), read through `tenants.context.pre_tenant_lookup`: RLS is never
+turned off for it. Data migrations that touch rows of these tables must set `kahn.tenant_id` per
+tenant, as the owner role is bound by FORCE too.
+
+SQLite has no row-level security: there, these operations do nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import migrations
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+from django.db.migrations.state import ProjectState
+
+from tenants.context import TENANT_SETTING
+
+TENANT_POLICY = "tenant_isolation"
+
+
+def setting_expression(setting: str, cast: str) -> str:
+    # NULLIF: an unset setting reads as '' in a session that once set it, which must mean "none".
+    return f"NULLIF(current_setting('{setting}', true), '')::{cast}"
+
+
+def tenant_policy_expression(column: str = "tenant_id") -> str:
+    return f"{column} = {setting_expression(TENANT_SETTING, 'bigint')}"
+
+
+def _table_and_column(state: ProjectState, model_label: str, field: str) -> tuple[str, str]:
+    model = state.apps.get_model(model_label)
+    return model._meta.db_table, model._meta.get_field(field).column
+
+
+class _PostgresOnly(migrations.operations.base.Operation):
+    reversible = True
+    reduces_to_sql = True
+
+    def state_forwards(self, app_label: str, state: ProjectState) -> None:
+        # Policies are not part of Django's model state: nothing to record.
+        pass
+
+    def _run(self, schema_editor: BaseDatabaseSchemaEditor, statements: list[str]) -> None:
+        if schema_editor.connection.vendor != "postgresql":
+            return
+        for statement in statements:
+            schema_editor.execute(statement)
+
+
+class EnableTenantRowLevelSecurity(_PostgresOnly):
+    """ENABLE + FORCE row-level security and the `tenant_isolation` policy on one model's table."""
+
+    def __init__(self, model_label: str, tenant_field: str = "tenant") -> None:
+        self.model_label = model_label
+        self.tenant_field = tenant_field
+
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        return (self.__class__.__qualname__, [self.model_label], {"tenant_field": self.tenant_field})
+
+    def describe(self) -> str:
+        return f"Row-level security by tenant on {self.model_label}"
+
+    def database_forwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
+        table, column = _table_and_column(to_state, self.model_label, self.tenant_field)
+        quoted = schema_editor.quote_name(table)
+        expression = tenant_policy_expression(schema_editor.quote_name(column))
+        self._run(
+            schema_editor,
+            [
+                f"ALTER TABLE {quoted} ENABLE ROW LEVEL SECURITY",
+                f"ALTER TABLE {quoted} FORCE ROW LEVEL SECURITY",
+                f"CREATE POLICY {TENANT_POLICY} ON {quoted} USING ({expression}) WITH CHECK ({expression})",
+            ],
+        )
+
+    def database_backwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
+        table, _ = _table_and_column(from_state, self.model_label, self.tenant_field)
+        quoted = schema_editor.quote_name(table)
+        self._run(
+            schema_editor,
+            [
+                f"DROP POLICY {TENANT_POLICY} ON {quoted}",
+                f"ALTER TABLE {quoted} NO FORCE ROW LEVEL SECURITY",
+                f"ALTER TABLE {quoted} DISABLE ROW LEVEL SECURITY",
+            ],
+        )
+
+
+class AddPreTenantLookupPolicy(_PostgresOnly):
+    """A second, SELECT-only policy: rows whose `field` equals `setting` are readable (not writable).
+
+    For lookups made before the tenant is known, through `tenants.context.pre_tenant_lookup`.
+    """
+
+    def __init__(self, model_label: str, name: str, field: str, setting: str, cast: str = "bigint") -> None:
+        self.model_label = model_label
+        self.name = name
+        self.field = field
+        self.setting = setting
+        self.cast = cast
+
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        return (
+            self.__class__.__qualname__,
+            [self.model_label, self.name, self.field, self.setting],
+            {"cast": self.cast},
+        )
+
+    def describe(self) -> str:
+        return f"Read-only lookup policy {self.name} on {self.model_label}"
+
+    def database_forwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
+        table, column = _table_and_column(to_state, self.model_label, self.field)
+        quoted = schema_editor.quote_name(table)
+        expression = f"{schema_editor.quote_name(column)} = {setting_expression(self.setting, self.cast)}"
+        self._run(schema_editor, [f"CREATE POLICY {self.name} ON {quoted} FOR SELECT USING ({expression})"])
+
+    def database_backwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
+        table, _ = _table_and_column(from_state, self.model_label, self.field)
+        self._run(schema_editor, [f"DROP POLICY {self.name} ON {schema_editor.quote_name(table)}"])
