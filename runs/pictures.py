@@ -254,7 +254,7 @@ def gantt_picture(
     axis_y = GANTT_TOP + len(order) * GANTT_ROW_H
     ticks = [(round(GANTT_LABEL_W + s * scale, 1), seconds_label(s)) for s in _nice_ticks(span)]
     return GanttPicture(
-        width=GANTT_LABEL_W + GANTT_CHART_W + 24,
+        width=GANTT_LABEL_W + GANTT_CHART_W + 72,  # room for a "blocked" mark at the very end
         height=axis_y + GANTT_BOTTOM,
         rows=rows,
         ticks=ticks,
