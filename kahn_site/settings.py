@@ -99,6 +99,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "mozilla_django_oidc",
     "rest_framework",
     "drf_spectacular",
     "channels",
@@ -134,6 +135,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "tenants.context_processors.workspace",
             ],
         },
     },
@@ -148,6 +150,32 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = KAHN_HOME / "staticfiles"
+
+# ---------------------------------------------------------------- cloud: sign-in with OIDC
+if CLOUD:
+    _oidc_why = "cloud mode signs people in with OIDC"
+    OIDC_RP_CLIENT_ID = env_required("OIDC_RP_CLIENT_ID", _oidc_why)
+    OIDC_RP_CLIENT_SECRET = env_required("OIDC_RP_CLIENT_SECRET", _oidc_why)
+    OIDC_OP_AUTHORIZATION_ENDPOINT = env_required("OIDC_OP_AUTHORIZATION_ENDPOINT", _oidc_why)
+    OIDC_OP_TOKEN_ENDPOINT = env_required("OIDC_OP_TOKEN_ENDPOINT", _oidc_why)
+    OIDC_OP_USER_ENDPOINT = env_required("OIDC_OP_USER_ENDPOINT", _oidc_why)
+    OIDC_OP_JWKS_ENDPOINT = env_required("OIDC_OP_JWKS_ENDPOINT", _oidc_why)
+    OIDC_RP_SIGN_ALGO = "RS256"
+    OIDC_RP_SCOPES = "openid email profile"
+    OIDC_USE_PKCE = True
+    # Seconds for each call to the provider; a sign-in never hangs on it.
+    OIDC_TIMEOUT = env.float("OIDC_TIMEOUT", default=10)
+    # Users are matched by `sub` (tenants.auth); the callback view is tenants.urls'.
+    AUTHENTICATION_BACKENDS = ["tenants.auth.TenantOIDCBackend"]
+    LOGIN_URL = "oidc_authentication_init"
+    LOGIN_REDIRECT_URL = "/"
+    LOGOUT_REDIRECT_URL = "signed_out"
+    # Behind the proxy (SPEC section 1), so that the callback URL given to the provider is https.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # The tenant middleware opens each request's transaction, as it must bind kahn.tenant_id before
+    # the view runs; ATOMIC_REQUESTS adds the view's savepoint inside it, so a view or API error
+    # (DRF's handler marks it) rolls back what the view wrote.
+    DATABASES["default"]["ATOMIC_REQUESTS"] = True
 
 LOGGING = {
     "version": 1,

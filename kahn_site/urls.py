@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
@@ -16,3 +17,8 @@ urlpatterns = [
 # API paths answer errors in the JSON shape of SPEC section 11; pages get HTML.
 handler404 = "kahn_site.api_errors.not_found_handler"
 handler500 = "kahn_site.api_errors.server_error_handler"
+
+if settings.CLOUD:
+    # Sign-in (OIDC), the workspace pages, and the admin's sign-in through OIDC; first, so that
+    # the admin's own login page is never reached.
+    urlpatterns.insert(0, path("", include("tenants.urls")))

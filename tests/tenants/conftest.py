@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -99,3 +100,10 @@ def as_service(service_role, transactional_db) -> Iterator[str]:
     """
     with connected_as(service_role):
         yield service_role
+
+
+def free_port() -> int:
+    """A loopback port free right now, for a server subprocess to listen on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

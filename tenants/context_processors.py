@@ -1,0 +1,13 @@
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest
+
+
+def workspace(request: HttpRequest) -> dict[str, Any]:
+    """What the page header's workspace switcher shows (tenants/account.html); nothing in OSS mode."""
+    return {
+        "sign_in_enabled": settings.CLOUD,
+        "current_tenant": getattr(request, "tenant", None),
+        "memberships": getattr(request, "memberships", []),
+    }

@@ -1,0 +1,15 @@
+"""Cloud-mode URLs: OIDC sign-in, the workspace pages, and the admin's sign-in through OIDC."""
+
+from django.urls import include, path
+
+from tenants import views
+
+urlpatterns = [
+    # Ahead of mozilla-django-oidc's own callback: a replayed or stale callback starts a fresh sign-in.
+    path("oidc/callback/", views.SignInCallbackView.as_view(), name="oidc_authentication_callback"),
+    path("oidc/", include("mozilla_django_oidc.urls")),
+    path("admin/login/", views.staff_sign_in, name="staff_sign_in"),
+    path("workspaces/", views.workspace_list, name="workspaces"),
+    path("workspaces/switch/", views.workspace_switch, name="workspace_switch"),
+    path("signed-out/", views.signed_out, name="signed_out"),
+]
