@@ -20,6 +20,7 @@ from rest_framework.response import Response
 
 from ingest import services
 from ingest.archive import RUN_ID_PATTERN
+from ingest.ratelimit import TenantIngestRateThrottle, ratelimit_headers
 from kahn_site.api_errors import ApiError
 from runs.api import ERRORS, RUN_ID, ErrorSerializer, RunEventsApi, RunGraphApi, RunSummaryApi
 from tenants.context import tenant_current
@@ -59,7 +60,13 @@ def _checked_run_id(run_id: str) -> str:
 
 
 # What a producer's request can be refused with, besides the read API's 400 and 404.
-INGEST_ERRORS = {**ERRORS, 409: ErrorSerializer, 413: ErrorSerializer, 415: ErrorSerializer}
+INGEST_ERRORS = {
+    **ERRORS,
+    409: ErrorSerializer,
+    413: ErrorSerializer,
+    415: ErrorSerializer,
+    429: ErrorSerializer,
+}
 
 Receipt = inline_serializer(
     "Receipt",
@@ -72,7 +79,19 @@ Receipt = inline_serializer(
 )
 
 
-class RunEventsEndpoint(RunEventsApi):
+class IngestThrottled:
+    """The producer's writes spend the tenant's rate budget; reads on the same paths do not."""
+
+    throttle_classes = [TenantIngestRateThrottle]
+
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+        for name, value in ratelimit_headers(request).items():
+            response[name] = value
+        return response
+
+
+class RunEventsEndpoint(IngestThrottled, RunEventsApi):
     @extend_schema(
         operation_id="runs_events_create",
         parameters=[RUN_ID],
@@ -129,7 +148,7 @@ Written = inline_serializer(
 )
 
 
-class RunGraphEndpoint(RunGraphApi):
+class RunGraphEndpoint(IngestThrottled, RunGraphApi):
     @extend_schema(
         operation_id="runs_graph_update",
         parameters=[RUN_ID],
@@ -141,7 +160,7 @@ class RunGraphEndpoint(RunGraphApi):
         return _put(request, run_id, "graph")
 
 
-class RunSummaryEndpoint(RunSummaryApi):
+class RunSummaryEndpoint(IngestThrottled, RunSummaryApi):
     @extend_schema(
         operation_id="runs_summary_update",
         parameters=[RUN_ID],

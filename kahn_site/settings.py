@@ -204,3 +204,19 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
 }
+
+# ---------------------------------------------------------------- cache and ingest rate limits
+# Rate limit counts live in the cache: in cloud mode Redis, shared by every replica; short socket
+# timeouts so that a Redis outage costs a request milliseconds, not seconds (limits then fail open).
+if CLOUD:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+KAHN_RATE_LIMITS = env.bool("KAHN_RATE_LIMITS", default=CLOUD)
+RATELIMIT_USE_CACHE = "default"

@@ -1,0 +1,77 @@
+"""Per-tenant ingest rate limits from the plan (SPEC section 9), counted in real Redis."""
+
+import logging
+import uuid
+
+import orjson
+import pytest
+from django.test import override_settings
+
+pytestmark = pytest.mark.django_db
+
+T = "2026-11-20T10:00:00.000Z"
+
+
+def redis_cache(location: str = "redis://127.0.0.1:6379/0") -> dict:
+    # A fresh key prefix per test: counts of other tests and other runs never mix in.
+    return {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": location,
+            "KEY_PREFIX": f"kahn-test-{uuid.uuid4().hex}",
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
+
+
+def note(client, run_id: str = "limited"):
+    event = {"ts": T, "event": "run_start", "run_id": run_id}
+    return client.post(
+        f"/api/v1/runs/{run_id}/events", data=orjson.dumps([event]), content_type="application/json"
+    )
+
+
+@pytest.fixture
+def plan_of_three(local_tenant):
+    plan = local_tenant.plan
+    plan.ingest_requests_per_minute = 3
+    plan.save()
+    return plan
+
+
+def test_over_the_plan_rate_is_429_rate_limited_with_headers(client, plan_of_three):
+    with override_settings(KAHN_RATE_LIMITS=True, CACHES=redis_cache()):
+        answers = [note(client, f"r{i}") for i in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert [a["X-RateLimit-Remaining"] for a in answers[:3]] == ["2", "1", "0"]
+        assert all(a["X-RateLimit-Limit"] == "3" for a in answers)
+        limited = answers[3]
+        assert limited.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(limited["Retry-After"]) <= 60
+        assert 0 <= int(limited["X-RateLimit-Reset"]) <= 60
+        # Reads on the same paths spend nothing.
+        assert client.get("/api/v1/runs/r0/events").status_code == 200
+
+
+def test_a_plan_change_takes_effect_on_the_next_request(client, plan_of_three):
+    with override_settings(KAHN_RATE_LIMITS=True, CACHES=redis_cache()):
+        assert [note(client, f"r{i}").status_code for i in range(4)] == [200, 200, 200, 429]
+        plan_of_three.ingest_requests_per_minute = 10
+        plan_of_three.save()
+        assert note(client, "r9").status_code == 200
+
+
+def test_with_redis_down_the_limit_fails_open_and_says_so(client, plan_of_three, caplog):
+    # Port 1 on loopback: nothing listens there, so every cache call fails as in an outage.
+    with (
+        override_settings(KAHN_RATE_LIMITS=True, CACHES=redis_cache("redis://127.0.0.1:1/0")),
+        caplog.at_level(logging.WARNING, logger="ingest.ratelimit"),
+    ):
+        answers = [note(client, f"r{i}") for i in range(5)]
+    assert [a.status_code for a in answers] == [200] * 5
+    assert "X-RateLimit-Limit" not in answers[0]
+    assert "rate limit cache is unreachable" in caplog.text
+
+
+def test_oss_mode_has_no_limit(client, plan_of_three):
+    assert [note(client, f"r{i}").status_code for i in range(5)] == [200] * 5
