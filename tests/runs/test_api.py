@@ -127,6 +127,15 @@ def test_filters(client, imported, query, expected):
     assert run_ids(get(client, f"{API}/runs/?{query}")) == expected
 
 
+def test_an_empty_date_range_finds_nothing(client, imported):
+    assert (
+        run_ids(
+            get(client, f"{API}/runs/?started_after=2026-11-21T00:00:00Z&started_before=2026-11-20T00:00:00Z")
+        )
+        == []
+    )
+
+
 def test_empty_parameters_filter_nothing(client, imported):
     # What an HTML form sends for fields left empty.
     assert run_ids(get(client, f"{API}/runs/?node=&q=&failed_node=")) == ALL_NEWEST_FIRST
@@ -144,7 +153,6 @@ def test_status_running_finds_fresh_unfinished_runs(client, imported):
         ("status=finished", ["status"]),
         ("outcome=flaky", ["outcome"]),
         ("started_after=yesterday", ["started_after"]),
-        ("started_after=2026-11-21T00:00:00Z&started_before=2026-11-20T00:00:00Z", ["started_before"]),
         ("page_size=0", ["page_size"]),
         ("page_size=201", ["page_size"]),
         ("page_size=ten", ["page_size"]),

@@ -78,7 +78,7 @@ def test_fuzzing_the_read_api_finds_no_server_error(api_schema, path):
     operation = api_schema[path]["GET"]
 
     @given(case=operation.as_strategy())
-    @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     def answers_within_the_contract(case):
         # A cursor is opaque: only those the API gave out are valid, which no schema can say, so a
         # made-up one is rightly refused (400) though it looks valid.
