@@ -5,6 +5,8 @@ OSS and cloud (database, channel layer, cache, auth) is a backend chosen below â
 in a view. Every other setting comes from the environment; secrets may come from ``NAME_FILE``.
 """
 
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -191,13 +193,19 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    # OSS: open on loopback with no login (SPEC section 6), so no credentials are asked for or
-    # checked: a stray Authorization header must not turn a read into a 401.
-    **({} if CLOUD else {"DEFAULT_AUTHENTICATION_CLASSES": []}),
+    # An API key (checked by the cloud tenant middleware, which binds its tenant) or the browser
+    # session. The same in both modes: OSS resolves no keys and has no sign-in, and its one tenant
+    # passes the permission below, so nothing there ever asks for credentials.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "tenants.authentication.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     # No view runs without a current tenant (tenants.permissions): a new view cannot forget it.
     "DEFAULT_PERMISSION_CLASSES": ["tenants.permissions.HasTenant"],
 }
 SPECTACULAR_SETTINGS = {
+    # The schema says what a client must send: nothing in OSS, a key or a session in cloud.
+    "AUTHENTICATION_WHITELIST": REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] if CLOUD else [],
     "TITLE": "KAHN Scope API",
     "DESCRIPTION": "Read-only observability for KAHN orchestrator runs: history, replay, diagnostics.",
     "VERSION": "1",
@@ -220,3 +228,9 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 KAHN_RATE_LIMITS = env.bool("KAHN_RATE_LIMITS", default=CLOUD)
 RATELIMIT_USE_CACHE = "default"
+
+# API keys are stored as HMAC-SHA256 with this pepper: a leaked table without it opens nothing.
+KAHN_API_KEY_PEPPER = (
+    env_secret("KAHN_API_KEY_PEPPER")
+    or hmac.new(SECRET_KEY.encode(), b"kahn-api-key-pepper", hashlib.sha256).hexdigest()
+)

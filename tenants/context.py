@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 # The database settings that row-level security policies read (see `tenants.rls`).
 TENANT_SETTING = "kahn.tenant_id"
 USER_SETTING = "kahn.user_id"
+API_KEY_HASH_SETTING = "kahn.api_key_hash"
+API_KEY_ID_SETTING = "kahn.api_key_id"
 
 _current_tenant: ContextVar[Tenant | None] = ContextVar("kahn_current_tenant", default=None)
 

@@ -20,6 +20,7 @@ from django.urls import reverse
 from tenants.context import NoTenantError, tenant_request
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
 from tenants.selectors import membership_list_for_user
+from tenants.services import api_key_authenticate
 
 # Where the cloud session keeps the tenant the user last switched to.
 SESSION_TENANT_KEY = "kahn_tenant_id"
@@ -57,9 +58,17 @@ class LocalTenantMiddleware(_TenantMiddleware):
 
 
 class CloudTenantMiddleware(_TenantMiddleware):
-    """Cloud mode: the tenant of the logged-in user (API keys are resolved by their own middleware)."""
+    """Cloud mode: the tenant of the request's API key, else of the logged-in user."""
 
     def choose_tenant(self, request: HttpRequest) -> Tenant | HttpResponse | None:
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            api_key = api_key_authenticate(credentials.strip())
+            if api_key is None:
+                return _invalid_api_key()
+            request.api_key = api_key
+            return api_key.tenant
+
         user = request.user
         if not user.is_authenticated:
             return None
@@ -89,6 +98,18 @@ class CloudTenantMiddleware(_TenantMiddleware):
             login = reverse("oidc_authentication_init")
             return HttpResponseRedirect(f"{login}?{urlencode({'next': request.get_full_path()})}")
         return render(request, "tenants/no_workspace.html", status=200)
+
+
+def _invalid_api_key() -> HttpResponse:
+    # The same answer for a malformed, unknown, revoked or expired key: a key probes nothing.
+    body = {
+        "error": {
+            "code": "invalid_api_key",
+            "message": "the API key is not valid: it is malformed, unknown, revoked or expired",
+            "details": {},
+        }
+    }
+    return JsonResponse(body, status=401, headers={"WWW-Authenticate": 'Bearer realm="kahn"'})
 
 
 def _forbidden(request: HttpRequest, message: str) -> HttpResponse:

@@ -1,7 +1,8 @@
-"""Tenants, the people in them, and the record of staff acting across them."""
+"""Tenants, the people in them, their API keys, and the record of staff acting across them."""
 
 import secrets
 import string
+from datetime import datetime
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -116,3 +117,50 @@ class StaffAccess(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor} in {self.tenant_slug}: {self.reason}"
+
+
+class ApiKeyManager(TenantScopedManager["ApiKey"]):
+    def pre_tenant_by_hash(self, key_hash: str) -> models.QuerySet["ApiKey"]:
+        """The key with this hash, read before its tenant is known.
+
+        The one narrow pre-tenant path for keys: `tenants.services.api_key_authenticate` calls it
+        inside a transaction that sets `kahn.api_key_hash`, which the table's read-only policy admits.
+        """
+        return self.unscoped().filter(key_hash=key_hash).select_related("tenant", "tenant__plan")
+
+    def pre_tenant_by_id(self, key_id: int) -> models.QuerySet["ApiKey"]:
+        """For an operator revoking a key by id: read through the `kahn.api_key_id` lookup policy."""
+        return self.unscoped().filter(pk=key_id).select_related("tenant")
+
+
+class ApiKey(models.Model):
+    """A producer's key, `kahn_live_sk_<tenant key_prefix>_<secret>` (SPEC section 5).
+
+    Only a keyed hash of the whole key and its last four characters are stored: the key itself is
+    shown once, when it is made. Keys are never deleted, only revoked, so the list keeps who had one.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    key_hash = models.CharField(
+        max_length=64, unique=True, help_text="HMAC-SHA256 of the key, with the pepper"
+    )
+    last4 = models.CharField(max_length=4)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True, help_text="written at most once a minute")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="for rotation with overlap")
+
+    objects = ApiKeyManager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (…{self.last4})"
+
+    def is_active_at(self, now: datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

@@ -1,17 +1,23 @@
-"""Writes of tenancy itself: tenants and who is in them."""
+"""Writes of tenancy itself: tenants, who is in them, and their API keys."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import secrets
+import string
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.utils import timezone
 
 from billing.models import Plan
-from tenants.context import tenant_atomic
-from tenants.models import KEY_PREFIX_ALPHABET, Membership, Role, Tenant
+from tenants.context import API_KEY_HASH_SETTING, pre_tenant_lookup, tenant_atomic
+from tenants.models import KEY_PREFIX_ALPHABET, ApiKey, Membership, Role, Tenant
 
 
 class TenancyError(ValueError):
@@ -76,3 +82,82 @@ def membership_create(*, tenant: Tenant, user: AbstractBaseUser, role: str = Rol
     with tenant_atomic(tenant):
         membership, _ = Membership.objects.update_or_create(tenant=tenant, user=user, defaults={"role": role})
     return membership
+
+
+# ---------------------------------------------------------------- API keys (SPEC section 5)
+
+API_KEY_PREFIX = "kahn_live_sk_"
+API_KEY_PATTERN = re.compile(r"^kahn_live_sk_([a-z0-9]{6,16})_([A-Za-z0-9]{32,128})$")
+API_KEY_SECRET_LENGTH = 40  # base62: about 238 bits
+_BASE62 = string.ascii_letters + string.digits
+# How stale `last_used_at` may get: writing it on every request would make each one a write.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def api_key_hash(key: str) -> str:
+    """A keyed hash (HMAC-SHA256 with the server's pepper): a leaked table alone opens nothing."""
+    return hmac.new(settings.KAHN_API_KEY_PEPPER.encode(), key.encode(), hashlib.sha256).hexdigest()
+
+
+def api_key_create(
+    *,
+    tenant: Tenant,
+    name: str,
+    created_by: AbstractBaseUser | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """A new key for `tenant`, and the key itself: returned here once, never stored."""
+    name = name.strip()
+    if not name:
+        raise TenancyError("an API key needs a name, so its owners know what it is for")
+    with tenant_atomic(tenant):
+        # Lock the tenant: two keys made at once must not both fit under the plan's limit.
+        Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
+        active = ApiKey.objects.filter(tenant=tenant, revoked_at__isnull=True).count()
+        limit = tenant.plan.max_api_keys
+        if active >= limit:
+            raise TenancyError(
+                f"{tenant.slug} has {active} active API keys, the most its plan {tenant.plan.name!r} allows; "
+                "revoke one first"
+            )
+        secret = "".join(secrets.choice(_BASE62) for _ in range(API_KEY_SECRET_LENGTH))
+        key = f"{API_KEY_PREFIX}{tenant.key_prefix}_{secret}"
+        api_key = ApiKey.objects.create(
+            tenant=tenant,
+            name=name,
+            key_hash=api_key_hash(key),
+            last4=key[-4:],
+            created_by=created_by,
+            expires_at=expires_at,
+        )
+    return api_key, key
+
+
+def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    """Revokes a key at once: its next request is refused."""
+    with tenant_atomic(api_key.tenant):
+        if api_key.revoked_at is None:
+            api_key.revoked_at = timezone.now()
+            ApiKey.objects.filter(pk=api_key.pk).update(revoked_at=api_key.revoked_at)
+    return api_key
+
+
+def api_key_authenticate(key: str) -> ApiKey | None:
+    """The active key `key` is, with its tenant; None for anything else (malformed, unknown,
+    revoked, expired). The tenant comes from the stored key, never from the prefix text."""
+    if not API_KEY_PATTERN.match(key):
+        return None
+    key_hash = api_key_hash(key)
+    with pre_tenant_lookup(API_KEY_HASH_SETTING, key_hash):
+        api_key = ApiKey.objects.pre_tenant_by_hash(key_hash).first()
+    # The lookup already matched the hash; compare again in constant time all the same.
+    if api_key is None or not hmac.compare_digest(api_key.key_hash, key_hash):
+        return None
+    now = timezone.now()
+    if not api_key.is_active_at(now) or not key.startswith(f"{API_KEY_PREFIX}{api_key.tenant.key_prefix}_"):
+        return None
+    if api_key.last_used_at is None or now - api_key.last_used_at >= LAST_USED_RESOLUTION:
+        with tenant_atomic(api_key.tenant):
+            ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        api_key.last_used_at = now
+    return api_key

@@ -127,10 +127,11 @@ def test_anonymous_pages_go_to_sign_in_and_the_api_refuses(cloud, world_runs):
     response = cloud.get("/runs/acme_nightly/?at=3")
     assert response.status_code == 302
     assert response["Location"] == "/oidc/authenticate/?next=%2Fruns%2Facme_nightly%2F%3Fat%3D3"
-    # No tenant, no API (DRF's authenticators are those of the OSS settings here; the real cloud
-    # answer, `not_authenticated`, is shown end to end in test_oidc.py).
+    # No tenant, no API: 401 with the challenge a client can answer with an API key.
     response = cloud.get("/api/v1/runs/")
-    assert response.status_code == 403
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Bearer")
+    assert response.json()["error"]["code"] == "not_authenticated"
     assert "acme_nightly" not in response.text
 
 

@@ -64,7 +64,11 @@ def test_a_tenant_owned_table_has_forced_row_level_security_and_the_tenant_polic
 
 # Policies besides the tenant's that a tenant-owned table may have: read-only pre-tenant lookups,
 # each keyed on a setting of its own (tenants.context.pre_tenant_lookup).
-LOOKUP_POLICIES = {("tenants_membership", "membership_of_current_user"): "kahn.user_id"}
+LOOKUP_POLICIES = {
+    ("tenants_membership", "membership_of_current_user"): "kahn.user_id",
+    ("tenants_apikey", "api_key_by_hash"): "kahn.api_key_hash",
+    ("tenants_apikey", "api_key_by_id"): "kahn.api_key_id",
+}
 
 
 def test_any_other_policy_is_a_known_read_only_lookup(db):

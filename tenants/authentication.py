@@ -1,0 +1,37 @@
+"""DRF authentication for API keys. The key itself is checked once, by the cloud tenant middleware,
+which binds its tenant for the whole request; here DRF learns of it, so that a request with no
+credentials at all is answered 401 with `WWW-Authenticate: Bearer`, not 403."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AnonymousUser
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.request import Request
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    def authenticate(self, request: Request) -> tuple[Any, Any] | None:
+        api_key = getattr(request._request, "api_key", None)
+        if api_key is None:
+            return None
+        return AnonymousUser(), api_key
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="kahn"'
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    """How the OpenAPI schema names the key: a bearer token."""
+
+    target_class = ApiKeyAuthentication
+    name = "apiKey"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "an API key, kahn_live_sk_<prefix>_<secret>",
+        }
