@@ -190,7 +190,7 @@ LOGGING = {
 REST_FRAMEWORK = {
     # Every API error leaves as {"error": {"code", "message", "details"}} (SPEC section 11).
     "EXCEPTION_HANDLER": "kahn_site.api_errors.api_exception_handler",
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["kahn_site.api_renderers.OrjsonRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     # An API key (checked by the cloud tenant middleware, which binds its tenant) or the browser

@@ -14,12 +14,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Case, Count, Exists, F, OuterRef, Q, QuerySet, Sum, Value, When
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Sum
+from django.db.models.fields.json import KT
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from runs.models import Diagnostic, Event, Run, RunNode
 from runs.reduction import RunReduction
+from runs.timeline import attempt_as_dict, build_timeline
 from tenants.models import Tenant
 
 # SPEC section 2. A run id that cannot exist is not looked up: PostgreSQL refuses NUL characters.
@@ -28,8 +30,30 @@ RUN_ID_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,63}$")
 STATUSES = ("complete", "running", "interrupted")
 OUTCOMES = ("clean", "clean_with_flake", "failed")
 
-# Columns a history row never shows: the reduction's working state and the producer's files.
-LIST_DEFERRED = ("reduction_state", "graph", "summary")
+# What a history row shows, and what its status is derived from: never the reduction's working
+# state or the producer's files, which are many times larger.
+LIST_COLUMNS = (
+    "run_id",
+    "started",
+    "ended",
+    "duration_s",
+    "outcome",
+    "total_nodes",
+    "done",
+    "failed",
+    "blocked",
+    "total_attempts",
+    "flake_retries",
+    "exit_code",
+    "failed_nodes",
+    "node_attempts",
+    "complete",
+    "last_event_at",
+    "created_at",
+    "errors",
+    "warnings",
+    "infos",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,24 +79,24 @@ def stale_cutoff(now: datetime) -> datetime:
     return now - timedelta(seconds=settings.KAHN_STALE_AFTER)
 
 
-def _status_expression(now: datetime) -> Case:
-    # The same rule as `Run.status_at`, written for the database.
-    return Case(
-        When(complete=True, then=Value("complete")),
-        When(
-            Q(last_event_at__lt=stale_cutoff(now)) | Q(last_event_at=None, created_at__lt=stale_cutoff(now)),
-            then=Value("interrupted"),
-        ),
-        default=Value("running"),
-    )
+def _status_is(status: str, now: datetime) -> Q:
+    """`Run.status_at` as a filter: a run without `run_end` is interrupted once its last event is stale."""
+    if status == "complete":
+        return Q(complete=True)
+    cutoff = stale_cutoff(now)
+    if status == "interrupted":
+        return Q(complete=False) & (
+            Q(last_event_at__lt=cutoff) | Q(last_event_at=None, created_at__lt=cutoff)
+        )
+    return Q(complete=False) & (Q(last_event_at__gte=cutoff) | Q(last_event_at=None, created_at__gte=cutoff))
 
 
 def run_list(*, tenant: Tenant, filters: RunFilters, now: datetime | None = None) -> QuerySet[Run]:
-    """The tenant's runs matching `filters`, each with `status` annotated; not yet ordered."""
+    """The tenant's runs matching `filters`, with the columns a history row shows; not yet ordered."""
     now = now or timezone.now()
-    runs = Run.objects.filter(tenant=tenant).defer(*LIST_DEFERRED).annotate(status=_status_expression(now))
+    runs = Run.objects.filter(tenant=tenant).only(*LIST_COLUMNS)
     if filters.status:
-        runs = runs.filter(status=filters.status)
+        runs = runs.filter(_status_is(filters.status, now))
     if filters.outcome:
         runs = runs.filter(outcome=filters.outcome)
     if filters.q:
@@ -121,7 +145,7 @@ def _beyond(position: RunPosition, *, backwards: bool) -> Q:
 
 
 def run_attach_open_attempts(runs: list[Run], *, tenant: Tenant, now: datetime | None = None) -> None:
-    """Sets `open_attempts` (the `died_mid_attempt` diagnostics) on each interrupted run of a page.
+    """Sets `status`, and `open_attempts` (the `died_mid_attempt` diagnostics) of interrupted runs.
 
     These are not stored, as they depend on the clock; reading them takes one query for the whole
     page, and none when the page holds no interrupted run.
@@ -130,8 +154,7 @@ def run_attach_open_attempts(runs: list[Run], *, tenant: Tenant, now: datetime |
     interrupted = {}
     for run in runs:
         run.open_attempts = []
-        if getattr(run, "status", None) is None:
-            run.status = run.status_at(now)
+        run.status = run.status_at(now)
         if run.status == "interrupted":
             interrupted[run.pk] = run
     if not interrupted:
@@ -154,6 +177,27 @@ def run_get(*, tenant: Tenant, run_id: str, now: datetime | None = None) -> Run:
         if run.status == "interrupted"
         else []
     )
+    return run
+
+
+def run_detail(*, tenant: Tenant, run_id: str, now: datetime | None = None) -> Run:
+    """A run with what the API shows of it: `graph`, `node_details` (each node's state, deps and
+    attempts, in graph order) and `diagnostic_list`; raises `Run.DoesNotExist`."""
+    run = run_get(tenant=tenant, run_id=run_id, now=now)
+    timeline = build_timeline(run_graph(tenant=tenant, run=run), run_event_facts(tenant=tenant, run=run))
+    run.graph = timeline.graph
+    run.node_details = []
+    for node_id, state, _attempts in RunReduction(run.run_id, run.reduction_state).node_states():
+        node = timeline.nodes.get(node_id)
+        run.node_details.append(
+            {
+                "id": node_id,
+                "state": state,
+                "deps": node.deps if node else [],
+                "attempts": [attempt_as_dict(a) for a in node.attempts] if node else [],
+            }
+        )
+    run.diagnostic_list = run_diagnostics(tenant=tenant, run=run)
     return run
 
 
@@ -197,13 +241,42 @@ def run_events(*, tenant: Tenant, run: Run, after_seq: int = -1, limit: int | No
     return events[:limit] if limit is not None else events
 
 
-def run_event_rows(*, tenant: Tenant, run: Run) -> list[tuple[int, datetime, str, str | None, dict]]:
-    """The whole log as plain tuples (seq, ts, kind, node, payload), for the timeline."""
-    return list(
+# What the timeline and the replay read of each event; the rest of a payload stays in the database.
+EVENT_FACTS = ("from", "to", "attempt", "ok", "duration_s", "exit_code", "error", "producer")
+_NUMBERS = {"attempt": int, "exit_code": int, "duration_s": float}
+
+
+def run_event_facts(*, tenant: Tenant, run: Run) -> list[tuple[int, datetime, str, str | None, dict]]:
+    """The whole log as (seq, ts, kind, node, facts), with only `EVENT_FACTS` taken from each payload.
+
+    The database extracts those few keys, so a long run's payloads are neither shipped nor parsed
+    whole: on a 2,000-event run that is most of the page's time.
+    """
+    names = {f"fact_{i}": name for i, name in enumerate(EVENT_FACTS)}
+    rows = (
         Event.objects.filter(tenant=tenant, run=run)
         .order_by("seq")
-        .values_list("seq", "ts", "kind", "node", "payload")
+        .annotate(**{alias: KT(f"payload__{name}") for alias, name in names.items()})
+        .values_list("seq", "ts", "kind", "node", *names)
     )
+    return [(seq, ts, kind, node, _facts(values)) for seq, ts, kind, node, *values in rows]
+
+
+def _facts(values: list[Any]) -> dict[str, Any]:
+    facts = {}
+    for name, value in zip(EVENT_FACTS, values, strict=True):
+        if value is None:
+            continue
+        if name == "ok":
+            # PostgreSQL's ->> gives JSON's text ('true'), SQLite's the value (1).
+            value = value in ("true", 1, True)
+        elif name in _NUMBERS:
+            try:
+                value = _NUMBERS[name](value)
+            except ValueError:
+                continue  # an unknown event kind may use these names for anything
+        facts[name] = value
+    return facts
 
 
 @dataclass(frozen=True, slots=True)

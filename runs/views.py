@@ -95,14 +95,15 @@ def run_history(request: HttpRequest) -> HttpResponse:
     runs: list[Run] = []
     paginator = RunCursorPagination()
     error = None
+    now = timezone.now()  # one clock for the status filter and the statuses shown
     if form.is_valid():
-        queryset = selectors.run_list(tenant=tenant, filters=form.filters())
+        queryset = selectors.run_list(tenant=tenant, filters=form.filters(), now=now)
         try:
             runs = paginator.paginate_queryset(queryset, Request(request))
         except InvalidQuery:
             error = "That page link is out of date: showing the newest runs."
             runs = paginator.paginate_queryset(queryset, Request(_without_cursor(request)))
-    selectors.run_attach_open_attempts(runs, tenant=tenant)
+    selectors.run_attach_open_attempts(runs, tenant=tenant, now=now)
     for run in runs:
         _set_verdict(run)
     filtered = any(v for k, v in request.GET.items() if k not in ("cursor", "page_size"))
@@ -114,7 +115,7 @@ def run_history(request: HttpRequest) -> HttpResponse:
         "filtered": filtered,
         "next_url": paginator.get_next_link() if runs else None,
         "previous_url": paginator.get_previous_link() if runs else None,
-        "chart": history_chart(runs, timezone.now()),
+        "chart": history_chart(runs, now),
         "verdict_links": [("", "All")] + [(key, key.capitalize()) for key in VERDICT_FILTERS],
         "current_status": form.cleaned_data.get("status", "") if form.is_valid() else "",
     }
@@ -135,8 +136,8 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
     except Run.DoesNotExist:
         raise Http404(f"There is no run named “{run_id}”.") from None
     _set_verdict(run)
-    events = selectors.run_event_rows(tenant=tenant, run=run)
-    timeline = build_timeline(run.graph, events)
+    events = selectors.run_event_facts(tenant=tenant, run=run)
+    timeline = build_timeline(selectors.run_graph(tenant=tenant, run=run), events)
     final = RunReduction(run.run_id, run.reduction_state).node_states()
     order = [node_id for node_id, _state, _attempts in final]
     for node_id in order:
@@ -152,11 +153,8 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         attempts = {node_id: timeline.nodes[node_id].attempts_at(at) for node_id in order}
 
     log_from = _int_param(request, "log_from", default=0, low=0, high=max(0, timeline.last_seq))
-    log = [
-        _event_row(seq, ts, kind, node, payload)
-        for seq, ts, kind, node, payload in events
-        if log_from <= seq < log_from + EVENTS_PER_PAGE
-    ]
+    log_page = selectors.run_events(tenant=tenant, run=run, after_seq=log_from - 1, limit=EVENTS_PER_PAGE)
+    log = [_event_row(*row) for row in log_page.values_list("seq", "ts", "kind", "node", "payload")]
 
     mismatch = None
     if run.summary is not None and run.complete:
@@ -175,7 +173,7 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         "replay": {
             "lastSeq": timeline.last_seq,
             "eventX": gantt.event_x,
-            "labels": [_short_event(seq, kind, node, payload) for seq, _ts, kind, node, payload in events],
+            "labels": [_short_event(seq, kind, node, facts) for seq, _ts, kind, node, facts in events],
         },
         "diagnostics": selectors.run_diagnostics(tenant=tenant, run=run),
         "mismatch": mismatch,
@@ -186,7 +184,7 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         "log_pages": [
             (n, n // EVENTS_PER_PAGE + 1) for n in range(0, timeline.last_seq + 1, EVENTS_PER_PAGE)
         ],
-        "producer": next((p.get("producer") for _s, _t, kind, _n, p in events if kind == "run_start"), None),
+        "producer": next((f.get("producer") for _s, _t, kind, _n, f in events if kind == "run_start"), None),
         "elapsed": _elapsed(run),
     }
     return render(request, "runs/run.html", context)

@@ -8,7 +8,10 @@ import pytest
 from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
+from rest_framework.serializers import Serializer
 
+from runs import selectors
+from runs.api import RunDetailApi, RunRowSerializer
 from tenants.models import Tenant
 from tests.conftest import SAMPLE_ARCHIVE, archive_tool, ingest_quietly, write_archive_run
 from tests.runs.test_reduction import RUN_FLAKY_ROW
@@ -479,3 +482,18 @@ def _start_events() -> list[dict]:
             "attempt": 1,
         },
     ]
+
+
+# ---------------------------------------------------------------- the serializers' direct paths
+
+
+@pytest.mark.parametrize("run_id", [*ALL_NEWEST_FIRST])
+def test_rows_built_directly_equal_drfs_field_by_field_result(imported, local_tenant, run_id):
+    run = selectors.run_list(tenant=local_tenant, filters=selectors.RunFilters(q=run_id)).get(run_id=run_id)
+    selectors.run_attach_open_attempts([run], tenant=local_tenant)
+    serializer = RunRowSerializer()
+    assert serializer.to_representation(run) == Serializer.to_representation(serializer, run)
+
+    detail = selectors.run_detail(tenant=local_tenant, run_id=run_id)
+    serializer = RunDetailApi.OutputSerializer()
+    assert serializer.to_representation(detail) == Serializer.to_representation(serializer, detail)

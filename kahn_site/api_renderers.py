@@ -1,0 +1,19 @@
+"""The API's JSON renderer: DRF's output, encoded by orjson (several times faster than json)."""
+
+from typing import Any
+
+import orjson
+from rest_framework.renderers import JSONRenderer
+from rest_framework.utils.encoders import JSONEncoder
+
+_fallback = JSONEncoder()
+
+
+class OrjsonRenderer(JSONRenderer):
+    def render(
+        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
+    ) -> bytes:
+        if data is None:
+            return b""
+        # Types orjson does not know (Decimal, lazy strings, …) go through DRF's own encoder.
+        return orjson.dumps(data, default=_fallback.default, option=orjson.OPT_NON_STR_KEYS)
