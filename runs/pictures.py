@@ -327,7 +327,7 @@ def history_chart(rows: Sequence[Any], now: datetime) -> HistoryChart | None:
                 width=round(width, 1),
                 height=round(height, 1),
                 verdict=row.verdict,
-                title=f"{row.run_id}: {row.verdict_label}, {seconds_label(seconds)}",
+                title=f"{row.run_id}: {row.verdict}, {seconds_label(seconds)}",
             )
         )
     return HistoryChart(CHART_W, CHART_H, bars, seconds_label(longest))

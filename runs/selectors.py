@@ -121,27 +121,31 @@ def run_page(runs: QuerySet[Run], *, position: RunPosition | None, backwards: bo
 
     A keyset on (`started`, `id`), not an offset: a page costs the same at the end of a long history,
     and runs arriving meanwhile do not shift it. A run with no `started` (no `run_start` yet) sorts as
-    the newest, which is where the database's index on `started DESC` already puts it.
+    the newest, which is where the database's index on `started DESC` already puts it. Each bound on
+    `started` is also stated as a plain range, so the index starts the scan at the position instead
+    of filtering its way there.
     """
-    if backwards:
-        ordering = (F("started").asc(nulls_last=True), F("id").asc())
-    else:
-        ordering = (F("started").desc(nulls_first=True), F("id").desc())
-    runs = runs.order_by(*ordering)
-    if position is not None:
-        runs = runs.filter(_beyond(position, backwards=backwards))
-    return list(runs[:limit])
-
-
-def _beyond(position: RunPosition, *, backwards: bool) -> Q:
-    started, pk = position.started, position.id
     if not backwards:
-        if started is None:
-            return Q(started=None, id__lt=pk) | Q(started__isnull=False)
-        return Q(started__lt=started) | Q(started=started, id__lt=pk)
+        newest_first = runs.order_by(F("started").desc(nulls_first=True), F("id").desc())
+        return list(newest_first.filter(_older_than(position))[:limit] if position else newest_first[:limit])
+    oldest_first = runs.order_by(F("started").asc(nulls_last=True), F("id").asc())
+    if position is None:
+        return list(oldest_first[:limit])
+    started, pk = position.started, position.id
     if started is None:
-        return Q(started=None, id__gt=pk)
-    return Q(started=None) | Q(started__gt=started) | Q(started=started, id__gt=pk)
+        return list(oldest_first.filter(started=None, id__gt=pk)[:limit])
+    newer = list(oldest_first.filter(Q(started__gte=started), Q(started__gt=started) | Q(id__gt=pk))[:limit])
+    if len(newer) < limit:
+        # Past the newest run that started come those that have not: they are newer still.
+        newer += oldest_first.filter(started=None)[: limit - len(newer)]
+    return newer
+
+
+def _older_than(position: RunPosition) -> Q:
+    started, pk = position.started, position.id
+    if started is None:
+        return Q(started=None, id__lt=pk) | Q(started__isnull=False)
+    return Q(started__lte=started) & (Q(started__lt=started) | Q(id__lt=pk))
 
 
 def run_attach_open_attempts(runs: list[Run], *, tenant: Tenant, now: datetime | None = None) -> None:

@@ -28,14 +28,6 @@ from tenants.context import tenant_current
 EVENTS_PER_PAGE = 100
 NODE_RUN_CHOICES = (20, 50, 100, 200)
 
-# What the history shows as one word: the outcome of a complete run, else its status.
-VERDICTS = {
-    "clean": ("clean", "clean"),
-    "clean_with_flake": ("flaky", "flaky"),
-    "failed": ("failed", "failed"),
-    "running": ("running", "running"),
-    "interrupted": ("interrupted", "interrupted"),
-}
 VERDICT_FILTERS = {
     "failed": {"outcome": "failed"},
     "flaky": {"outcome": "clean_with_flake"},
@@ -46,8 +38,9 @@ VERDICT_FILTERS = {
 
 
 def _set_verdict(run: Run) -> None:
+    """What the history shows as one word: the outcome of a complete run, else its status."""
     key = run.outcome if run.status == "complete" else run.status
-    run.verdict, run.verdict_label = VERDICTS.get(key or "", ("running", run.status))
+    run.verdict = "flaky" if key == "clean_with_flake" else key
     run.diagnostic_counts = selectors.diagnostic_counts(run)
 
 
@@ -67,7 +60,7 @@ class HistoryFilterForm(forms.Form):
     page_size = forms.TypedChoiceField(
         required=False,
         coerce=int,
-        empty_value=50,
+        empty_value=DEFAULT_PAGE_SIZE,
         choices=[(n, n) for n in (25, 50, 100, MAX_PAGE_SIZE)],
         label="Per page",
     )
@@ -138,7 +131,8 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
     _set_verdict(run)
     events = selectors.run_event_facts(tenant=tenant, run=run)
     timeline = build_timeline(selectors.run_graph(tenant=tenant, run=run), events)
-    final = RunReduction(run.run_id, run.reduction_state).node_states()
+    reduction = RunReduction(run.run_id, run.reduction_state)
+    final = reduction.node_states()
     order = [node_id for node_id, _state, _attempts in final]
     for node_id in order:
         # A node the reduction knows from a graph the page does not have: drawn with no history.
@@ -158,7 +152,7 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
 
     mismatch = None
     if run.summary is not None and run.complete:
-        found = summary_mismatch(run.summary, RunReduction(run.run_id, run.reduction_state).row())
+        found = summary_mismatch(run.summary, reduction.row())
         mismatch = found.details["fields"] if found else None
 
     gantt = gantt_picture(timeline, order, states, at)
@@ -181,9 +175,7 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         "log_from": log_from,
         "log_previous": max(0, log_from - EVENTS_PER_PAGE) if log_from > 0 else None,
         "log_next": log_from + EVENTS_PER_PAGE if log_from + EVENTS_PER_PAGE <= timeline.last_seq else None,
-        "log_pages": [
-            (n, n // EVENTS_PER_PAGE + 1) for n in range(0, timeline.last_seq + 1, EVENTS_PER_PAGE)
-        ],
+        "log_paged": timeline.last_seq >= EVENTS_PER_PAGE,
         "producer": next((f.get("producer") for _s, _t, kind, _n, f in events if kind == "run_start"), None),
         "elapsed": _elapsed(run),
     }
@@ -244,7 +236,6 @@ def _event_row(
         "node": node,
         "what": _event_words(kind, payload),
         "error": payload.get("error") if kind == "node_attempt" else None,
-        "ok": payload.get("ok") if kind == "node_attempt" else None,
         "extra": extra,
     }
 

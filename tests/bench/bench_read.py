@@ -77,11 +77,14 @@ def main() -> None:
     from django.test import Client
 
     client = Client(HTTP_HOST="127.0.0.1")
+    deep = deep_cursors(args.runs // 2)
     cases = [
         # The framework's floor: an API request whose one query finds nothing.
         ("GET runs/?started_after=2100 (empty)", "/api/v1/runs/?started_after=2100-01-01T00:00:00Z", False),
         ("GET runs/ (first page, 50)", "/api/v1/runs/", True),
         ("GET runs/?page_size=200", "/api/v1/runs/?page_size=200", True),
+        ("GET runs/?cursor= (halfway, next)", f"/api/v1/runs/?cursor={deep[0]}", True),
+        ("GET runs/?cursor= (halfway, previous)", f"/api/v1/runs/?cursor={deep[1]}", True),
         (f"GET runs/{{id}}/ ({events:,} events)", f"/api/v1/runs/{DETAIL_RUN}/", True),
         ("history page /", "/", False),
         (f"run page /runs/{{id}}/ ({events:,} events)", f"/runs/{DETAIL_RUN}/", False),
@@ -206,6 +209,22 @@ def import_detail_run() -> int:
         tool.write_run(root, DETAIL_RUN, events, tool.graph_of(edges))
         call_command("ingest_archive", root, stdout=StringIO())
     return len(events)
+
+
+def deep_cursors(offset: int) -> tuple[str, str]:
+    """Cursors (older, newer) at the run `offset` places down the history, as the API encodes them."""
+    from base64 import b64encode
+    from urllib.parse import quote, urlencode
+
+    from django.db.models import F
+
+    from runs.models import Run
+
+    run = Run.objects.unscoped().order_by(F("started").desc(nulls_first=True), F("id").desc())[offset]
+    position = f"{run.started.isoformat()}|{run.pk}"
+    older = b64encode(urlencode({"p": position}).encode()).decode()
+    newer = b64encode(urlencode({"r": "1", "p": position}).encode()).decode()
+    return quote(older), quote(newer)
 
 
 def measure(client, path: str, repeat: int) -> tuple[float, float, int]:
