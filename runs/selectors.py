@@ -303,15 +303,29 @@ class NodeRun:
 
 
 def node_runs(*, tenant: Tenant, node_id: str, limit: int) -> list[NodeRun]:
-    """The node's last `limit` runs, newest first."""
+    """The node's last `limit` runs, newest first.
+
+    Walked from the runs' newest-first index, each run checked for the node, so a node present in
+    most runs costs `limit` lookups rather than a sort of every run it ever had.
+    """
     if "\x00" in node_id:
         return []  # no node has one: producers' events cannot carry NUL (reduction.validate_event)
-    rows = (
-        RunNode.objects.filter(tenant=tenant, node_id=node_id)
-        .order_by(F("run__started").desc(nulls_first=True), F("run_id").desc())
-        .values_list("run__run_id", "run__started", "run__outcome", "run__complete", "state", "attempts")
-    )[:limit]
-    return [NodeRun(*row) for row in rows]
+    runs = list(
+        Run.objects.filter(tenant=tenant)
+        .filter(_has_node(tenant, node_id))
+        .order_by(F("started").desc(nulls_first=True), F("id").desc())
+        .values_list("pk", "run_id", "started", "outcome", "complete")[:limit]
+    )
+    this_node = {
+        run_pk: (state, attempts)
+        for run_pk, state, attempts in RunNode.objects.filter(
+            tenant=tenant, node_id=node_id, run_id__in=[run[0] for run in runs]
+        ).values_list("run_id", "state", "attempts")
+    }
+    return [
+        NodeRun(run_id, started, outcome, complete, *this_node[pk])
+        for pk, run_id, started, outcome, complete in runs
+    ]
 
 
 @dataclass(frozen=True, slots=True)
