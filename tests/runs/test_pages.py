@@ -339,6 +339,17 @@ def test_a_run_without_graph_or_start_is_still_drawn(client, imported):
     assert "<code>missing_run_start</code>" in html
 
 
+def test_a_run_with_a_graph_and_no_events_yet(client, local_tenant, tmp_path):
+    write_archive_run(
+        tmp_path, "run_waiting", [], graph={"version": 1, "nodes": [{"id": "only", "deps": []}]}
+    )
+    ingest_quietly(tmp_path)
+    html = page(client, "/runs/run_waiting/")
+    assert node_state(html, "only") == "pending"
+    assert "No events yet" in html
+    assert 'id="scrubber"' not in html
+
+
 def test_an_unknown_run_is_a_404_page(client, imported):
     html = page(client, "/runs/run_nope/", status=404)
     assert "There is no run named “run_nope”." in html
