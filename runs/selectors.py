@@ -188,8 +188,7 @@ def run_detail(*, tenant: Tenant, run_id: str, now: datetime | None = None) -> R
     """A run with what the API shows of it: `graph`, `node_details` (each node's state, deps and
     attempts, in graph order) and `diagnostic_list`; raises `Run.DoesNotExist`."""
     run = run_get(tenant=tenant, run_id=run_id, now=now)
-    timeline = build_timeline(run_graph(tenant=tenant, run=run), run_event_facts(tenant=tenant, run=run))
-    run.graph = timeline.graph
+    timeline = build_timeline(run.graph, run_event_facts(tenant=tenant, run=run))
     run.node_details = []
     for node_id, state, _attempts in RunReduction(run.run_id, run.reduction_state).node_states():
         node = timeline.nodes.get(node_id)
@@ -203,17 +202,6 @@ def run_detail(*, tenant: Tenant, run_id: str, now: datetime | None = None) -> R
         )
     run.diagnostic_list = run_diagnostics(tenant=tenant, run=run)
     return run
-
-
-def run_graph(*, tenant: Tenant, run: Run) -> dict[str, Any] | None:
-    """The run's DAG: graph.json (or a PUT) when stored, else the one its `run_start` carried."""
-    if run.graph is not None:
-        return run.graph
-    start = (
-        Event.objects.filter(tenant=tenant, run=run, kind="run_start").order_by("seq").values_list("payload")
-    ).first()
-    graph = start[0].get("graph") if start else None
-    return graph if isinstance(graph, dict) else None
 
 
 def run_diagnostics(*, tenant: Tenant, run: Run) -> list[Diagnostic]:

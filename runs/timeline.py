@@ -65,8 +65,6 @@ class NodeTimeline:
 
 @dataclass(slots=True)
 class Timeline:
-    # The DAG the picture follows: the one given, or else the one `run_start` carried.
-    graph: dict[str, Any] | None
     nodes: dict[str, NodeTimeline]
     started: datetime | None
     # The last moment the picture covers: run_end, or the last event of a run still open.
@@ -105,20 +103,15 @@ class Timeline:
 
 def build_timeline(graph: dict[str, Any] | None, events: Iterable[EventRow]) -> Timeline:
     nodes: dict[str, NodeTimeline] = {}
-
-    def declare(graph: dict[str, Any]) -> None:
-        for declared in graph.get("nodes", []):
-            extra = {k: v for k, v in declared.items() if k not in ("id", "deps")}
-            node = node_of(declared["id"])
-            node.deps, node.extra = list(declared.get("deps", [])), extra
+    for declared in (graph or {}).get("nodes", []):
+        extra = {k: v for k, v in declared.items() if k not in ("id", "deps")}
+        nodes[declared["id"]] = NodeTimeline(declared["id"], list(declared.get("deps", [])), extra)
 
     def node_of(node_id: str) -> NodeTimeline:
         if node_id not in nodes:
             nodes[node_id] = NodeTimeline(node_id, [], {})
         return nodes[node_id]
 
-    if graph is not None:
-        declare(graph)
     open_attempts: dict[str, Attempt] = {}
     started = finished = None
     last_seq = -1
@@ -132,9 +125,6 @@ def build_timeline(graph: dict[str, Any] | None, events: Iterable[EventRow]) -> 
         finished = ts
         if kind == "run_start" and started is None:
             started = ts
-            if graph is None and isinstance(payload.get("graph"), dict):
-                graph = payload["graph"]
-                declare(graph)
         elif kind == "transition" and node_id:
             node = node_of(node_id)
             target, attempt = payload.get("to"), payload.get("attempt")
@@ -156,7 +146,7 @@ def build_timeline(graph: dict[str, Any] | None, events: Iterable[EventRow]) -> 
             open_attempts.clear()
     if started is None and event_times:
         started = event_times[0][1]
-    return Timeline(graph, nodes, started, finished, last_seq, event_times)
+    return Timeline(nodes, started, finished, last_seq, event_times)
 
 
 def _ok_from_state(state: str | None) -> bool | None:

@@ -2,11 +2,11 @@ from django.urls import path
 
 from runs import api, views
 
+# GET runs/{id}/events, graph and summary are routed by `ingest.urls`: its views extend the read
+# API's (`RunEventsApi`, `RunGraphApi`, `RunSummaryApi`) with the producer's POST and PUT.
 api_urlpatterns = [
     path("runs/", api.RunListApi.as_view(), name="api-runs"),
     path("runs/<str:run_id>/", api.RunDetailApi.as_view(), name="api-run"),
-    # runs/<run_id>/events, graph and summary: routed by ingest.urls, whose views extend the read
-    # views of runs.api with the producer's POST and PUT.
 ]
 
 page_urlpatterns = [

@@ -130,7 +130,7 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         raise Http404(f"There is no run named “{run_id}”.") from None
     _set_verdict(run)
     events = selectors.run_event_facts(tenant=tenant, run=run)
-    timeline = build_timeline(selectors.run_graph(tenant=tenant, run=run), events)
+    timeline = build_timeline(run.graph, events)
     reduction = RunReduction(run.run_id, run.reduction_state)
     final = reduction.node_states()
     order = [node_id for node_id, _state, _attempts in final]

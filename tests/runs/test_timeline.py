@@ -7,7 +7,7 @@ import pytest
 
 from runs.reduction import reduce_events, validate_event
 from runs.timeline import build_timeline
-from tests.conftest import INLINE_EVENTS, SAMPLE_ARCHIVE
+from tests.conftest import INLINE_GRAPH, SAMPLE_ARCHIVE
 
 SAMPLE_RUNS = ["run_clean", "run_flaky", "run_failed", "run_crashed", "run_same_ts", "run_dirty"]
 
@@ -130,14 +130,13 @@ def test_depth_layers_and_the_edges_a_blocked_node_waited_on():
     }
 
 
+def test_extra_fields_of_graph_nodes_are_kept():
+    timeline = build_timeline(INLINE_GRAPH, [])
+    assert timeline.nodes["fetch"].extra == {"label": "Fetch sources", "kind": "io"}
+    assert timeline.nodes["build"].deps == ["fetch"]
+
+
 def test_a_cyclic_graph_still_gets_layers():
     graph = {"nodes": [{"id": "a", "deps": ["b"]}, {"id": "b", "deps": ["a"]}, {"id": "c", "deps": ["c"]}]}
     depth = build_timeline(graph, []).depth()
     assert set(depth) == {"a", "b", "c"}
-
-
-def test_a_graph_inside_run_start_is_adopted_with_its_extra_fields():
-    timeline = build_timeline(None, rows(INLINE_EVENTS))
-    assert timeline.graph["nodes"][0]["id"] == "fetch"
-    assert timeline.nodes["fetch"].extra == {"label": "Fetch sources", "kind": "io"}
-    assert timeline.nodes["build"].deps == ["fetch"]
