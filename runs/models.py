@@ -152,7 +152,8 @@ class RunNode(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "node_id"], name="runnode_unique_per_run")]
-        indexes = [models.Index(fields=["tenant", "node_id"], name="runnode_by_node")]
+        # By node, then state: "runs that have node X" and "runs where X failed" both use it.
+        indexes = [models.Index(fields=["tenant", "node_id", "state"], name="runnode_by_node_state")]
 
     def __str__(self) -> str:
         return f"{self.node_id} in {self.run_id}"

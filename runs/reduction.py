@@ -19,6 +19,9 @@ from typing import Any
 MAX_EVENT_BYTES = 4096
 
 NODE_STATES = ("pending", "running", "done", "failed", "blocked")
+# The longest node id and event kind stored (the event store's columns hold no more).
+MAX_NODE_ID = 200
+MAX_EVENT_KIND = 64
 KNOWN_EVENTS = ("run_start", "transition", "node_attempt", "run_end")
 
 SEVERITY = {
@@ -108,14 +111,21 @@ def _bad_str(value: Any) -> bool:
     return type(value) is not str or not value or "\x00" in value
 
 
+def _bad_node(value: Any) -> bool:
+    return _bad_str(value) or len(value) > MAX_NODE_ID
+
+
+_NODE_RULE = f"must be a non-empty string of at most {MAX_NODE_ID} characters, without NUL"
+
+
 def _bad_count(value: Any) -> bool:
     # `type(...) is int` refuses booleans, which are ints to isinstance.
     return type(value) is not int or value < 0
 
 
 def _check_transition(event: dict, errors: list[FieldError]) -> None:
-    if _bad_str(event.get("node")):
-        errors.append(FieldError("node", "must be a non-empty string without NUL characters"))
+    if _bad_node(event.get("node")):
+        errors.append(FieldError("node", _NODE_RULE))
     if event.get("from") not in _STATES:
         errors.append(FieldError("from", f"must be one of {', '.join(NODE_STATES)}"))
     if event.get("to") not in _STATES:
@@ -125,8 +135,8 @@ def _check_transition(event: dict, errors: list[FieldError]) -> None:
 
 
 def _check_node_attempt(event: dict, errors: list[FieldError]) -> None:
-    if _bad_str(event.get("node")):
-        errors.append(FieldError("node", "must be a non-empty string without NUL characters"))
+    if _bad_node(event.get("node")):
+        errors.append(FieldError("node", _NODE_RULE))
     if _bad_count(event.get("attempt")):
         errors.append(FieldError("attempt", "must be an integer >= 0"))
     if type(event.get("ok")) is not bool:
@@ -177,14 +187,14 @@ def validate_graph(graph: Any, prefix: str = "") -> list[FieldError]:
             errors.append(FieldError(where, "must be an object with an id"))
             continue
         node_id = node.get("id")
-        if _bad_str(node_id):
-            errors.append(FieldError(f"{where}.id", "must be a non-empty string"))
+        if _bad_node(node_id):
+            errors.append(FieldError(f"{where}.id", _NODE_RULE))
         elif node_id in seen:
             errors.append(FieldError(f"{where}.id", f"repeats node {node_id!r}"))
         else:
             seen.add(node_id)
         deps = node.get("deps", [])
-        if not isinstance(deps, list) or any(_bad_str(d) for d in deps):
+        if not isinstance(deps, list) or any(_bad_node(d) for d in deps):
             errors.append(FieldError(f"{where}.deps", "must be a list of node ids"))
     return errors
 
@@ -204,8 +214,12 @@ def validate_event(event: Any) -> list[FieldError]:
             FieldError("ts", "must be an RFC 3339 timestamp with a zone, such as 2026-11-20T10:00:00.000Z")
         )
     kind = event.get("event")
-    if _bad_str(kind):
-        errors.append(FieldError("event", "must be a non-empty string naming the event kind"))
+    if _bad_str(kind) or len(kind) > MAX_EVENT_KIND:
+        errors.append(
+            FieldError(
+                "event", f"must be a non-empty string of at most {MAX_EVENT_KIND} characters naming the kind"
+            )
+        )
         return errors
     check = _CHECKS.get(kind)
     if check is not None:
@@ -384,7 +398,8 @@ class RunReduction:
     # -- reading
 
     def died_mid_attempt(self) -> list[Diagnostic]:
-        """Attempts still open where the log stops: meaningful once the run is known to be over."""
+        """Attempts with no node_attempt record still open where the log stops: meaningful once the
+        run is known to be over (an attempt that has its record finished, whatever came after)."""
         return [
             Diagnostic(
                 "died_mid_attempt",
@@ -392,7 +407,8 @@ class RunReduction:
                 seq=started_seq,
                 details={"node": node, "attempt": attempt},
             )
-            for node, (attempt, started_seq, _recorded) in self.open_attempts.items()
+            for node, (attempt, started_seq, recorded) in self.open_attempts.items()
+            if not recorded
         ]
 
     def node_states(self) -> list[tuple[str, str, int]]:

@@ -202,17 +202,30 @@ def test_bad_lines_become_diagnostics_and_the_rest_is_imported(local_tenant, sam
         '{"ts":"2026-11-20T09:00:00.000Z","event":"note","text":"a\\u0000b"}\n',
         "\n",
         b'{"ts":"2026-11-20T09:00:00.000Z","event":"note","text":"\xff"}\n'.decode("latin-1"),
+        json.dumps(
+            {
+                "ts": "2026-11-20T09:00:00.000Z",
+                "event": "node_attempt",
+                "node": "n" * 300,
+                "attempt": 1,
+                "ok": True,
+                "duration_s": 1,
+                "exit_code": 0,
+            }
+        )
+        + "\n",
     ]
     log.write_bytes("".join(lines[:3] + bad + lines[3:]).encode("latin-1"))
     ingest(sample_archive)
     run = Run.objects.get(run_id="run_clean")
     reasons = {d.line: d.details["reason"] for d in Diagnostic.objects.filter(run=run, code="malformed_line")}
-    assert sorted(reasons) == [4, 5, 6, 7, 8, 9]
+    assert sorted(reasons) == [4, 5, 6, 7, 8, 9, 10]
     assert "object" in reasons[4]
     assert reasons[5].startswith("to:")
     assert str(MAX_EVENT_BYTES) in reasons[6]
     assert "NUL" in reasons[7]
     assert "not JSON" in reasons[8] and "not JSON" in reasons[9]
+    assert reasons[10].startswith("node: must be a non-empty string of at most 200")
     assert run.next_seq == len(lines)
     assert run.outcome == "clean"
 

@@ -151,6 +151,11 @@ def test_run_end_closes_open_attempts_without_record():
     assert codes(diagnostics) == ["attempt_without_record"]
 
 
+def test_an_attempt_that_has_its_record_did_not_die_mid_attempt():
+    reduction, _ = reduce_events("r", [START, t("a", "pending", "running", 1), record("a", 1)], GRAPH)
+    assert reduction.died_mid_attempt() == []
+
+
 def test_an_attempt_still_running_in_a_live_run_is_not_a_problem_yet():
     reduction, diagnostics = reduce_events(
         "r", [START, t("a", "pending", "running", 1), record("b", 1)], GRAPH
@@ -226,6 +231,11 @@ def test_outcome_is_failed_on_a_nonzero_exit_even_when_every_node_is_done():
         (dict(record("a", 1), duration_s=-1), "duration_s"),
         (dict(record("a", 1), error=5), "error"),
         (dict(START, graph={"nodes": [{"id": "a"}, {"id": "a"}]}), "graph.nodes[1].id"),
+        # Bounded by what the event store holds: longer would fail the database, not the schema.
+        (t("n" * 201, "pending", "running", 1), "node"),
+        (dict(record("n" * 201, 1)), "node"),
+        ({"ts": T, "event": "k" * 65}, "event"),
+        (dict(START, graph={"nodes": [{"id": "n" * 201}]}), "graph.nodes[0].id"),
     ],
 )
 def test_schema_errors_name_the_field(event, field):
