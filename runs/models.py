@@ -6,13 +6,41 @@ never re-read logs. Everything here belongs to a tenant and carries `tenant_id` 
 """
 
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 from tenants.models import Tenant
 from tenants.scoping import TenantScopedManager
+
+_M = TypeVar("_M", bound=models.Model)
+
+
+class RunManager(TenantScopedManager["Run"]):
+    """The current tenant's runs that retention has not deleted: what every reader sees.
+
+    The rule lives here, in the default manager, so the API, the pages, counts and live updates
+    cannot forget it. `including_deleted()` is the spelled-out exception for the three that must
+    see a soft-deleted run: the write path (to refuse it), retention itself, and the admin's restore.
+    """
+
+    def get_queryset(self) -> models.QuerySet["Run"]:
+        return super().get_queryset().filter(deleted_at__isnull=True)
+
+    def including_deleted(self) -> models.QuerySet["Run"]:
+        """The tenant's runs, soft-deleted ones too (still scoped to the tenant)."""
+        return super().get_queryset()
+
+
+class RunPartManager(TenantScopedManager[_M]):
+    """Events, diagnostics and node rows of runs a reader may see: a soft-deleted run's parts are
+    hidden with it, whichever way a query reaches them (a node page, an events query by run id)."""
+
+    def get_queryset(self) -> models.QuerySet[_M]:
+        return super().get_queryset().filter(run__deleted_at__isnull=True)
 
 
 class Outcome(models.TextChoices):
@@ -63,12 +91,34 @@ class Run(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
-    # Queries need a current tenant and see only its rows (tenants.scoping).
-    objects = TenantScopedManager()
+    # Retention (SPEC section 9): a soft-deleted run is hidden everywhere until it is restored or
+    # hard-deleted; the `retention` app's records say when, why and by whom.
+    deleted_at = models.DateTimeField(
+        null=True, blank=True, help_text="soft-deleted by retention at this time; hidden until restored"
+    )
+    restored_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="restored from a soft delete at this time; its retention starts again",
+    )
+
+    # Queries need a current tenant and see only its rows (tenants.scoping), and never deleted runs.
+    objects = RunManager()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["tenant", "run_id"], name="run_unique_per_tenant")]
-        indexes = [models.Index(fields=["tenant", "-started", "-id"], name="run_newest_first")]
+        indexes = [
+            models.Index(fields=["tenant", "-started", "-id"], name="run_newest_first"),
+            # The daily retention scans: runs past their plan's days, and soft-deleted runs past grace.
+            models.Index(
+                fields=["tenant", "last_event_at"], condition=Q(deleted_at__isnull=True), name="run_expiry"
+            ),
+            models.Index(
+                fields=["tenant", "deleted_at"],
+                condition=Q(deleted_at__isnull=False),
+                name="run_soft_deleted",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.run_id
@@ -101,7 +151,7 @@ class Event(models.Model):
     node = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 (run events have none)
     payload = models.JSONField(help_text="the event as the producer wrote it")
 
-    objects = TenantScopedManager()
+    objects = RunPartManager()
 
     def __str__(self) -> str:
         return f"{self.run_id}#{self.seq} {self.kind}"
@@ -124,7 +174,7 @@ class Diagnostic(models.Model):
     details = models.JSONField(default=dict)
     created_at = models.DateTimeField(default=timezone.now)
 
-    objects = TenantScopedManager()
+    objects = RunPartManager()
 
     class Meta:
         ordering = ["run", "id"]
@@ -148,7 +198,7 @@ class RunNode(models.Model):
     state = models.CharField(max_length=10)
     attempts = models.PositiveIntegerField(default=0)
 
-    objects = TenantScopedManager()
+    objects = RunPartManager()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "node_id"], name="runnode_unique_per_run")]

@@ -242,6 +242,18 @@ class RunChange:
         return self.news or self.progress_changed
 
 
+class RunDeletedError(Exception):
+    """A write to a run that retention has soft-deleted: nothing is appended to a deleted run.
+
+    Appending would bring back a run its tenant's plan no longer keeps, half-visible; the run is
+    restored (in the admin) first, or stays deleted. `retention` says when and why it was deleted.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} was deleted by retention")
+        self.run_id = run_id
+
+
 class RunBatch:
     """Changes to some runs of one tenant, written by one flush. Use through `run_batch_write`.
 
@@ -260,10 +272,17 @@ class RunBatch:
         if self.events.streaming:
             raise RuntimeError("open every run before appending events")
         wanted = [run_id for run_id in dict.fromkeys(run_ids) if run_id not in self.changes]
+        # Soft-deleted runs too: hidden, one would look missing, and a new row would break its
+        # unique run id. A lock held by retention is waited for, then its deletion is seen here.
         locked = {
             run.run_id: run
-            for run in Run.objects.select_for_update().filter(tenant=self.tenant, run_id__in=wanted)
+            for run in Run.objects.including_deleted()
+            .select_for_update()
+            .filter(tenant=self.tenant, run_id__in=wanted)
         }
+        for run in locked.values():
+            if run.deleted_at is not None:
+                raise RunDeletedError(run.run_id)
         missing = [run_id for run_id in wanted if run_id not in locked]
         for run_id, pk in zip(missing, _allocate_run_ids(len(missing)), strict=True):
             locked[run_id] = Run(pk=pk, tenant=self.tenant, run_id=run_id)
