@@ -19,9 +19,10 @@ from typing import Any, Protocol
 import orjson
 from django.db.models import Q
 
+from retention.selectors import runs_deleted_among
 from runs import reduction
 from runs.models import Run
-from runs.services import RunBatch, RunChange, run_batch_write
+from runs.services import RunBatch, RunChange, RunDeletedError, run_batch_write
 from tenants.context import tenant_atomic
 from tenants.models import Tenant
 
@@ -68,6 +69,8 @@ class ArchiveReport:
     runs: list[RunImport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     scanned: int = 0
+    # Runs still in the archive that retention removed: never imported again (SPEC section 9).
+    deleted: list[str] = field(default_factory=list)
 
     @property
     def events(self) -> int:
@@ -247,13 +250,33 @@ def archive_import(*, tenant: Tenant, root: Path, progress: ImportProgress | Non
     folders, warnings = archive_scan(root)
     report = ArchiveReport(warnings=warnings, scanned=len(folders))
     with tenant_atomic(tenant):
-        stored = {
-            run_id: (offset, (size_seen, has_graph, has_summary, shrank))
-            for run_id, offset, size_seen, has_graph, has_summary, shrank in Run.objects.filter(tenant=tenant)
+        stored, deleted = {}, set()
+        for run_id, offset, size_seen, has_graph, has_summary, shrank, deleted_at in (
+            Run.objects.including_deleted()
+            .filter(tenant=tenant)
             .annotate(has_graph=Q(graph__isnull=False), has_summary=Q(summary__isnull=False))
-            .values_list("run_id", "log_offset", "log_size_seen", "has_graph", "has_summary", "log_shrank")
-        }
-    todo = [f for f in folders if _needs_import(f, stored[f.run_id][1] if f.run_id in stored else None)]
+            .values_list(
+                "run_id",
+                "log_offset",
+                "log_size_seen",
+                "has_graph",
+                "has_summary",
+                "log_shrank",
+                "deleted_at",
+            )
+        ):
+            stored[run_id] = (offset, (size_seen, has_graph, has_summary, shrank))
+            if deleted_at is not None:
+                deleted.add(run_id)
+        # A run with no row was never imported, or was hard-deleted: its retention record says which.
+        new = [f.run_id for f in folders if f.run_id not in stored]
+        deleted.update(runs_deleted_among(tenant=tenant, run_ids=new) if new else ())
+    report.deleted = [f.run_id for f in folders if f.run_id in deleted]
+    todo = [
+        f
+        for f in folders
+        if f.run_id not in deleted and _needs_import(f, stored[f.run_id][1] if f.run_id in stored else None)
+    ]
     offsets = {run_id: values[0] for run_id, values in stored.items()}
     if progress is not None:
         progress.start(sum(max(f.log_size - offsets.get(f.run_id, 0), 0) for f in todo))
@@ -296,7 +319,14 @@ def _import_chunks(
                 if progress is not None:
                     progress.advance(read)
 
-        _, changes = run_batch_write(tenant=tenant, write=import_chunk)
+        while True:
+            try:
+                _, changes = run_batch_write(tenant=tenant, write=import_chunk)
+                break
+            except RunDeletedError as exc:
+                # Retention deleted the run since the scan: the chunk is written again without it.
+                report.deleted.append(exc.run_id)
+                chunk[:] = [f for f in chunk if f.run_id != exc.run_id]
         for change in changes:
             if change.news:
                 run_import = RunImport(change.run.run_id, events=change.appended, run=change.run)

@@ -14,10 +14,11 @@ from typing import Any
 import orjson
 from rest_framework import status
 
-from kahn_site.api_errors import ApiError
+from kahn_site.api_errors import ApiError, RunDeleted
+from retention.api import run_deleted_error
 from runs import reduction
 from runs.models import Event
-from runs.services import RunBatch, RunChange, run_batch_write
+from runs.services import RunBatch, RunChange, RunDeletedError, run_batch_write
 from tenants.models import Tenant
 
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -216,11 +217,32 @@ def _already_stored(change: RunChange, batch: EventBatch, next_seq: int) -> int:
     return overlap
 
 
+def _open_run(run_batch: RunBatch, tenant: Tenant, run_id: str) -> RunChange:
+    """The run to write to, locked; `410 run_deleted` for a run retention removed.
+
+    Nothing reaches a deleted run (SPEC section 9): a write would bring it back half-visible, or,
+    once hard-deleted, start a new run under an id whose history says it is gone. A soft-deleted
+    run is restored in the admin first. The hard-deleted check runs after the lock, so a hard
+    delete that committed while this request waited for it is seen.
+    """
+    try:
+        change = run_batch.open([run_id])[run_id]
+    except RunDeletedError:
+        raise run_deleted_error(tenant=tenant, run_id=run_id) or RunDeleted(
+            f"run {run_id!r} was deleted by retention", details={"run_id": run_id}
+        ) from None
+    if change.created:
+        deleted = run_deleted_error(tenant=tenant, run_id=run_id)
+        if deleted is not None:
+            raise deleted
+    return change
+
+
 def run_append_batch(*, tenant: Tenant, run_id: str, batch: EventBatch) -> Receipt:
     """Appends a batch to a run (created by its first batch), all of it or none of it."""
 
     def append(run_batch: RunBatch) -> Receipt:
-        change = run_batch.open([run_id])[run_id]
+        change = _open_run(run_batch, tenant, run_id)
         next_seq = change.reduction.next_seq
         duplicates = _already_stored(change, batch, next_seq) if batch.seqs else 0
         new_events = batch.events[duplicates:]
@@ -262,7 +284,7 @@ def run_put_document(*, tenant: Tenant, run_id: str, kind: str, document: dict[s
         )
 
     def put(run_batch: RunBatch) -> bool:
-        change = run_batch.open([run_id])[run_id]
+        change = _open_run(run_batch, tenant, run_id)
         stored = getattr(change.run, kind)
         if stored is not None:
             if stored != document:

@@ -63,6 +63,13 @@ class RunNotFound(ApiError):
         super().__init__(f"there is no run {run_id!r}", details={"run_id": run_id})
 
 
+class RunDeleted(ApiError):
+    """A run that retention removed (SPEC section 9): when and why are in the details."""
+
+    status_code = status.HTTP_410_GONE
+    code = "run_deleted"
+
+
 def field_errors(errors: Any, *, index: int | None = None, prefix: str = "") -> list[dict[str, Any]]:
     """DRF's nested error dicts and lists as the contract's flat list of {index, field, message}."""
     if isinstance(errors, Mapping):

@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
 from ingest.urls import api_urlpatterns as ingest_api_urlpatterns
+from retention.urls import page_urlpatterns as retention_page_urlpatterns
 from runs.urls import api_urlpatterns, page_urlpatterns
 
 urlpatterns = [
@@ -11,6 +12,7 @@ urlpatterns = [
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/v1/", include(ingest_api_urlpatterns)),
     path("api/v1/", include(api_urlpatterns)),
+    path("", include(retention_page_urlpatterns)),
     path("", include(page_urlpatterns)),
 ]
 

@@ -27,9 +27,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from kahn_site.api_errors import ApiError, InvalidQuery, RunNotFound
+from retention.api import run_deleted_error
 from runs import selectors
 from runs.models import Run
 from runs.pagination import RunCursorPagination
+from runs.selectors import RUN_ID_PATTERN
 from tenants.context import tenant_current
 
 MAX_EVENTS_PER_PAGE = 1000
@@ -66,25 +68,35 @@ class ErrorSerializer(serializers.Serializer):
         code = serializers.CharField(help_text="stable, for machines: `run_not_found`, `invalid_query`, …")
         message = serializers.CharField(help_text="a sentence, for people")
         details = serializers.DictField(
-            help_text="for `invalid_query`: `errors`, a list of `{index, field, message}`"
+            help_text="for `invalid_query`: `errors`, a list of `{index, field, message}`; for "
+            "`run_deleted`: the retention record (`action`, `at`, `reason`, `plan`, `days`, `by`, "
+            "`restorable_until`, …)"
         )
 
     error = Body()
 
 
-ERRORS = {400: ErrorSerializer, 404: ErrorSerializer}
+ERRORS = {400: ErrorSerializer, 404: ErrorSerializer, 410: ErrorSerializer}
 RUN_ID = OpenApiParameter(
     "run_id", OpenApiTypes.STR, OpenApiParameter.PATH, description="the run's id", examples=[]
 )
+
+
+def _missing_run(run_id: str) -> ApiError:
+    """The answer for a run the tenant does not have: a run retention removed is gone, not unknown,
+    so 410 `run_deleted` with when and why (SPEC section 9); any other, 404 `run_not_found`."""
+    if RUN_ID_PATTERN.match(run_id):
+        deleted = run_deleted_error(tenant=tenant_current(), run_id=run_id)
+        if deleted is not None:
+            return deleted
+    return RunNotFound(run_id)
 
 
 def _run_or_404(run_id: str) -> Run:
     try:
         return selectors.run_get(tenant=tenant_current(), run_id=run_id)
     except Run.DoesNotExist:
-        # Retention's soft-deleted runs will answer 410 `run_deleted` here (SPEC section 9), with the
-        # detail view, which reads through `selectors.run_detail` and so through `run_get` too.
-        raise RunNotFound(run_id) from None
+        raise _missing_run(run_id) from None
 
 
 def _validated(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
@@ -259,14 +271,14 @@ class RunDetailApi(APIView):
     @extend_schema(
         operation_id="runs_retrieve",
         parameters=[RUN_ID],
-        responses={200: OutputSerializer, 404: ErrorSerializer},
+        responses={200: OutputSerializer, 404: ErrorSerializer, 410: ErrorSerializer},
         summary="One run: its row, DAG, per-node attempts and diagnostics",
     )
     def get(self, request: Request, run_id: str) -> Response:
         try:
             run = selectors.run_detail(tenant=tenant_current(), run_id=run_id)
         except Run.DoesNotExist:
-            raise RunNotFound(run_id) from None
+            raise _missing_run(run_id) from None
         return Response(self.OutputSerializer(run).data)
 
 
@@ -331,7 +343,7 @@ class RunGraphApi(APIView):
     @extend_schema(
         operation_id="runs_graph_retrieve",
         parameters=[RUN_ID],
-        responses={200: OpenApiTypes.OBJECT, 404: ErrorSerializer},
+        responses={200: OpenApiTypes.OBJECT, 404: ErrorSerializer, 410: ErrorSerializer},
         summary="The run's DAG, as graph.json (or run_start) gave it",
     )
     def get(self, request: Request, run_id: str) -> Response:
@@ -346,7 +358,7 @@ class RunSummaryApi(APIView):
     @extend_schema(
         operation_id="runs_summary_retrieve",
         parameters=[RUN_ID],
-        responses={200: OpenApiTypes.OBJECT, 404: ErrorSerializer},
+        responses={200: OpenApiTypes.OBJECT, 404: ErrorSerializer, 410: ErrorSerializer},
         summary="The producer's summary.json, if it wrote one",
     )
     def get(self, request: Request, run_id: str) -> Response:

@@ -17,6 +17,8 @@ from django.utils import timezone
 from rest_framework.request import Request
 
 from kahn_site.api_errors import InvalidQuery
+from retention.selectors import run_deletion
+from retention.views import run_deleted_page
 from runs import selectors
 from runs.models import Run
 from runs.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RunCursorPagination
@@ -127,6 +129,11 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
     try:
         run = selectors.run_get(tenant=tenant, run_id=run_id)
     except Run.DoesNotExist:
+        deletion = (
+            run_deletion(tenant=tenant, run_id=run_id) if selectors.RUN_ID_PATTERN.match(run_id) else None
+        )
+        if deletion is not None:
+            return run_deleted_page(request, deletion)
         raise Http404(f"There is no run named “{run_id}”.") from None
     _set_verdict(run)
     events = selectors.run_event_facts(tenant=tenant, run=run)

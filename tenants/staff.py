@@ -23,9 +23,19 @@ def staff_actor(user: Any) -> str:
     return f"{user.email or user.get_username()} (user {user.pk})"
 
 
+def staff_access_record(*, tenant: Tenant, actor: str, reason: str) -> StaffAccess:
+    """Records an entry into a tenant. For a job that then works in many short transactions of
+    its own (retention, in bounded batches), each bound with `tenant_atomic`; otherwise use
+    `staff_tenant_access`, which records and binds in one."""
+    access = StaffAccess.objects.create(
+        actor=actor, tenant_ref=tenant.pk, tenant_slug=tenant.slug, reason=reason
+    )
+    logger.info("staff access: %s in tenant %s: %s", actor, tenant.slug, reason)
+    return access
+
+
 @contextmanager
 def staff_tenant_access(*, tenant: Tenant, actor: str, reason: str) -> Iterator[Tenant]:
-    StaffAccess.objects.create(actor=actor, tenant_ref=tenant.pk, tenant_slug=tenant.slug, reason=reason)
-    logger.info("staff access: %s in tenant %s: %s", actor, tenant.slug, reason)
+    staff_access_record(tenant=tenant, actor=actor, reason=reason)
     with tenant_atomic(tenant):
         yield tenant

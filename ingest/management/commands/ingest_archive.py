@@ -89,6 +89,14 @@ class Command(BaseCommand):
             self.stderr.write(self.style.WARNING(f"warning: {warning}"))
         if quiet_when_unchanged and not report.runs:
             return
+        if report.deleted:
+            shown = ", ".join(report.deleted[:TABLE_ROWS]) + (
+                " …" if len(report.deleted) > TABLE_ROWS else ""
+            )
+            self.stdout.write(
+                f"{len(report.deleted)} runs of the archive were deleted by retention and are not "
+                f"imported again: {shown}"
+            )
         self._table(report)
         seconds = time.perf_counter() - started
         rate = f" ({report.events / seconds:,.0f} events/s)" if report.events and seconds > 0 else ""
