@@ -72,6 +72,8 @@ else:
         Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     DEBUG = env.bool("DJANGO_DEBUG", default=False)
     ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+    # Optional in OSS: retention runs by hand there (`manage.py retention`), with no broker needed.
+    REDIS_URL = env_secret("REDIS_URL") or None
 
 _db = DATABASES["default"]
 if _db["ENGINE"] == "django.db.backends.sqlite3":
@@ -228,6 +230,28 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 KAHN_RATE_LIMITS = env.bool("KAHN_RATE_LIMITS", default=CLOUD)
 RATELIMIT_USE_CACHE = "default"
+
+# ---------------------------------------------------------------- Celery: the retention jobs
+# Redis at REDIS_URL is the broker and keeps results; without it (OSS) tasks have nowhere to go,
+# and retention runs by hand. The beat schedule is in kahn_site/celery.py.
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_RESULT_EXPIRES = 7 * 24 * 3600
+CELERY_TIMEZONE = "UTC"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A job is acknowledged when it ends, so one lost with its worker runs again elsewhere: retention
+# jobs are idempotent and take one batch at a time, so running one twice is safe.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Redis hands an unacknowledged task to another worker after this long: longer than a day's job.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 6 * 3600}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = CELERY_BROKER_TRANSPORT_OPTIONS
+
+# Retention's batches (SPEC section 9): each is one short transaction. At most this many runs...
+KAHN_RETENTION_BATCH_RUNS = env.int("KAHN_RETENTION_BATCH_RUNS", default=500)
+# ... and, for hard deletes, at most this many events (tests/bench/bench_retention.py sizes it).
+KAHN_RETENTION_BATCH_EVENTS = env.int("KAHN_RETENTION_BATCH_EVENTS", default=20_000)
 
 # API keys are stored as HMAC-SHA256 with this pepper: a leaked table without it opens nothing.
 KAHN_API_KEY_PEPPER = (

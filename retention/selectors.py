@@ -7,10 +7,11 @@ deleted again by the next daily run.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet, Sum
 
 from billing.models import Plan
 from retention.models import DELETIONS, RetentionAction, RetentionRecord
@@ -67,6 +68,22 @@ def hard_delete_candidates(*, tenant: Tenant, plan: Plan, now: datetime) -> Quer
         .only(*RUN_FIELDS)
         .order_by("deleted_at", "id")
     )
+
+
+@dataclass(frozen=True)
+class RetentionDue:
+    """What a retention run would do to one tenant now: how many runs and events, and the first few."""
+
+    runs: int
+    events: int
+    first: list[Run]
+
+
+def retention_due(runs: QuerySet[Run], *, show: int) -> RetentionDue:
+    """Counts a candidate queryset (`soft_delete_candidates`, `hard_delete_candidates`) and lists
+    its first `show` runs."""
+    totals = runs.order_by().aggregate(runs=Count("id"), events=Sum("next_seq"))
+    return RetentionDue(runs=totals["runs"], events=totals["events"] or 0, first=list(runs[:show]))
 
 
 def soft_deleted_runs(*, tenant: Tenant) -> QuerySet[Run]:

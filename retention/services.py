@@ -3,8 +3,8 @@
 Every job acts on one tenant at a time, entered through the staff path (which records the entry),
 in bounded batches: each batch is its own transaction, bound to the tenant so row-level security
 applies, so a large tenant never holds locks for long and an interrupted job loses one batch at
-most. A soft delete batch takes at most `SOFT_DELETE_BATCH_RUNS` runs; a hard delete batch removes
-at most `HARD_DELETE_BATCH_EVENTS` events, so a run with more is removed over several, from the top
+most. A batch takes at most `KAHN_RETENTION_BATCH_RUNS` runs, and a hard delete batch removes
+at most `KAHN_RETENTION_BATCH_EVENTS` events, so a run with more is removed over several, from the top
 of its log down, its progress kept in its own `next_seq`.
 
 Runs are claimed with `FOR UPDATE SKIP LOCKED`: a second worker running the same job at the same
@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Model, QuerySet
 from django.utils import timezone
@@ -35,12 +36,6 @@ from tenants.models import Tenant
 from tenants.staff import staff_access_record, staff_tenant_access
 
 logger = logging.getLogger(__name__)
-
-# Sized by tests/bench/bench_retention.py so that no batch holds its locks for more than a fraction
-# of a second on modest hardware.
-SOFT_DELETE_BATCH_RUNS = 500
-HARD_DELETE_BATCH_EVENTS = 20_000
-HARD_DELETE_BATCH_RUNS = 200
 
 
 class RestoreRefused(Exception):
@@ -120,10 +115,11 @@ def _record(
 
 
 def retention_soft_delete_expired(
-    *, tenant: Tenant, actor: str, now: datetime | None = None, batch_runs: int = SOFT_DELETE_BATCH_RUNS
+    *, tenant: Tenant, actor: str, now: datetime | None = None, batch_runs: int | None = None
 ) -> RetentionOutcome:
     """Soft-deletes the tenant's runs whose last event is older than its plan's `retention_days`."""
     now = now or timezone.now()
+    batch_runs = batch_runs or settings.KAHN_RETENTION_BATCH_RUNS
     tenant, plan = _tenant_with_plan(tenant)
     staff_access_record(tenant=tenant, actor=actor, reason="retention: soft delete")
     outcome = RetentionOutcome(tenant=tenant, plan=plan, action=RetentionAction.SOFT_DELETE)
@@ -158,12 +154,14 @@ def retention_hard_delete_expired(
     tenant: Tenant,
     actor: str,
     now: datetime | None = None,
-    batch_events: int = HARD_DELETE_BATCH_EVENTS,
-    batch_runs: int = HARD_DELETE_BATCH_RUNS,
+    batch_events: int | None = None,
+    batch_runs: int | None = None,
 ) -> RetentionOutcome:
     """Removes for good the tenant's runs soft-deleted longer ago than its plan's grace, with
     their events, diagnostics and node rows (the graph and summary are columns of the run)."""
     now = now or timezone.now()
+    batch_events = batch_events or settings.KAHN_RETENTION_BATCH_EVENTS
+    batch_runs = batch_runs or settings.KAHN_RETENTION_BATCH_RUNS
     tenant, plan = _tenant_with_plan(tenant)
     staff_access_record(tenant=tenant, actor=actor, reason="retention: hard delete")
     outcome = RetentionOutcome(tenant=tenant, plan=plan, action=RetentionAction.HARD_DELETE)
