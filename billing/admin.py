@@ -1,6 +1,22 @@
+"""Plans in Django admin (SPEC section 9): list, edit, and which tenants are on each.
+
+Plans are not tenant data: staff see and edit them without entering a tenant. A change applies to
+each tenant's next request (rate limits, keys) and the next retention run, which read the plan then.
+"""
+
+from __future__ import annotations
+
 from django.contrib import admin
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
 from billing.models import Plan
+from tenants.models import Tenant
+
+# Tenants named on a plan's page; the rest are one click away, in the tenant list filtered by plan.
+TENANTS_SHOWN = 50
 
 
 @admin.register(Plan)
@@ -12,5 +28,32 @@ class PlanAdmin(admin.ModelAdmin):
         "hard_delete_after_days",
         "ingest_requests_per_minute",
         "max_api_keys",
+        "tenant_count",
     )
     search_fields = ("slug", "name")
+    readonly_fields = ("tenants_on_plan",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Plan]:
+        return super().get_queryset(request).annotate(tenant_count=Count("tenants"))
+
+    @admin.display(description="tenants", ordering="tenant_count")
+    def tenant_count(self, plan: Plan) -> str:
+        url = reverse("admin:tenants_tenant_changelist") + f"?plan__id__exact={plan.pk}"
+        return format_html('<a href="{}">{}</a>', url, plan.tenant_count)
+
+    @admin.display(description="tenants on this plan")
+    def tenants_on_plan(self, plan: Plan) -> str:
+        if plan.pk is None:
+            return "-"
+        tenants = list(Tenant.objects.filter(plan=plan).order_by("slug")[: TENANTS_SHOWN + 1])
+        if not tenants:
+            return "none"
+        links = format_html_join(
+            ", ",
+            '<a href="{}">{}</a>',
+            ((reverse("admin:tenants_tenant_change", args=[t.pk]), t.slug) for t in tenants[:TENANTS_SHOWN]),
+        )
+        if len(tenants) > TENANTS_SHOWN:
+            url = reverse("admin:tenants_tenant_changelist") + f"?plan__id__exact={plan.pk}"
+            links = format_html('{} … <a href="{}">all of them</a>', links, url)
+        return links

@@ -4,6 +4,7 @@ A plan is edited in Django admin; every tenant has one, and a change takes effec
 next request and the next retention run, as both read the plan when they need it.
 """
 
+from django.core.validators import MinValueValidator
 from django.db import models
 
 # The plan every tenant gets unless told otherwise; created by migration.
@@ -14,7 +15,10 @@ class Plan(models.Model):
     slug = models.SlugField(max_length=50, unique=True)
     name = models.CharField(max_length=200)
     retention_days = models.PositiveIntegerField(
-        default=90, help_text="a run whose last event is older than this is soft-deleted"
+        default=90,
+        # Zero would soft-delete every run at the next retention run, a mistake more than a plan.
+        validators=[MinValueValidator(1)],
+        help_text="a run whose last event is older than this is soft-deleted",
     )
     hard_delete_after_days = models.PositiveIntegerField(
         default=7, help_text="grace after a soft delete before the run and its events are removed"
