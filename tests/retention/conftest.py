@@ -14,8 +14,8 @@ from runs.services import RunBatch
 from tenants.context import tenant_atomic
 from tenants.models import Tenant
 
-# The service role of SPEC section 8, for the tests that act as it (fixtures of the tenancy tests).
-from tests.tenants.conftest import as_service, service_role  # noqa: F401
+# Fixtures of the tenancy tests: cloud mode in process, and the service role of SPEC section 8.
+from tests.tenants.conftest import as_service, cloud, service_role  # noqa: F401
 
 # The frozen clock of the lifecycle tests: every "now" is passed to the services, never patched.
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
