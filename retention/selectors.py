@@ -52,8 +52,11 @@ def _last_active_before(cutoff: datetime) -> Q:
 
 def soft_delete_candidates(*, tenant: Tenant, plan: Plan, now: datetime) -> QuerySet[Run]:
     """The tenant's kept runs that its plan no longer keeps, oldest first."""
+    # Spelled out although the manager hides deleted runs: each batch must leave this set, or the
+    # job would never end.
     return (
-        Run.objects.filter(tenant=tenant)
+        Run.objects.including_deleted()
+        .filter(tenant=tenant, deleted_at__isnull=True)
         .filter(_last_active_before(soft_delete_cutoff(plan, now)))
         .only(*RUN_FIELDS)
         .order_by("last_event_at", "id")

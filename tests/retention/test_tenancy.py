@@ -1,6 +1,5 @@
-"""Retention and tenancy: the jobs enter one tenant at a time through the staff path, row-level
-security holds them to it, a tenant's records are its own, and two jobs at once neither wait for
-each other nor act on a run twice."""
+"""Retention and tenancy: the jobs enter one tenant at a time through the staff path, and a tenant's
+deletions and records are its own (row-level security and locks: test_concurrency.py)."""
 
 from __future__ import annotations
 
