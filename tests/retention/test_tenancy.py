@@ -74,3 +74,18 @@ def test_records_are_scoped_to_the_current_tenant_in_code(world):
         assert RetentionRecord.objects.count() == 0
     with tenant_scope(world.acme):
         assert [r.run_id for r in RetentionRecord.objects.all()] == ["acme_old"]
+
+
+@pytest.mark.django_db
+def test_the_retention_page_pages_back_through_older_records(client, local_tenant, monkeypatch):
+    monkeypatch.setattr("retention.views.RECORDS_PER_PAGE", 2)
+    for number in range(3):
+        store_run(local_tenant, f"old_{number}", T0 - (100 + number) * DAY)
+    retention_soft_delete_expired(tenant=local_tenant, actor="job", now=T0)  # oldest first: old_2 first
+
+    newest = client.get("/retention/").text
+    assert "old_0" in newest and "old_1" in newest and "old_2" not in newest
+    assert "keeps a run 90 days after its last event" in newest
+    older_link = newest.split('href="/retention/?before=')[1].split('"')[0]
+    older = client.get(f"/retention/?before={older_link}").text
+    assert "old_2" in older and "old_0" not in older and "Older records" not in older
