@@ -2,10 +2,10 @@
 
 Every job acts on one tenant at a time, entered through the staff path (which records the entry),
 in bounded batches: each batch is its own transaction, bound to the tenant so row-level security
-applies, so a large tenant never holds locks for long and an interrupted job loses one batch at
-most. A batch takes at most `KAHN_RETENTION_BATCH_RUNS` runs, and a hard delete batch removes
-at most `KAHN_RETENTION_BATCH_EVENTS` events, so a run with more is removed over several, from the top
-of its log down, its progress kept in its own `next_seq`.
+applies, so a large tenant never holds locks for long, and a job cut short rolls back one batch at
+most, which the next run does again. A batch takes at most `KAHN_RETENTION_BATCH_RUNS` runs, and a
+hard delete batch removes at most `KAHN_RETENTION_BATCH_EVENTS` events: a run with more is removed
+over several, from the top of its log down, its progress kept in its own `next_seq`.
 
 Runs are claimed with `FOR UPDATE SKIP LOCKED`: a second worker running the same job at the same
 time takes other runs (or none) instead of waiting for the first, and a run a producer is writing
@@ -270,24 +270,20 @@ def retention_restore(
         Run.objects.including_deleted().filter(tenant=tenant, pk=run.pk).update(
             deleted_at=None, restored_at=now
         )
-        return RetentionRecord.objects.create(
-            tenant=tenant,
-            run_ref=run.pk,
-            run_id=run.run_id,
+        record = _record(
+            run,
             action=RetentionAction.RESTORE,
-            at=now,
-            actor=actor,
-            reason=(
-                f"restored from its soft delete of {_day(deleted_at)}; the {plan.retention_days} days "
-                f"plan “{plan.slug}” keeps a run start again now"
-            ),
-            plan_slug=plan.slug,
+            plan=plan,
             days=plan.retention_days,
-            last_event_at=run.last_event_at,
-            events=run.next_seq,
-            diagnostics=run.errors + run.warnings + run.infos,
-            nodes=run.total_nodes,
+            reason=(
+                f"restored from its soft delete of {_day(deleted_at)}; plan “{plan.slug}” keeps it "
+                f"{plan.retention_days} days from now"
+            ),
+            actor=actor,
+            now=now,
         )
+        record.save()
+        return record
 
 
 # What a sweep does, in this order: yesterday's soft deletes past their grace go first, then the

@@ -247,6 +247,10 @@ def test_a_restore_inside_the_window_brings_the_run_back_whole(client, local_ten
     )
 
     assert record.action == RetentionAction.RESTORE and record.actor == "ops@example.com (user 1)"
+    assert (
+        record.reason
+        == "restored from its soft delete of 2026-06-01 12:00 UTC; plan “default” keeps it 90 days from now"
+    )
     assert {path: client.get(f"{API}/runs/expired{path}").json() for path in paths} == before
     assert rows_of(run.pk) == held
     assert [row["run_id"] for row in client.get(f"{API}/runs/").json()["results"]] == ["expired"]
