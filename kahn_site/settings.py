@@ -253,6 +253,47 @@ KAHN_RETENTION_BATCH_RUNS = env.int("KAHN_RETENTION_BATCH_RUNS", default=500)
 # ... and, for hard deletes, at most this many events (tests/bench/bench_retention.py sizes it).
 KAHN_RETENTION_BATCH_EVENTS = env.int("KAHN_RETENTION_BATCH_EVENTS", default=20_000)
 
+# ---------------------------------------------------------------- live updates (/ws/live, SPEC section 7)
+# A larger capacity than channels' 100: a burst of group messages to one process (every socket of a
+# replica shares one Redis key) or to one slow socket drops messages past it (PERF.md).
+LIVE_CHANNEL_CAPACITY = 1000
+if CLOUD:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "kahn_site.channel_layers.RedisLayer",
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        # channels-redis blocks 5 s on a read while a socket is idle: a client-side
+                        # read timeout (redis-py 8 defaults to 5 s) would close idle sockets with
+                        # 1011 (channels_redis#422). None waits; keepalive still finds dead peers.
+                        "socket_timeout": None,
+                        "socket_connect_timeout": 5,
+                        "socket_keepalive": True,
+                    }
+                ],
+                # Replicas of one deployment share it; deployments sharing a Redis must not.
+                "prefix": env.str("KAHN_LIVE_REDIS_PREFIX", default="kahn-live"),
+                "capacity": LIVE_CHANNEL_CAPACITY,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "kahn_site.channel_layers.MemoryChannelLayer",
+            "CONFIG": {"capacity": LIVE_CHANNEL_CAPACITY},
+        }
+    }
+# Who is on the other end of a socket: the local tenant in OSS, a session or an API key in cloud.
+KAHN_SOCKET_IDENTITY = (
+    "tenants.sockets.cloud_socket_identity" if CLOUD else "tenants.sockets.local_socket_identity"
+)
+# How often an open socket's session or key is checked again (expiry, a removed membership); signing
+# out and revoking a key close its sockets at once.
+KAHN_LIVE_RECHECK_SECONDS = env.int("KAHN_LIVE_RECHECK_SECONDS", default=60)
+
 # API keys are stored as HMAC-SHA256 with this pepper: a leaked table without it opens nothing.
 KAHN_API_KEY_PEPPER = (
     env_secret("KAHN_API_KEY_PEPPER")

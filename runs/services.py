@@ -13,15 +13,17 @@ from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import orjson
-from django.db import IntegrityError, connection
+from django.db import IntegrityError, connection, transaction
 from django.db.models import JSONField, Model
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from runs import reduction
+from runs.live import LIVE_EVENTS_PER_MESSAGE, live_publish_changes
 from runs.models import Diagnostic, Event, Run, RunNode
 from tenants.context import tenant_atomic
 from tenants.models import Tenant
@@ -179,6 +181,9 @@ class RunChange:
     summary_set: bool = False
     # Set by a caller that changed its own bookkeeping on the run (such as the archive's offsets).
     progress_changed: bool = False
+    # The JSON text of the appended events, for live subscribers; None once there are more than one
+    # live message carries (they then read them from the database).
+    live_payloads: list[str] | None = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # The row had node rows before this batch (they are rewritten, not diffed).
@@ -198,6 +203,8 @@ class RunChange:
         run_pk, tenant_id = self.run.pk, self.run.tenant_id
         on_sqlite = not self.sink.copying
         adapt = connection.ops.adapt_datetimefield_value
+        # Kept by reference (the strings exist anyway); one append per event is all it costs.
+        keep = (self.live_payloads if self.live_payloads is not None else []).append
         first = seq = self.reduction.next_seq
         for event, payload in events:
             found = apply(event)
@@ -211,8 +218,11 @@ class RunChange:
                 # PostgreSQL parses the RFC 3339 text itself; SQLite stores what Django's adapter writes.
                 ts = adapt(reduction.parse_ts(ts))
             write((run_pk, seq, tenant_id, ts, event["event"], event.get("node"), payload))
+            keep(payload)
             seq += 1
         self.appended += seq - first
+        if self.live_payloads is not None and len(self.live_payloads) > LIVE_EVENTS_PER_MESSAGE:
+            self.live_payloads = None
         self.nodes_changed = True
 
     def set_graph(self, graph: dict[str, Any]) -> None:
@@ -449,7 +459,11 @@ def run_batch_write(*, tenant: Tenant, write: Callable[[RunBatch], T]) -> tuple[
                 except BaseException:
                     batch.events.discard()
                     raise
-                return result, batch.flush()
+                changes = batch.flush()
+                # Live sockets learn of what is committed, never of what may still roll back: after
+                # the outermost commit (a request's own transaction, in cloud mode), or not at all.
+                transaction.on_commit(partial(live_publish_changes, changes), robust=True)
+                return result, changes
         except IntegrityError:
             if last_try:
                 raise
