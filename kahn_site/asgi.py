@@ -1,8 +1,31 @@
-"""ASGI entry point: HTTP (and, with Channels, WebSocket) for `manage.py serve` and daphne."""
+"""ASGI entry point for `manage.py serve` and daphne: HTTP, and WebSocket at /ws/live.
+
+The WebSocket side checks the Origin header against ALLOWED_HOSTS (a page of another site cannot
+open a socket with a visitor's session cookie), then loads the session and its user; the consumer
+decides whom the socket acts for (tenants.sockets). The whole application is wrapped by the live
+publisher, so that writers in request threads hand their updates to the loop that serves sockets.
+"""
 
 import os
 
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kahn_site.settings")
-application = get_asgi_application()
+# Sets Django up: the imports below load models.
+django_application = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+from kahn_site.live import live_publisher  # noqa: E402
+from runs.urls import websocket_urlpatterns  # noqa: E402
+
+application = live_publisher.serving(
+    ProtocolTypeRouter(
+        {
+            "http": django_application,
+            "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        }
+    )
+)

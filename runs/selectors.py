@@ -233,6 +233,22 @@ def run_events(*, tenant: Tenant, run: Run, after_seq: int = -1, limit: int | No
     return events[:limit] if limit is not None else events
 
 
+def run_stored_next_seq(*, tenant: Tenant, run_id: str) -> int:
+    """The seq the run's next event will have: 0 for a run not stored (yet)."""
+    next_seq = Run.objects.filter(tenant=tenant, run_id=run_id).values_list("next_seq", flat=True).first()
+    return next_seq or 0
+
+
+def run_events_after(*, tenant: Tenant, run_id: str, after_seq: int, limit: int) -> list[tuple[int, Any]]:
+    """Up to `limit` events of a run (by its id) after `after_seq`, as (seq, payload), in seq order;
+    none for a run not stored (yet)."""
+    return list(
+        Event.objects.filter(tenant=tenant, run__tenant=tenant, run__run_id=run_id, seq__gt=after_seq)
+        .order_by("seq")
+        .values_list("seq", "payload")[:limit]
+    )
+
+
 # What the timeline and the replay read of each event; the rest of a payload stays in the database.
 EVENT_FACTS = ("from", "to", "attempt", "ok", "duration_s", "exit_code", "error", "producer")
 _NUMBERS = {"attempt": int, "exit_code": int, "duration_s": float}

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from runs import api, views
+from runs import api, consumers, views
 
 # GET runs/{id}/events, graph and summary are routed by `ingest.urls`: its views extend the read
 # API's (`RunEventsApi`, `RunGraphApi`, `RunSummaryApi`) with the producer's POST and PUT.
@@ -14,4 +14,9 @@ page_urlpatterns = [
     path("runs/<str:run_id>/", views.run_page, name="run"),
     path("nodes/", views.node_index, name="nodes"),
     path("nodes/<path:node_id>/", views.node_page, name="node"),
+]
+
+# /ws/live: live events and rows (SPEC section 7), routed by kahn_site.asgi.
+websocket_urlpatterns = [
+    path("ws/live", consumers.LiveConsumer.as_asgi(), name="ws-live"),
 ]

@@ -19,7 +19,7 @@ from django.urls import reverse
 
 from tenants.context import NoTenantError, tenant_request
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
-from tenants.selectors import membership_list_for_user
+from tenants.selectors import NotAMember, membership_list_for_user, tenant_chosen_for_user
 from tenants.services import api_key_authenticate
 
 # Where the cloud session keeps the tenant the user last switched to.
@@ -74,20 +74,15 @@ class CloudTenantMiddleware(_TenantMiddleware):
             return None
         memberships = membership_list_for_user(user_id=user.pk)
         request.memberships = memberships
-        by_slug = {m.tenant.slug: m.tenant for m in memberships}
-
-        asked = request.headers.get(ORGANIZATION_HEADER)
-        if asked is not None:
-            if asked in by_slug:
-                return by_slug[asked]
+        try:
+            return tenant_chosen_for_user(
+                memberships=memberships,
+                asked_slug=request.headers.get(ORGANIZATION_HEADER),
+                session_tenant_id=request.session.get(SESSION_TENANT_KEY),
+            )
+        except NotAMember as refusal:
             # The same answer whether the tenant exists or not: a header probes nothing.
-            return _forbidden(request, f"You are not a member of the organization {asked!r}.")
-
-        by_id = {m.tenant_id: m.tenant for m in memberships}
-        chosen = by_id.get(request.session.get(SESSION_TENANT_KEY))
-        if chosen is not None:
-            return chosen
-        return memberships[0].tenant if memberships else None
+            return _forbidden(request, str(refusal))
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         """A view that needs a tenant, reached without one: sign in, or the "no workspace yet" page."""

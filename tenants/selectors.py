@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from tenants.context import USER_SETTING, pre_tenant_lookup
-from tenants.models import Membership
+from tenants.models import Membership, Tenant
+
+
+class NotAMember(LookupError):
+    """The user asked to act for a tenant they are not a member of (or that does not exist)."""
+
+    def __init__(self, slug: str) -> None:
+        super().__init__(f"You are not a member of the organization {slug!r}.")
+        self.slug = slug
 
 
 def membership_list_for_user(*, user_id: int) -> list[Membership]:
@@ -14,3 +22,22 @@ def membership_list_for_user(*, user_id: int) -> list[Membership]:
     """
     with pre_tenant_lookup(USER_SETTING, str(user_id)):
         return list(Membership.objects.pre_tenant_of_user(user_id).select_related("tenant"))
+
+
+def tenant_chosen_for_user(
+    *, memberships: list[Membership], asked_slug: str | None, session_tenant_id: object
+) -> Tenant | None:
+    """The tenant a signed-in user acts for: the one asked for by slug (`X-Organization`), else
+    the one the session chose, else the first membership; None for a user with no membership.
+
+    Raises `NotAMember` when the asked tenant is not one of the user's, whether it exists or not.
+    """
+    if asked_slug is not None:
+        for membership in memberships:
+            if membership.tenant.slug == asked_slug:
+                return membership.tenant
+        raise NotAMember(asked_slug)
+    for membership in memberships:
+        if membership.tenant_id == session_tenant_id:
+            return membership.tenant
+    return memberships[0].tenant if memberships else None

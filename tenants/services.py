@@ -8,6 +8,7 @@ import re
 import secrets
 import string
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -16,6 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.models import Plan
+from kahn_site.live import SOCKET_UNAUTHENTICATED, credential_group_for_api_key, live_close_sockets
 from tenants.context import API_KEY_HASH_SETTING, pre_tenant_lookup, tenant_atomic
 from tenants.models import KEY_PREFIX_ALPHABET, ApiKey, Membership, Role, Tenant
 
@@ -134,11 +136,20 @@ def api_key_create(
 
 
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
-    """Revokes a key at once: its next request is refused."""
+    """Revokes a key at once: its next request is refused, and its open sockets are closed."""
     with tenant_atomic(api_key.tenant):
         if api_key.revoked_at is None:
             api_key.revoked_at = timezone.now()
             ApiKey.objects.filter(pk=api_key.pk).update(revoked_at=api_key.revoked_at)
+            transaction.on_commit(
+                partial(
+                    live_close_sockets,
+                    credential_group_for_api_key(api_key.pk),
+                    code=SOCKET_UNAUTHENTICATED,
+                    reason="the API key was revoked",
+                ),
+                robust=True,
+            )
     return api_key
 
 

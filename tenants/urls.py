@@ -7,6 +7,8 @@ from tenants import views
 urlpatterns = [
     # Ahead of mozilla-django-oidc's own callback: a replayed or stale callback starts a fresh sign-in.
     path("oidc/callback/", views.SignInCallbackView.as_view(), name="oidc_authentication_callback"),
+    # Ahead of mozilla-django-oidc's own too: signing out also closes the session's live sockets.
+    path("oidc/logout/", views.SignOutView.as_view(), name="oidc_logout"),
     path("oidc/", include("mozilla_django_oidc.urls")),
     path("admin/login/", views.staff_sign_in, name="staff_sign_in"),
     path("workspaces/", views.workspace_list, name="workspaces"),

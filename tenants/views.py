@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from urllib.parse import urlencode
 
 import requests
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import SuspiciousOperation
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
-from mozilla_django_oidc.views import OIDCAuthenticationCallbackView
+from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCLogoutView
 
+from kahn_site.live import SOCKET_UNAUTHENTICATED, credential_group_for_session, live_close_sockets
 from tenants.middleware import SESSION_TENANT_KEY
 
 logger = logging.getLogger(__name__)
@@ -61,6 +64,26 @@ class SignInCallbackView(OIDCAuthenticationCallbackView):
             return render(request, "tenants/sign_in_failed.html", context)
         request.session[SIGN_IN_ATTEMPTS_KEY] = attempts
         return HttpResponseRedirect(_sign_in_url(request.session.get("oidc_login_next")))
+
+
+class SignOutView(OIDCLogoutView):
+    """Signing out also closes the session's live sockets (`/ws/live`), in every replica."""
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        session_key = request.session.session_key
+        response = super().post(request)
+        if session_key:
+            # After the session's deletion is committed, as the sockets' own checks read it.
+            transaction.on_commit(
+                partial(
+                    live_close_sockets,
+                    credential_group_for_session(session_key),
+                    code=SOCKET_UNAUTHENTICATED,
+                    reason="signed out",
+                ),
+                robust=True,
+            )
+        return response
 
 
 @require_GET
