@@ -59,7 +59,7 @@ def fetch(url: str) -> tuple[int, str, str]:
 def test_serve_answers_pages_api_and_static_files(transactional_db, imported):
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, str(PROJECT / "manage.py"), "serve", "--port", str(port)],
+        [sys.executable, str(PROJECT / "manage.py"), "serve", "--port", str(port), "--no-follow"],
         env=manage_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

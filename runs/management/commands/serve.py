@@ -3,20 +3,33 @@
 OSS mode has no login, so it listens on loopback only and refuses any other address: exposing it
 would show every run to anyone who can reach the port. Cloud mode binds where it is told, behind
 a proxy that terminates TLS.
+
+OSS mode also follows the archive (KAHN_ARCHIVE) in the same process, unless `--no-follow`: its
+channel layer lives in memory, so live pages move only with imports made where the sockets are.
+Cloud mode follows nothing: runs arrive by the ingest API, or by `ingest_archive --tenant SLUG
+--follow`, which publishes through Redis.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
+from django.db import connection
 
+from ingest.archive import ArchiveError, archive_import
 from kahn_site.checks import require_migrated
+from tenants.models import LOCAL_TENANT_SLUG, Tenant
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8080
 OSS_HOST = "127.0.0.1"
@@ -39,6 +52,14 @@ class Command(BaseCommand):
         parser.add_argument("--mode", choices=("oss", "cloud"), help="default: KAHN_MODE, else oss")
         parser.add_argument("--host", help=f"address to listen on (OSS: loopback only, default {OSS_HOST})")
         parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+        parser.add_argument(
+            "--no-follow",
+            action="store_true",
+            help="OSS: do not import KAHN_ARCHIVE as it grows (it is followed by default)",
+        )
+        parser.add_argument(
+            "--follow-interval", type=float, default=1.0, help="OSS: seconds between looks at the archive"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         mode = options["mode"] or settings.KAHN_MODE
@@ -52,6 +73,8 @@ class Command(BaseCommand):
             )
         if not 0 < port < 65536:
             raise CommandError(f"--port must be between 1 and 65535, not {port}")
+        if options["follow_interval"] <= 0:
+            raise CommandError("--follow-interval must be a positive number of seconds")
         if mode != settings.KAHN_MODE:
             # Settings read KAHN_MODE once, when they load: start again with it set, so that every
             # backend (database, channel layer, auth) is the chosen mode's.
@@ -63,10 +86,21 @@ class Command(BaseCommand):
                 host,
                 "--port",
                 str(port),
+                "--follow-interval",
+                str(options["follow_interval"]),
+                *(["--no-follow"] if options["no_follow"] else []),
             ]
             os.execve(sys.executable, argv, {**os.environ, "KAHN_MODE": mode})
         require_migrated()
-        self._serve(host, port, options["verbosity"])
+        follower = None
+        if not settings.CLOUD and not options["no_follow"]:
+            follower = ArchiveFollower(settings.KAHN_ARCHIVE, options["follow_interval"], self.stdout)
+            follower.start()
+        try:
+            self._serve(host, port, options["verbosity"])
+        finally:
+            if follower is not None:
+                follower.stop()
 
     def _serve(self, host: str, port: int, verbosity: int) -> None:
         from channels.routing import get_default_application
@@ -85,3 +119,53 @@ class Command(BaseCommand):
             action_logger=AccessLogGenerator(sys.stdout) if verbosity > 1 else None,
             verbosity=verbosity,
         ).run()
+
+
+class ArchiveFollower(threading.Thread):
+    """Imports what the archive gains, every `interval` seconds, into the local tenant.
+
+    The same import as `ingest_archive --follow`, through the one write path, so what it commits
+    reaches this process's sockets. An archive that does not exist yet is waited for, not an error:
+    the server may well start before the first producer does.
+    """
+
+    def __init__(self, root: Path, interval: float, stdout: OutputWrapper) -> None:
+        super().__init__(name="kahn-archive-follower", daemon=True)
+        self.root = root
+        self.interval = interval
+        self.out = stdout
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        tenant = Tenant.objects.get(slug=LOCAL_TENANT_SLUG)
+        self.out.write(f"following {self.root} every {self.interval} s (--no-follow turns it off)")
+        waiting = False
+        warned: set[str] = set()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    report = archive_import(tenant=tenant, root=self.root)
+                except ArchiveError as missing:
+                    if not waiting:
+                        self.out.write(f"waiting for the archive: {missing}")
+                        waiting = True
+                except Exception:
+                    # Never the server's end: a bad pass is logged and the next one tries again.
+                    logger.exception("importing %s failed", self.root)
+                    connection.close()
+                else:
+                    waiting = False
+                    for warning in report.warnings:
+                        if warning not in warned:  # a skipped folder is skipped at every pass
+                            warned.add(warning)
+                            self.out.write(f"warning: {warning}")
+                    if report.runs:
+                        self.out.write(f"imported {report.events} events into {len(report.runs)} runs")
+                self.stopping.wait(self.interval)
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        """Lets the pass in flight finish its transaction, then ends the thread."""
+        self.stopping.set()
+        self.join(timeout=30)
