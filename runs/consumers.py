@@ -146,7 +146,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await (self._subscribe_rows() if action == "subscribe" else self._unsubscribe_rows())
             return
         run_id = message["run_id"]
-        if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
+        if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
             raise BadMessage(
                 "invalid_run_id",
                 "a run id is 1 to 64 letters, digits, '_' or '-', starting with a letter or digit",
