@@ -110,11 +110,15 @@ class _Sender:
             await self._send_due()
 
     async def drain(self) -> None:
-        """Sends everything now, windows or not: the process is about to exit."""
+        """Sends everything now, windows or not, and waits for sends in flight: the process is
+        about to exit."""
         for group in self.due:
             self.due[group] = 0.0
-        while self.due:
-            await self._send_due()
+        if self.wakeup is not None:
+            self.wakeup.set()
+        # The worker ends once nothing is due, after its last send has returned.
+        while self.worker is not None and not self.worker.done():
+            await asyncio.wait({self.worker})
 
     async def _send_due(self) -> None:
         now = self.loop.time()

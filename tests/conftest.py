@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,3 +295,53 @@ def world_runs(world: World) -> World:
     run_record(world.acme, "acme_nightly")
     run_record(world.globex, "globex_nightly", ok=False)
     return world
+
+
+# ---------------------------------------------------------------- a real server
+
+
+@contextmanager
+def scope_server(env: dict[str, str], *args: str, ready_path: str = "/api/v1/schema/") -> Iterator[str]:
+    """`manage.py serve` in a subprocess on a free loopback port, until the block ends; yields its URL.
+
+    Waits until it answers; if it dies or never answers, the test fails with the server's output.
+    """
+    import socket
+    import tempfile
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tempfile.NamedTemporaryFile("w+", prefix="kahn-serve-", suffix=".log")  # noqa: SIM115
+    command = [sys.executable, str(PROJECT / "manage.py"), "serve", "--port", str(port), *args]
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}{ready_path}", timeout=2):
+                    break
+            except urllib.error.HTTPError:
+                break  # it answers: a 401 or 404 is an answer
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                pytest.fail(f"manage.py serve did not start:\n{log.read()}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.seek(0)
+        # Shown with a failing test's output: the server's own account of what went wrong.
+        print(f"--- manage.py serve {' '.join(args)} ---\n{log.read()}")
+        log.close()
