@@ -28,6 +28,8 @@ from runs.timeline import NodeTimeline, build_timeline
 from tenants.context import tenant_current
 
 EVENTS_PER_PAGE = 100
+# Where the pages' live updates come from (kahn_site.asgi routes it; SPEC section 7).
+LIVE_SOCKET_PATH = "/ws/live"
 NODE_RUN_CHOICES = (20, 50, 100, 200)
 
 VERDICT_FILTERS = {
@@ -113,6 +115,8 @@ def run_history(request: HttpRequest) -> HttpResponse:
         "chart": history_chart(runs, now),
         "verdict_links": [("", "All")] + [(key, key.capitalize()) for key in VERDICT_FILTERS],
         "current_status": form.cleaned_data.get("status", "") if form.is_valid() else "",
+        # static/live.js: the rows of every run of the tenant, redrawn from the server as they change.
+        "live": {"socket": LIVE_SOCKET_PATH, "runs": "*"},
     }
     return render(request, "runs/history.html", context)
 
@@ -185,6 +189,13 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         "log_paged": timeline.last_seq >= EVENTS_PER_PAGE,
         "producer": next((f.get("producer") for _s, _t, kind, _n, f in events if kind == "run_start"), None),
         "elapsed": _elapsed(run),
+        # static/live.js: events after the last one drawn, and the page's parts redrawn as they come.
+        "live": {
+            "socket": LIVE_SOCKET_PATH,
+            "runId": run.run_id,
+            "afterSeq": timeline.last_seq,
+            "complete": run.complete,
+        },
     }
     return render(request, "runs/run.html", context)
 

@@ -301,8 +301,11 @@ def world_runs(world: World) -> World:
 
 
 @contextmanager
-def scope_server(env: dict[str, str], *args: str, ready_path: str = "/api/v1/schema/") -> Iterator[str]:
-    """`manage.py serve` in a subprocess on a free loopback port, until the block ends; yields its URL.
+def scope_server(
+    env: dict[str, str], *args: str, port: int | None = None, ready_path: str = "/api/v1/schema/"
+) -> Iterator[str]:
+    """`manage.py serve` in a subprocess on loopback (a free port unless given), until the block
+    ends; yields its URL.
 
     Waits until it answers; if it dies or never answers, the test fails with the server's output.
     """
@@ -312,9 +315,10 @@ def scope_server(env: dict[str, str], *args: str, ready_path: str = "/api/v1/sch
     import urllib.error
     import urllib.request
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    if port is None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
     log = tempfile.NamedTemporaryFile("w+", prefix="kahn-serve-", suffix=".log")  # noqa: SIM115
     command = [sys.executable, str(PROJECT / "manage.py"), "serve", "--port", str(port), *args]
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)

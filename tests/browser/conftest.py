@@ -48,6 +48,8 @@ def browser_page(monkeypatch, tmp_path) -> Iterator:
         )
         page = context.new_page()
         errors: list[str] = []
+        # A test that makes errors on purpose (a server stopped under the page) checks and clears them.
+        page.console_errors = errors
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.on("console", lambda message: message.type == "error" and errors.append(message.text))
         try:

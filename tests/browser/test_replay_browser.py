@@ -1,4 +1,8 @@
-"""The issue's walk through, in a real browser: from the history to run_failed and back in time."""
+"""The issue's walk through, in a real browser: from the history to run_failed and back in time.
+
+Served by `manage.py serve` (daphne): the pages open a WebSocket (/ws/live), which Django's own
+test server cannot answer.
+"""
 
 import re
 
@@ -6,16 +10,22 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import ARTIFACTS
+from tests.conftest import manage_env, scope_server
 
 
 def node(page, node_id: str):
     return page.locator(f'.dag g.node[data-node="{node_id}"]')
 
 
-@pytest.mark.usefixtures("transactional_db")
-def test_find_the_failed_run_see_what_broke_it_and_replay_it(live_server, imported, browser_page):
+@pytest.fixture
+def server_url(transactional_db, imported):
+    with scope_server(manage_env(), "--no-follow") as url:
+        yield url
+
+
+def test_find_the_failed_run_see_what_broke_it_and_replay_it(server_url, browser_page):
     page = browser_page
-    page.goto(f"{live_server.url}/")
+    page.goto(f"{server_url}/")
     expect(page.locator("table.runs tbody tr")).to_have_count(8)
 
     # Filter the history to failed runs, as a user would: choose, then apply.
@@ -31,7 +41,7 @@ def test_find_the_failed_run_see_what_broke_it_and_replay_it(live_server, import
     page.screenshot(path=str(ARTIFACTS / "history-failed.png"), full_page=True)
 
     page.get_by_role("link", name="run_failed", exact=True).click()
-    expect(page).to_have_url(f"{live_server.url}/runs/run_failed/")
+    expect(page).to_have_url(f"{server_url}/runs/run_failed/")
     expect(page.locator("h1")).to_contain_text("run_failed")
     expect(page.locator("#gantt-cursor")).to_have_class(re.compile(r"\bis-hidden\b"))
 
@@ -83,4 +93,4 @@ def test_find_the_failed_run_see_what_broke_it_and_replay_it(live_server, import
     expect(api_routes).to_have_class(re.compile(r"\bs-failed\b"))
     expect(page.locator(".dag path.edge.blocking")).to_have_count(2)
     expect(page.locator("#gantt-cursor")).to_have_class(re.compile(r"\bis-hidden\b"))
-    expect(page).to_have_url(f"{live_server.url}/runs/run_failed/")
+    expect(page).to_have_url(f"{server_url}/runs/run_failed/")
