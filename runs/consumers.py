@@ -5,12 +5,16 @@ Client → server: `{"action": "subscribe" | "unsubscribe", "run_id": "...", "af
 `subscribed` / `unsubscribed` once a (un)subscription is in effect (`subscribed` carries
 `next_seq`, the seq of the next event the socket will send for the run).
 
-Gapless resume: a subscription joins the run's group first, then sends what the database holds
-after `after_seq`, then live events. Messages are handled one at a time, so live events that arrive
-during the read wait, and are then cut to what the read did not send: nothing twice, nothing
-missed. Each subscription keeps the seq it will send next; a live message that starts beyond it (one
-dropped by a full channel, or overtaken by a later writer's) or carries no events (a notice of a
-large batch) makes it read the gap from the database, which has every committed event.
+Live messages reach sockets through the process's relay (`kahn_site.live.LiveRelay`), not through
+channels of their own. Each run subscription keeps the seq it sends next:
+
+- Gapless resume: a subscription joins the run's group first, then sends what the database holds
+  after `after_seq`; live messages that arrive meanwhile wait, and are then cut to what the read did
+  not send. Nothing twice, nothing missed.
+- A live message that starts beyond the next seq (one dropped by a full channel, or overtaken by a
+  later writer's) or carries no events (a notice of a large batch) makes the subscription catch up
+  from the database, which has every committed event, in a task of its own: the relay never waits
+  on the database, and the subscription's later messages wait for the catch-up.
 
 A bad message from the client gets an `error` message; it never closes the socket.
 """
@@ -19,17 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
-from kahn_site.live import SOCKET_UNAUTHENTICATED
+from kahn_site.live import SOCKET_UNAUTHENTICATED, live_relay
 from runs.live import event_text, live_run_group, live_runs_group
 from runs.selectors import RUN_ID_PATTERN, run_events_after, run_stored_next_seq
 from tenants.context import tenant_atomic
@@ -57,7 +60,10 @@ class RunSubscription:
     group: str
     # The seq of the next event this socket sends for the run: everything before it was sent (or
     # was already the client's, by its after_seq).
-    next_seq: int
+    next_seq: int = 0
+    # While the database is being read for it, live messages wait here, in the order they came.
+    catching_up: bool = True
+    waiting: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _stored_events(identity: SocketIdentity, run_id: str, after_seq: int) -> list[tuple[int, str]]:
@@ -74,13 +80,16 @@ def _stored_next_seq(identity: SocketIdentity, run_id: str) -> int:
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
+    # No channel of its own: what a socket follows reaches it through the process's relay.
+    channel_layer_alias = None
+
     async def connect(self) -> None:
         self.identity: SocketIdentity | None = None
         self.runs: dict[str, RunSubscription] = {}
         self.history: str | None = None  # the tenant's rows group, while subscribed to "*"
         self.row_versions: dict[str, list[float]] = {}
         self.joined: set[str] = set()
-        self.recheck: asyncio.Task[None] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
         found = await database_sync_to_async(socket_identity)(self.scope)
         # Accepted first, then closed: a close code reaches the client only after the handshake.
         await self.accept()
@@ -91,24 +100,16 @@ class LiveConsumer(AsyncWebsocketConsumer):
         for group in found.credential_groups:
             await self._join(group)
         if found.credential_groups:
-            self.recheck = asyncio.create_task(self._recheck_credential())
+            self._spawn(self._recheck_credential())
 
     async def disconnect(self, code: int) -> None:
-        if self.recheck is not None:
-            self.recheck.cancel()
+        self.identity = None
+        for task in self.tasks:
+            task.cancel()
+        relay = live_relay()
         for group in self.joined:
-            await self.channel_layer.group_discard(group, self.channel_name)
+            await relay.leave(group, self)
         self.joined.clear()
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # Channels' own dispatch first closes stale database connections, a hop to the database
-        # thread for every message to every socket: with 200 sockets on one run that is most of the
-        # delivery time. The handlers here reach the database only through database_sync_to_async,
-        # which closes stale connections itself.
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"no handler for message type {message['type']}")
-        await handler(message)
 
     # ------------------------------------------------------------ from the client
 
@@ -146,6 +147,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await (self._subscribe_rows() if action == "subscribe" else self._unsubscribe_rows())
             return
         run_id = message["run_id"]
+        # fullmatch: `$` would let a trailing newline through, into a group name.
         if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
             raise BadMessage(
                 "invalid_run_id",
@@ -165,24 +167,27 @@ class LiveConsumer(AsyncWebsocketConsumer):
             raise BadMessage(
                 "too_many_subscriptions", f"one socket follows at most {MAX_RUN_SUBSCRIPTIONS} runs"
             )
-        self.runs.pop(run_id, None)  # subscribing again starts again from its own after_seq
-        group = live_run_group(self.identity.tenant.pk, run_id)
-        # Join, then read: whatever is committed from now on reaches the group, and whatever was
-        # committed before is in the read. Live messages wait meanwhile (one handler at a time).
-        await self._join(group)
+        # Subscribing again starts again, from its own after_seq.
+        subscription = RunSubscription(group=live_run_group(self.identity.tenant.pk, run_id))
+        self.runs[run_id] = subscription
+        # Join, then read: whatever is committed from now on reaches the group, and waits in the
+        # subscription; whatever was committed before is in the read.
+        await self._join(subscription.group)
         try:
             if after_seq is None:
-                next_seq = await database_sync_to_async(_stored_next_seq)(self.identity, run_id)
+                subscription.next_seq = await database_sync_to_async(_stored_next_seq)(self.identity, run_id)
             else:
-                next_seq = await self._send_stored(run_id, after_seq + 1)
+                subscription.next_seq = after_seq + 1
+            ack = {"type": "subscribed", "run_id": run_id}
+            await self._catch_up(run_id, subscription, read_first=after_seq is not None, ack=ack)
         except DatabaseError:
             logger.warning("live subscription to %s failed", run_id, exc_info=True)
-            await self._leave(group)
+            if self.runs.get(run_id) is subscription:
+                del self.runs[run_id]
+                await self._leave(subscription.group)
             raise BadMessage(
                 "unavailable", f"run {run_id} cannot be read right now; subscribe again"
             ) from None
-        self.runs[run_id] = RunSubscription(group=group, next_seq=next_seq)
-        await self._send_json({"type": "subscribed", "run_id": run_id, "next_seq": next_seq})
 
     async def _unsubscribe_run(self, run_id: str) -> None:
         subscription = self.runs.pop(run_id, None)
@@ -202,25 +207,33 @@ class LiveConsumer(AsyncWebsocketConsumer):
             self.history = None
         await self._send_json({"type": "unsubscribed", "runs": "*"})
 
-    # ------------------------------------------------------------ from the channel layer
+    # ------------------------------------------------------------ from the relay
 
-    async def live_events(self, message: dict[str, Any]) -> None:
+    async def relay_message(self, message: dict[str, Any]) -> None:
+        """Called by the process's relay for every message to a group this socket joined: quick,
+        so as not to hold up the sockets after it."""
+        kind = message["type"]
+        if kind == "live.events":
+            await self._live_events(message)
+        elif kind == "live.runs":
+            await self._live_rows(message)
+        elif kind == "live.close" and self.identity is not None:
+            self.identity = None
+            await self.close(code=message["code"], reason=message["reason"])
+
+    async def _live_events(self, message: dict[str, Any]) -> None:
         run_id = message["run_id"]
         subscription = self.runs.get(run_id)
-        if subscription is None or message["next_seq"] <= subscription.next_seq:
-            return  # not followed (any more), or all of it already sent
-        first, events = message["first_seq"], message["events"]
-        if events is None or first > subscription.next_seq:
-            try:
-                subscription.next_seq = await self._send_stored(run_id, subscription.next_seq)
-            except DatabaseError:
-                # The next message tries again from the same seq: late, never a gap.
-                logger.warning("live events of %s could not be read", run_id, exc_info=True)
+        if subscription is None:
             return
-        await self._send_events(run_id, events[subscription.next_seq - first :])
-        subscription.next_seq = message["next_seq"]
+        if subscription.catching_up:
+            subscription.waiting.append(message)
+        elif not await self._send_in_order(run_id, subscription, message):
+            subscription.catching_up = True
+            subscription.waiting.append(message)
+            self._spawn(self._catch_up_after_gap(run_id, subscription))
 
-    async def live_runs(self, message: dict[str, Any]) -> None:
+    async def _live_rows(self, message: dict[str, Any]) -> None:
         if self.history is None:
             return
         for row in message["rows"]:
@@ -230,9 +243,60 @@ class LiveConsumer(AsyncWebsocketConsumer):
             self.row_versions[row["run_id"]] = row["version"]
             await self.send(text_data=f'{{"type":"run","run":{row["row"]}}}')
 
-    async def live_close(self, message: dict[str, Any]) -> None:
-        self.identity = None
-        await self.close(code=message["code"], reason=message["reason"])
+    # ------------------------------------------------------------ one subscription's order
+
+    async def _send_in_order(
+        self, run_id: str, subscription: RunSubscription, message: dict[str, Any]
+    ) -> bool:
+        """Sends what a live message adds after the next seq; False when it cannot: it starts
+        beyond it (a gap), or is a notice without events."""
+        end = message["next_seq"]
+        if end <= subscription.next_seq:
+            return True  # all of it sent already
+        first, events = message["first_seq"], message["events"]
+        if events is None or first > subscription.next_seq:
+            return False
+        fresh = events[subscription.next_seq - first :]
+        subscription.next_seq = end
+        await self._send_events(run_id, fresh)
+        return True
+
+    async def _catch_up(
+        self,
+        run_id: str,
+        subscription: RunSubscription,
+        *,
+        read_first: bool = True,
+        ack: dict[str, Any] | None = None,
+    ) -> None:
+        """Sends from the database what the subscription lacks, then the live messages that waited
+        meanwhile; again while they leave a gap. Live once nothing waits (after the ack, if any)."""
+        read = read_first
+        while self.runs.get(run_id) is subscription:
+            if read:
+                subscription.next_seq = await self._send_stored(run_id, subscription.next_seq)
+            waiting, subscription.waiting = subscription.waiting, []
+            read = False
+            for message in waiting:
+                if not await self._send_in_order(run_id, subscription, message):
+                    read = True  # still a gap: committed after the read began; read again
+            if read or subscription.waiting:
+                continue
+            if ack is not None:
+                await self._send_json({**ack, "next_seq": subscription.next_seq})
+                ack = None
+                continue  # messages may have come while the ack was sent
+            subscription.catching_up = False
+            return
+
+    async def _catch_up_after_gap(self, run_id: str, subscription: RunSubscription) -> None:
+        try:
+            await self._catch_up(run_id, subscription)
+        except DatabaseError:
+            # Live again from the same seq: the next message finds the gap and tries again.
+            logger.warning("live events of %s could not be read", run_id, exc_info=True)
+            subscription.waiting.clear()
+            subscription.catching_up = False
 
     # ------------------------------------------------------------ helpers of this socket
 
@@ -256,12 +320,18 @@ class LiveConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=orjson.dumps(message).decode())
 
     async def _join(self, group: str) -> None:
-        await self.channel_layer.group_add(group, self.channel_name)
+        await live_relay().join(group, self)
         self.joined.add(group)
 
     async def _leave(self, group: str) -> None:
-        self.joined.discard(group)
-        await self.channel_layer.group_discard(group, self.channel_name)
+        if group in self.joined and not any(s.group == group for s in self.runs.values()):
+            self.joined.discard(group)
+            await live_relay().leave(group, self)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def _recheck_credential(self) -> None:
         while True:

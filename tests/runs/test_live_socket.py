@@ -337,7 +337,7 @@ def test_messages_overtaken_by_later_ones_are_not_sent_again(local_tenant):
             next_seq=4,
             payloads=tuple(orjson.dumps(event(seq)).decode() for seq in (2, 3)),
         )
-        await get_channel_layer().group_send(late.group, late.message())
+        await get_channel_layer().group_send(late.group, {**late.message(), "group": late.group})
         assert await socket.receive_nothing(timeout=0.3)
         await post("run_live", 4, 1)
         assert await events_until(socket, 5) == [4]
