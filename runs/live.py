@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
@@ -96,7 +97,7 @@ def row_version(run: Run) -> list[float]:
     return [run.next_seq, run.updated_at.timestamp()]
 
 
-def run_row_json(run: Run, now: Any = None) -> str:
+def run_row_json(run: Run, now: datetime | None = None) -> str:
     """The run's history row as the read API shows it (`RunListApi`'s serializer), as JSON text."""
     row = copy.copy(run)  # the writer's object stays as it was
     row.status = run.status_at(now or timezone.now())
