@@ -149,6 +149,16 @@ def test_resume_property_over_the_in_memory_layer(local_tenant):
 
 # ---------------------------------------------------------------- cloud mode: Redis, keys, RLS
 
+# Sign-in is never used here (keys only): cloud mode's OIDC settings must merely be present.
+OIDC_NEVER_CALLED = {
+    "OIDC_RP_CLIENT_ID": "kahn-scope",
+    "OIDC_RP_CLIENT_SECRET": "not-used",
+    "OIDC_OP_AUTHORIZATION_ENDPOINT": "http://127.0.0.1:9/authorize",
+    "OIDC_OP_TOKEN_ENDPOINT": "http://127.0.0.1:9/token",
+    "OIDC_OP_USER_ENDPOINT": "http://127.0.0.1:9/userinfo",
+    "OIDC_OP_JWKS_ENDPOINT": "http://127.0.0.1:9/jwks",
+}
+
 
 def cloud_env(database_role: str | None = None) -> dict[str, str]:
     settings_dict = connection.settings_dict
@@ -165,18 +175,7 @@ def cloud_env(database_role: str | None = None) -> dict[str, str]:
         KAHN_LIVE_REDIS_PREFIX=REDIS_PREFIX,
         # Rate limits have their own tests; these post as fast as they can.
         KAHN_RATE_LIMITS="false",
-        # Sign-in is never used here (keys only); the settings must merely be present.
-        **{
-            name: "http://127.0.0.1:9/oidc"
-            for name in (
-                "OIDC_OP_AUTHORIZATION_ENDPOINT",
-                "OIDC_OP_TOKEN_ENDPOINT",
-                "OIDC_OP_USER_ENDPOINT",
-                "OIDC_OP_JWKS_ENDPOINT",
-            )
-        },
-        OIDC_RP_CLIENT_ID="kahn-scope",
-        OIDC_RP_CLIENT_SECRET="not-used",
+        **OIDC_NEVER_CALLED,
     )
 
 
@@ -293,17 +292,7 @@ def test_cloud_settings_guard_both_channels_redis_pitfalls():
         "DATABASE_URL": "postgres://nobody@127.0.0.1:9/unused",
         "DJANGO_SECRET_KEY": "x" * 50,
         "REDIS_URL": "redis://127.0.0.1:6379/14",
-        **{
-            name: "http://127.0.0.1:9/oidc"
-            for name in (
-                "OIDC_RP_CLIENT_ID",
-                "OIDC_RP_CLIENT_SECRET",
-                "OIDC_OP_AUTHORIZATION_ENDPOINT",
-                "OIDC_OP_TOKEN_ENDPOINT",
-                "OIDC_OP_USER_ENDPOINT",
-                "OIDC_OP_JWKS_ENDPOINT",
-            )
-        },
+        **OIDC_NEVER_CALLED,
     }
     finished = manage("shell", "-c", script, env=manage_env(**settings_only))
     assert finished.returncode == 0, finished.stderr
