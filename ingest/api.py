@@ -19,10 +19,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ingest import services
-from ingest.archive import RUN_ID_PATTERN
 from ingest.ratelimit import TenantIngestRateThrottle, ratelimit_headers
 from kahn_site.api_errors import ApiError
 from runs.api import ERRORS, RUN_ID, ErrorSerializer, RunEventsApi, RunGraphApi, RunSummaryApi
+from runs.reduction import run_id_valid
 from tenants.context import tenant_current
 
 
@@ -54,7 +54,7 @@ def _body(request: Request) -> bytes:
 
 
 def _checked_run_id(run_id: str) -> str:
-    if not RUN_ID_PATTERN.match(run_id):
+    if not run_id_valid(run_id):
         raise InvalidRunId(run_id)
     return run_id
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +25,6 @@ from runs.services import RunBatch, RunChange, RunDeletedError, run_batch_write
 from tenants.context import tenant_atomic
 from tenants.models import Tenant
 
-RUN_ID_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,63}$")
 LOG, GRAPH, SUMMARY = "transitions.jsonl", "graph.json", "summary.json"
 
 # How much to import per transaction: large enough that per-transaction costs vanish, small enough
@@ -99,7 +97,7 @@ def archive_scan(root: Path) -> tuple[list[RunFolder], list[str]]:
                 continue
             if not entry.is_dir(follow_symlinks=False):
                 continue
-            if not RUN_ID_PATTERN.match(entry.name):
+            if not reduction.run_id_valid(entry.name):
                 warnings.append(f"skipped runs/{entry.name}: not a valid run id")
                 continue
             path = Path(entry.path)

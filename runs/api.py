@@ -31,7 +31,7 @@ from retention.api import run_deleted_error
 from runs import selectors
 from runs.models import Run
 from runs.pagination import RunCursorPagination
-from runs.selectors import RUN_ID_PATTERN
+from runs.reduction import run_id_valid
 from tenants.context import tenant_current
 
 MAX_EVENTS_PER_PAGE = 1000
@@ -85,7 +85,7 @@ RUN_ID = OpenApiParameter(
 def _missing_run(run_id: str) -> ApiError:
     """The answer for a run the tenant does not have: a run retention removed is gone, not unknown,
     so 410 `run_deleted` with when and why (SPEC section 9); any other, 404 `run_not_found`."""
-    if RUN_ID_PATTERN.match(run_id):
+    if run_id_valid(run_id):
         deleted = run_deleted_error(tenant=tenant_current(), run_id=run_id)
         if deleted is not None:
             return deleted

@@ -35,7 +35,8 @@ from django.db import DatabaseError
 
 from kahn_site.live import SOCKET_UNAUTHENTICATED, live_relay
 from runs.live import event_text, live_run_group, live_runs_group
-from runs.selectors import RUN_ID_PATTERN, run_events_after, run_stored_next_seq
+from runs.reduction import run_id_valid
+from runs.selectors import run_events_after, run_stored_next_seq
 from tenants.context import tenant_atomic
 from tenants.sockets import SocketIdentity, SocketRefusal, socket_identity, socket_identity_still_valid
 
@@ -149,7 +150,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             return
         run_id = message["run_id"]
         # fullmatch: `$` would let a trailing newline through, into a group name.
-        if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
+        if not isinstance(run_id, str) or not run_id_valid(run_id):
             raise BadMessage(
                 "invalid_run_id",
                 "a run id is 1 to 64 letters, digits, '_' or '-', starting with a letter or digit",

@@ -19,6 +19,8 @@ from typing import Any
 MAX_EVENT_BYTES = 4096
 
 NODE_STATES = ("pending", "running", "done", "failed", "blocked")
+# A run id (SPEC section 2). Always `fullmatch`: with `match`, "$" would accept a trailing newline.
+RUN_ID_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{0,63}")
 # The longest node id and event kind stored (the event store's columns hold no more).
 MAX_NODE_ID = 200
 MAX_EVENT_KIND = 64
@@ -77,6 +79,10 @@ class FieldError:
 
 
 # ---------------------------------------------------------------- schema
+
+
+def run_id_valid(value: str) -> bool:
+    return RUN_ID_PATTERN.fullmatch(value) is not None
 
 
 def parse_ts(value: str) -> datetime:

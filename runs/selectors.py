@@ -8,7 +8,6 @@ SQL for filtering and in Python for rows already loaded (`Run.status_at`), from 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,12 +19,11 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from runs.models import Diagnostic, Event, Run, RunNode
-from runs.reduction import RunReduction
+from runs.reduction import RunReduction, run_id_valid
 from runs.timeline import attempt_as_dict, build_timeline
 from tenants.models import Tenant
 
 # SPEC section 2. A run id that cannot exist is not looked up: PostgreSQL refuses NUL characters.
-RUN_ID_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,63}$")
 
 STATUSES = ("complete", "running", "interrupted")
 OUTCOMES = ("clean", "clean_with_flake", "failed")
@@ -172,7 +170,7 @@ def run_attach_open_attempts(runs: list[Run], *, tenant: Tenant, now: datetime |
 
 def run_get(*, tenant: Tenant, run_id: str, now: datetime | None = None) -> Run:
     """One run with everything its page shows; raises `Run.DoesNotExist`."""
-    if not RUN_ID_PATTERN.match(run_id):
+    if not run_id_valid(run_id):
         raise Run.DoesNotExist(run_id)
     run = Run.objects.get(tenant=tenant, run_id=run_id)
     run.status = run.status_at(now or timezone.now())

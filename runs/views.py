@@ -23,7 +23,7 @@ from runs import selectors
 from runs.models import Run
 from runs.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RunCursorPagination
 from runs.pictures import dag_picture, gantt_picture, history_chart, seconds_label
-from runs.reduction import RunReduction, summary_mismatch
+from runs.reduction import RunReduction, run_id_valid, summary_mismatch
 from runs.timeline import NodeTimeline, build_timeline
 from tenants.context import tenant_current
 
@@ -133,9 +133,7 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
     try:
         run = selectors.run_get(tenant=tenant, run_id=run_id)
     except Run.DoesNotExist:
-        deletion = (
-            run_deletion(tenant=tenant, run_id=run_id) if selectors.RUN_ID_PATTERN.match(run_id) else None
-        )
+        deletion = run_deletion(tenant=tenant, run_id=run_id) if run_id_valid(run_id) else None
         if deletion is not None:
             return run_deleted_page(request, deletion)
         raise Http404(f"There is no run named “{run_id}”.") from None

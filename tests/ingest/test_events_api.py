@@ -226,6 +226,8 @@ def test_unsupported_media_type(client, started):
 def test_an_invalid_run_id_is_refused(client, local_tenant):
     start = {"ts": T, "event": "run_start", "run_id": "x"}
     refused(client, ".hidden", ndjson([start]), status=400, code="invalid_run_id")
+    # "$" in a pattern matches before a final newline: the id must match whole.
+    refused(client, "run%0A", ndjson([start]), status=400, code="invalid_run_id")
 
 
 # ---------------------------------------------------------------- graph and summary
