@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -38,6 +39,10 @@ CLOUD_SETTINGS = {
 @pytest.fixture
 def cloud(settings) -> Client:
     """A client of this process's Django with cloud mode's middleware, URLs and sign-in."""
+    # kahn_site.urls adds cloud's URLs to its own list when it is first imported in cloud mode:
+    # import it in OSS mode first, or they would stay in every later OSS test's URLs.
+    import kahn_site.urls  # noqa: F401
+
     for name, value in CLOUD_SETTINGS.items():
         setattr(settings, name, value)
     settings.MIDDLEWARE = [
@@ -107,3 +112,15 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def database_dump() -> str:
+    """The whole test database as an operator's dump would hold it."""
+    if connection.vendor == "sqlite":
+        return "\n".join(connection.connection.iterdump())
+    settings = connection.settings_dict
+    host, user = settings["HOST"] or "127.0.0.1", settings["USER"] or "postgres"
+    command = ["pg_dump", "--data-only", "-h", host, "-U", user, settings["NAME"]]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "COPY public.tenants_apikey" in result.stdout  # the dump did reach the keys
+    return result.stdout

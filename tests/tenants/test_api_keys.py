@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from datetime import timedelta
 from io import StringIO
 
@@ -17,7 +16,7 @@ from runs.models import Event, Run
 from tenants.context import tenant_scope
 from tenants.models import ApiKey
 from tenants.services import API_KEY_PATTERN, TenancyError, api_key_authenticate, api_key_create
-from tests.tenants.conftest import connected_as
+from tests.tenants.conftest import connected_as, database_dump
 
 T = "2026-11-20T10:00:00.000Z"
 
@@ -65,18 +64,6 @@ def test_create_api_key_prints_the_key_once_and_stores_only_its_hash(world):
     assert (stored.name, stored.last4) == ("nightly", key[-4:])
     assert key not in stored.key_hash and len(stored.key_hash) == 64
     assert key.rsplit("_", 1)[1] not in database_dump()
-
-
-def database_dump() -> str:
-    """The whole test database as an operator's dump would hold it."""
-    if connection.vendor == "sqlite":
-        return "\n".join(connection.connection.iterdump())
-    settings = connection.settings_dict
-    host, user = settings["HOST"] or "127.0.0.1", settings["USER"] or "postgres"
-    command = ["pg_dump", "--data-only", "-h", host, "-U", user, settings["NAME"]]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    assert "COPY public.tenants_apikey" in result.stdout  # the dump did reach the keys
-    return result.stdout
 
 
 def test_a_tenant_has_at_most_its_plans_number_of_active_keys(world):
