@@ -38,10 +38,14 @@ class _TenantMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request.tenant = None
         request.memberships = []
+        request.membership = None
         chosen = self.choose_tenant(request)
         if isinstance(chosen, HttpResponse):
             return chosen
         request.tenant = chosen
+        if chosen is not None:
+            # The user's role in the chosen tenant; an API key is no one's membership.
+            request.membership = next((m for m in request.memberships if m.tenant_id == chosen.pk), None)
         with tenant_request(chosen) as atomic:
             response = self.get_response(request)
             if atomic and response.status_code >= 500:

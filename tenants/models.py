@@ -83,6 +83,11 @@ class Membership(models.Model):
     def __str__(self) -> str:
         return f"{self.user} in {self.tenant_id} as {self.role}"
 
+    @property
+    def manages_tenant(self) -> bool:
+        """Owners and admins change the workspace itself (its API keys); members read its runs."""
+        return self.role in (Role.OWNER, Role.ADMIN)
+
 
 class Identity(models.Model):
     """The login provider's `sub` for a user: the key a login is matched by (the email only shows)."""

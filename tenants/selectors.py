@@ -1,9 +1,9 @@
-"""Reads of tenancy itself: which tenants a user may act for."""
+"""Reads of tenancy itself: which tenants a user may act for, and a tenant's API keys."""
 
 from __future__ import annotations
 
 from tenants.context import USER_SETTING, pre_tenant_lookup
-from tenants.models import Membership, Tenant
+from tenants.models import ApiKey, Membership, Tenant
 
 
 class NotAMember(LookupError):
@@ -41,3 +41,13 @@ def tenant_chosen_for_user(
         if membership.tenant_id == session_tenant_id:
             return membership.tenant
     return memberships[0].tenant if memberships else None
+
+
+def api_key_list(*, tenant: Tenant) -> list[ApiKey]:
+    """Every key of the tenant, revoked ones too (keys are never deleted), newest first."""
+    return list(ApiKey.objects.filter(tenant=tenant).select_related("created_by"))
+
+
+def api_key_get(*, tenant: Tenant, key_id: int) -> ApiKey | None:
+    """One key of the tenant; None for a key of another tenant, exactly as for no key at all."""
+    return ApiKey.objects.filter(tenant=tenant, pk=key_id).select_related("tenant").first()

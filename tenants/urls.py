@@ -1,4 +1,5 @@
-"""Cloud-mode URLs: OIDC sign-in, the workspace pages, and the admin's sign-in through OIDC."""
+"""Cloud-mode URLs: OIDC sign-in, the workspace pages and its API keys, and the admin's sign-in
+through OIDC."""
 
 from django.urls import include, path
 
@@ -14,4 +15,6 @@ urlpatterns = [
     path("workspaces/", views.workspace_list, name="workspaces"),
     path("workspaces/switch/", views.workspace_switch, name="workspace_switch"),
     path("signed-out/", views.signed_out, name="signed_out"),
+    path("keys/", views.api_keys, name="api_keys"),
+    path("keys/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
 ]

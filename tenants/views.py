@@ -1,23 +1,33 @@
-"""Cloud pages of tenancy: the workspace switcher, "no workspace yet", sign-in recovery, sign-out."""
+"""Cloud pages of tenancy: the workspace switcher, "no workspace yet", sign-in recovery, sign-out,
+and the workspace's API keys (owners and admins)."""
 
 from __future__ import annotations
 
 import logging
-from functools import partial
+from collections.abc import Callable
+from datetime import UTC, date, datetime, time
+from functools import partial, wraps
+from typing import Any
 from urllib.parse import urlencode
 
 import requests
+from django import forms
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import SuspiciousOperation
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCLogoutView
 
 from kahn_site.live import SOCKET_UNAUTHENTICATED, credential_group_for_session, live_close_sockets
+from tenants import selectors, services
+from tenants.context import tenant_current
 from tenants.middleware import SESSION_TENANT_KEY
 
 logger = logging.getLogger(__name__)
@@ -126,3 +136,110 @@ def staff_sign_in(request: HttpRequest) -> HttpResponse:
         # Signed in but not staff: another sign-in would only come back here.
         return render(request, "tenants/not_staff.html", status=403)
     return HttpResponseRedirect(_sign_in_url(next_url))
+
+
+# ---------------------------------------------------------------- API keys (owners and admins)
+
+
+def tenant_managers_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """A page that changes the workspace itself: its owners and admins only; members get a 403 page."""
+
+    @wraps(view)
+    @login_required
+    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        tenant = tenant_current()  # no workspace yet: the middleware shows the "no workspace" page
+        membership = request.membership
+        if membership is None or not membership.manages_tenant:
+            return render(request, "tenants/managers_only.html", {"tenant": tenant}, status=403)
+        return view(request, *args, **kwargs)
+
+    return guarded
+
+
+class ApiKeyCreateForm(forms.Form):
+    name = forms.CharField(
+        max_length=100,
+        label="Name",
+        help_text="what the key is for, e.g. the producer or CI job that sends runs with it",
+        widget=forms.TextInput({"autocomplete": "off"}),
+    )
+    expires_on = forms.DateField(
+        required=False,
+        label="Expires on",
+        help_text="optional; the key stops working at 00:00 UTC that day (to rotate with an overlap)",
+        widget=forms.DateInput({"type": "date"}),
+    )
+
+    def clean_expires_on(self) -> date | None:
+        expires_on = self.cleaned_data["expires_on"]
+        if expires_on is not None and expires_on <= timezone.now().date():
+            raise forms.ValidationError("Choose a day after today: the key would never work.")
+        return expires_on
+
+    def expires_at(self) -> datetime | None:
+        expires_on = self.cleaned_data["expires_on"]
+        return datetime.combine(expires_on, time.min, tzinfo=UTC) if expires_on else None
+
+
+# The page carries a key in the clear once: no cache may keep it, so never_cache on every answer.
+@never_cache
+@require_http_methods(["GET", "POST"])
+@tenant_managers_only
+def api_keys(request: HttpRequest) -> HttpResponse:
+    """The workspace's keys, and a form for a new one, whose key this answer shows once.
+
+    The new key is shown in the answer to the POST itself, not after a redirect: carrying it to a
+    next page would mean storing it (in the session, in the database), and only its hash is stored.
+    """
+    tenant = tenant_current()
+    form = ApiKeyCreateForm(request.POST or None)
+    created: dict[str, Any] | None = None
+    refusal = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            api_key, key = services.api_key_create(
+                tenant=tenant,
+                name=form.cleaned_data["name"],
+                created_by=request.user,
+                expires_at=form.expires_at(),
+            )
+        except services.TenancyError as exc:
+            refusal = str(exc)
+        else:
+            created = {"api_key": api_key, "key": key}
+            form = ApiKeyCreateForm()
+    keys = selectors.api_key_list(tenant=tenant)
+    now = timezone.now()
+    for api_key in keys:
+        api_key.state = (
+            "revoked" if api_key.revoked_at else ("active" if api_key.is_active_at(now) else "expired")
+        )
+    # What the plan's limit counts (tenants.services.api_key_create): every key not revoked.
+    in_use = sum(1 for api_key in keys if api_key.revoked_at is None)
+    context = {
+        "nav": "keys",
+        "form": form,
+        "created": created,
+        "refusal": refusal,
+        "keys": keys,
+        "in_use": in_use,
+        "plan": tenant.plan,
+        "at_limit": in_use >= tenant.plan.max_api_keys,
+    }
+    return render(request, "tenants/api_keys.html", context)
+
+
+@require_POST
+@tenant_managers_only
+def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+    api_key = selectors.api_key_get(tenant=tenant_current(), key_id=key_id)
+    if api_key is None:
+        # Another workspace's key is answered exactly like a key that does not exist.
+        raise Http404("There is no such API key in this workspace.")
+    already = api_key.revoked_at is not None
+    services.api_key_revoke(api_key=api_key)
+    if already:
+        messages.info(request, f"{api_key.name} (…{api_key.last4}) was already revoked.")
+    else:
+        messages.success(request, f"Revoked {api_key.name} (…{api_key.last4}): its next request is refused.")
+    return redirect("api_keys")
