@@ -53,12 +53,20 @@ def test_over_the_plan_rate_is_429_rate_limited_with_headers(client, plan_of_thr
         assert client.get("/api/v1/runs/r0/events").status_code == 200
 
 
-def test_a_plan_change_takes_effect_on_the_next_request(client, plan_of_three):
+def test_a_plan_change_moves_the_limit_of_the_window_not_its_count(client, plan_of_three):
     with override_settings(KAHN_RATE_LIMITS=True, CACHES=redis_cache()):
-        assert [note(client, f"r{i}").status_code for i in range(4)] == [200, 200, 200, 429]
-        plan_of_three.ingest_requests_per_minute = 10
+        assert [note(client, f"r{i}").status_code for i in range(5)] == [200, 200, 200, 429, 429]
+        # Raised: the refused requests spent nothing, so exactly the difference gets through.
+        plan_of_three.ingest_requests_per_minute = 6
         plan_of_three.save()
-        assert note(client, "r9").status_code == 200
+        answers = [note(client, f"s{i}") for i in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert [a["X-RateLimit-Remaining"] for a in answers] == ["2", "1", "0", "0"]
+        assert all(a["X-RateLimit-Limit"] == "6" for a in answers)
+        # Lowered below what the window already accepted: the very next request is refused.
+        plan_of_three.ingest_requests_per_minute = 2
+        plan_of_three.save()
+        assert note(client, "t0").status_code == 429
 
 
 def test_with_redis_down_the_limit_fails_open_and_says_so(client, plan_of_three, caplog):
