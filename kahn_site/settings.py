@@ -223,6 +223,8 @@ if CLOUD:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
+            # Lets deployments (or test runs) that share one Redis keep their counts apart.
+            "KEY_PREFIX": env.str("KAHN_CACHE_KEY_PREFIX", default=""),
             "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
         }
     }

@@ -1,15 +1,23 @@
-"""Fixtures of the tenancy tests: cloud settings in process, the service role, the OIDC provider."""
+"""Fixtures of the tenancy tests: cloud settings in process, the service role, and cloud-mode
+servers in subprocesses."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import requests
+from django.conf import settings as django_settings
 from django.db import connection, connections
 from django.test import Client
+
+from tests.conftest import PROJECT, manage_env
 
 # For modules that need PostgreSQL: deselected by `-m "not postgres"`, and skipped if run on SQLite.
 POSTGRES_ONLY = [
@@ -112,6 +120,65 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def cloud_server_env(service_role: str, **extra: str) -> dict[str, str]:
+    """The environment of a cloud-mode `manage.py serve` on the test database, as the service role.
+
+    Its secret key and pepper are this process's, so a session made here (`force_login`) and an API
+    key made here are good there too. The OIDC endpoints lead nowhere unless a test names a provider.
+    """
+    db = connection.settings_dict
+    database = f"postgres://{service_role}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    cloud = {
+        "KAHN_MODE": "cloud",
+        "DATABASE_URL": database,
+        "DJANGO_SECRET_KEY": django_settings.SECRET_KEY,
+        "KAHN_API_KEY_PEPPER": django_settings.KAHN_API_KEY_PEPPER,
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "REDIS_URL": "redis://127.0.0.1:6379/15",
+        "OIDC_RP_CLIENT_ID": "kahn-scope",
+        "OIDC_RP_CLIENT_SECRET": "kahn-scope-secret",
+        "OIDC_OP_AUTHORIZATION_ENDPOINT": "http://127.0.0.1:9/authorize",
+        "OIDC_OP_TOKEN_ENDPOINT": "http://127.0.0.1:9/token",
+        "OIDC_OP_USER_ENDPOINT": "http://127.0.0.1:9/userinfo",
+        "OIDC_OP_JWKS_ENDPOINT": "http://127.0.0.1:9/jwks",
+    }
+    return manage_env(**{**cloud, **extra})
+
+
+@contextmanager
+def cloud_server(env: dict[str, str]) -> Iterator[str]:
+    """Scope served by `manage.py serve` in a subprocess with `env`, on a free loopback port: its URL
+    once it answers. Its log is printed when it stops, so a failing test shows the server's side."""
+    port = free_port()
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed below, after the server)
+    server = subprocess.Popen(
+        [sys.executable, str(PROJECT / "manage.py"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{url}/signed-out/", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                pytest.fail(f"the cloud server did not start:\n{log.read()}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        log.seek(0)
+        print(f"--- manage.py serve (cloud, port {port}) ---\n{log.read()}")
+        log.close()
 
 
 def database_dump() -> str:

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from html import unescape
@@ -20,11 +16,9 @@ from urllib.parse import quote, urljoin, urlparse
 
 import pytest
 import requests
-from django.db import connection
 
 from tenants.models import Identity
-from tests.conftest import PROJECT, manage_env
-from tests.tenants.conftest import POSTGRES_ONLY, free_port
+from tests.tenants.conftest import POSTGRES_ONLY, cloud_server, cloud_server_env
 
 pytestmark = [
     *POSTGRES_ONLY,
@@ -55,59 +49,20 @@ def provider() -> Iterator[Provider]:
         yield Provider(url=url, endpoints=config)
 
 
-def cloud_env(service_role: str, provider: Provider) -> dict[str, str]:
-    db = connection.settings_dict
-    database = f"postgres://{service_role}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    return manage_env(
-        KAHN_MODE="cloud",
-        DATABASE_URL=database,
-        DJANGO_SECRET_KEY="cloud-tests-" + "x" * 40,
-        DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
-        REDIS_URL="redis://127.0.0.1:6379/15",
-        OIDC_RP_CLIENT_ID="kahn-scope",
-        OIDC_RP_CLIENT_SECRET="kahn-scope-secret",
-        OIDC_OP_AUTHORIZATION_ENDPOINT=provider.endpoints["authorization_endpoint"],
-        OIDC_OP_TOKEN_ENDPOINT=provider.endpoints["token_endpoint"],
-        OIDC_OP_USER_ENDPOINT=provider.endpoints["userinfo_endpoint"],
-        OIDC_OP_JWKS_ENDPOINT=provider.endpoints["jwks_uri"],
-        OIDC_TIMEOUT="5",
-    )
-
-
 @pytest.fixture(scope="module")
 def scope_url(service_role, provider, django_db_blocker) -> Iterator[str]:
-    """Scope in cloud mode, served by `manage.py serve` as the service role."""
+    """Scope in cloud mode, served by `manage.py serve` as the service role, signing in with `provider`."""
     with django_db_blocker.unblock():
-        env = cloud_env(service_role, provider)
-    port = free_port()
-    log = tempfile.NamedTemporaryFile("w+", prefix="kahn-cloud-", suffix=".log")  # noqa: SIM115
-    server = subprocess.Popen(
-        [sys.executable, str(PROJECT / "manage.py"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{url}/signed-out/", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"the cloud server did not start:\n{log.read()}")
-            time.sleep(0.1)
+        env = cloud_server_env(
+            service_role,
+            OIDC_OP_AUTHORIZATION_ENDPOINT=provider.endpoints["authorization_endpoint"],
+            OIDC_OP_TOKEN_ENDPOINT=provider.endpoints["token_endpoint"],
+            OIDC_OP_USER_ENDPOINT=provider.endpoints["userinfo_endpoint"],
+            OIDC_OP_JWKS_ENDPOINT=provider.endpoints["jwks_uri"],
+            OIDC_TIMEOUT="5",
+        )
+    with cloud_server(env) as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        # Shown with a failing test's output: the server's own account of what went wrong.
-        log.seek(0)
-        print(f"--- manage.py serve (cloud) ---\n{log.read()}")
-        log.close()
 
 
 class Browser:
