@@ -80,9 +80,16 @@ NODE_COLUMNS = ("run_id", "tenant_id", "node_id", "position", "state", "attempts
 _SEVERITY_FIELD = {"error": "errors", "warning": "warnings", "info": "infos"}
 
 
+# Up to this many rows go in as one INSERT: a COPY costs more round trips, and for a role under
+# row-level security a temporary table too (DDL, every transaction), which only pays for itself
+# past a few dozen rows. A producer's single event, a run row and most node updates stay below it.
+INSERT_AT_MOST = 64
+
+
 class _RowSink:
-    """Rows on their way into one table: a COPY on PostgreSQL, opened at the first row, so the
-    server stores rows while Python prepares the next; gathered for one executemany on SQLite.
+    """Rows on their way into one table: on PostgreSQL, a handful goes in as one INSERT, and more
+    stream into a COPY, opened when they outgrow that, so the server stores rows while Python
+    prepares the next; gathered for one executemany on SQLite.
 
     PostgreSQL refuses COPY FROM into a table under row-level security for a role its policies
     apply to ("use INSERT statements instead"). For such a role (the cloud service role, or an
@@ -93,15 +100,12 @@ class _RowSink:
     """
 
     def __init__(self, model: type[Model], columns: tuple[str, ...]) -> None:
-        self.table = connection.ops.quote_name(model._meta.db_table)
+        self.db_table = model._meta.db_table
+        self.table = connection.ops.quote_name(self.db_table)
         self.names = ", ".join(connection.ops.quote_name(c) for c in columns)
         self.width = len(columns)
         self.copying = connection.vendor == "postgresql"
-        self.staging = (
-            connection.ops.quote_name(f"kahn_staging_{model._meta.db_table}")
-            if self.copying and not _role_bypasses_rls()
-            else None
-        )
+        self.staging: str | None = None
         self._stack: ExitStack | None = None
         self._copy: Any = None
         self._rows: list[tuple[Any, ...]] = []
@@ -114,26 +118,40 @@ class _RowSink:
         """The function that takes one row: bound once per run, called once per row."""
         if not self.copying:
             return self._rows.append
-        if self._copy is None:
-            self._stack = ExitStack()
-            cursor = self._stack.enter_context(connection.cursor())
-            target = self.table
-            if self.staging is not None:
-                cursor.execute(
-                    f"CREATE TEMPORARY TABLE {self.staging} ON COMMIT DROP AS "
-                    f"SELECT {self.names} FROM {self.table} WITH NO DATA"
-                )
-                target = self.staging
-            self._copy = self._stack.enter_context(
-                cursor.cursor.copy(f"COPY {target} ({self.names}) FROM STDIN")
+        if self._copy is not None:
+            return self._copy.write_row
+        return self._write
+
+    def _write(self, row: tuple[Any, ...]) -> None:
+        if self._copy is not None:
+            self._copy.write_row(row)
+            return
+        self._rows.append(row)
+        if len(self._rows) > INSERT_AT_MOST:
+            self._open_copy()
+            for held in self._rows:
+                self._copy.write_row(held)
+            self._rows = []
+
+    def _open_copy(self) -> None:
+        self._stack = ExitStack()
+        cursor = self._stack.enter_context(connection.cursor())
+        target = self.table
+        if not _role_bypasses_rls():
+            self.staging = connection.ops.quote_name(f"kahn_staging_{self.db_table}")
+            cursor.execute(
+                f"CREATE TEMPORARY TABLE {self.staging} ON COMMIT DROP AS "
+                f"SELECT {self.names} FROM {self.table} WITH NO DATA"
             )
-        return self._copy.write_row
+            target = self.staging
+        self._copy = self._stack.enter_context(cursor.cursor.copy(f"COPY {target} ({self.names}) FROM STDIN"))
 
     def discard(self) -> None:
         """Ends a COPY in flight as failed, so the transaction can roll back."""
         if self._stack is not None:
             stack, self._stack, self._copy = self._stack, None, None
             stack.__exit__(RuntimeError, RuntimeError("batch discarded"), None)
+        self.staging = None
         self._rows = []
 
     def close(self) -> None:
@@ -146,13 +164,21 @@ class _RowSink:
                         f"INSERT INTO {self.table} ({self.names}) SELECT {self.names} FROM {self.staging}"
                     )
                     cursor.execute(f"DROP TABLE {self.staging}")
+                self.staging = None
         if self._rows:
+            rows, self._rows = self._rows, []
             placeholders = ", ".join(["%s"] * self.width)
             with connection.cursor() as cursor:
-                cursor.executemany(
-                    f"INSERT INTO {self.table} ({self.names}) VALUES ({placeholders})", self._rows
-                )
-            self._rows = []
+                if self.copying:
+                    values = ", ".join([f"({placeholders})"] * len(rows))
+                    cursor.execute(
+                        f"INSERT INTO {self.table} ({self.names}) VALUES {values}",
+                        [value for row in rows for value in row],
+                    )
+                else:
+                    cursor.executemany(
+                        f"INSERT INTO {self.table} ({self.names}) VALUES ({placeholders})", rows
+                    )
 
 
 def _role_bypasses_rls() -> bool:
@@ -186,8 +212,15 @@ class RunChange:
     live_payloads: list[str] | None = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        # The row had node rows before this batch (they are rewritten, not diffed).
-        self.had_nodes = self.run.total_nodes > 0
+        # The run's node rows as stored before this batch: the flush writes only what it changes.
+        self.stored_nodes: dict[str, tuple[int, str, int]] = (
+            {
+                node: (position, state, attempts)
+                for position, (node, state, attempts) in enumerate(self.reduction.node_states())
+            }
+            if self.run.total_nodes > 0
+            else {}
+        )
         # summary.json and run_end arrive in either order: they are compared once, when both are in.
         self.summary_compared = self.run.complete and self.run.summary is not None
 
@@ -386,16 +419,28 @@ class RunBatch:
             Diagnostic.objects.bulk_create(rows)
 
     def _write_nodes(self, changes: list[RunChange]) -> None:
-        # A run's node rows are few (its DAG): rewriting them is simpler than diffing, and as fast.
-        stale = [c.run.pk for c in changes if c.had_nodes]
-        if stale:
-            RunNode.objects.filter(tenant=self.tenant, run_id__in=stale).delete()
+        # A batch moves few of a run's nodes: new nodes are inserted and changed ones updated, so a
+        # producer's single event costs one node row, not a rewrite of the run's DAG.
         sink = _RowSink(RunNode, NODE_COLUMNS)
         write = sink.writer()
+        changed: list[tuple[Any, ...]] = []
         for change in changes:
+            stored = change.stored_nodes
             for position, (node, state, attempts) in enumerate(change.reduction.node_states()):
-                write((change.run.pk, self.tenant.pk, node, position, state, attempts))
+                before = stored.get(node)
+                if before is None:
+                    write((change.run.pk, self.tenant.pk, node, position, state, attempts))
+                elif before != (position, state, attempts):
+                    changed.append((position, state, attempts, change.run.pk, node, self.tenant.pk))
         sink.close()
+        if changed:
+            table = connection.ops.quote_name(RunNode._meta.db_table)
+            with connection.cursor() as cursor:
+                cursor.executemany(
+                    f"UPDATE {table} SET position = %s, state = %s, attempts = %s "
+                    "WHERE run_id = %s AND node_id = %s AND tenant_id = %s",
+                    changed,
+                )
 
 
 def _row_values(run: Run, names: tuple[str, ...] = ROW_FIELDS) -> tuple[Any, ...]:

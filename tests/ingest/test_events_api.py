@@ -230,6 +230,45 @@ def test_an_invalid_run_id_is_refused(client, local_tenant):
     refused(client, "run%0A", ndjson([start]), status=400, code="invalid_run_id")
 
 
+def node_rows(run_id: str) -> list[tuple]:
+    return list(
+        RunNode.objects.filter(run__run_id=run_id)
+        .order_by("position")
+        .values_list("node_id", "position", "state", "attempts")
+    )
+
+
+def reduced_nodes(events: list[dict], graph: dict | None = None) -> list[tuple]:
+    reduction, _ = reduce_events("r", events)
+    if graph is not None:
+        reduction.set_graph(graph)
+    states = reduction.node_states()
+    return [(node, position, state, attempts) for position, (node, state, attempts) in enumerate(states)]
+
+
+def test_node_rows_follow_the_reduction_one_event_or_batch_at_a_time(client, local_tenant):
+    # A batch writes only the node rows it changes: after each one, they are the reduction's own.
+    events = [e for e in sample_events("run_failed") if e["event"] != "run_start"]
+    start = {"ts": T, "event": "run_start", "run_id": "nodes"}
+    assert post(client, "nodes", ndjson([start])).status_code == 200
+    sent = [start]
+    for size in (1, 1, 3, 1, 7, 1, 2, 100):
+        chunk, events = events[:size], events[size:]
+        if not chunk:
+            break
+        assert post(client, "nodes", ndjson(chunk)).status_code == 200
+        sent += chunk
+        assert node_rows("nodes") == reduced_nodes(sent), f"after {len(sent)} events"
+    # A graph written after the events puts the nodes in graph order, moving their positions.
+    graph = {
+        "version": 1,
+        "nodes": [{"id": n, "deps": []} for n in sorted({e["node"] for e in sent if "node" in e})[::-1]],
+    }
+    put = client.put("/api/v1/runs/nodes/graph", data=json.dumps(graph), content_type="application/json")
+    assert put.status_code == 200
+    assert node_rows("nodes") == reduced_nodes(sent, graph)
+
+
 # ---------------------------------------------------------------- graph and summary
 
 
