@@ -80,31 +80,40 @@ NODE_COLUMNS = ("run_id", "tenant_id", "node_id", "position", "state", "attempts
 _SEVERITY_FIELD = {"error": "errors", "warning": "warnings", "info": "infos"}
 
 
-# Up to this many rows go in as one INSERT: a COPY costs more round trips, and for a role under
-# row-level security a temporary table too (DDL, every transaction), which only pays for itself
-# past a few dozen rows. A producer's single event, a run row and most node updates stay below it.
-INSERT_AT_MOST = 64
+# Up to this many rows go in as one INSERT, with the rows as one JSON parameter: no temporary table
+# (DDL), no COPY round trips, and under row-level security no second copy of the rows. Measured as
+# the service role: 500 events in 2.9 ms against 4.3 ms through a temporary table, even at 1,000.
+# Past it, rows stream into a COPY while Python prepares the next: an import's bulk, not a request's.
+ROWS_IN_ONE_INSERT = 1000
 
 
 class _RowSink:
-    """Rows on their way into one table: on PostgreSQL, a handful goes in as one INSERT, and more
-    stream into a COPY, opened when they outgrow that, so the server stores rows while Python
-    prepares the next; gathered for one executemany on SQLite.
+    """Rows on their way into one table: on PostgreSQL, up to ROWS_IN_ONE_INSERT go in as one
+    INSERT ... SELECT FROM jsonb_to_recordset(...), and more stream into a COPY, opened when they
+    outgrow that; on SQLite they are gathered for one executemany.
 
     PostgreSQL refuses COPY FROM into a table under row-level security for a role its policies
     apply to ("use INSERT statements instead"). For such a role (the cloud service role, or an
-    owner under FORCE) rows are copied into a temporary table and moved with one INSERT ... SELECT,
-    which the tenant policy checks; a role that bypasses row-level security copies directly.
+    owner under FORCE) a COPY goes into a temporary table and moves with one INSERT ... SELECT,
+    which the tenant policy checks, as the one-statement INSERT is checked; a role that bypasses
+    row-level security copies directly.
 
     While a COPY is open the connection can run nothing else: `close()` before any other query.
     """
 
     def __init__(self, model: type[Model], columns: tuple[str, ...]) -> None:
         self.db_table = model._meta.db_table
-        self.table = connection.ops.quote_name(self.db_table)
-        self.names = ", ".join(connection.ops.quote_name(c) for c in columns)
+        quote = connection.ops.quote_name
+        self.table = quote(self.db_table)
+        self.names = ", ".join(quote(c) for c in columns)
+        self.columns = columns
         self.width = len(columns)
         self.copying = connection.vendor == "postgresql"
+        if self.copying:
+            fields = {f.column: f for f in model._meta.concrete_fields}
+            types = [fields[c].db_type(connection) for c in columns]
+            self.record = ", ".join(f"{quote(c)} {t}" for c, t in zip(columns, types, strict=True))
+            self.json_columns = [i for i, t in enumerate(types) if t == "jsonb"]
         self.staging: str | None = None
         self._stack: ExitStack | None = None
         self._copy: Any = None
@@ -127,7 +136,7 @@ class _RowSink:
             self._copy.write_row(row)
             return
         self._rows.append(row)
-        if len(self._rows) > INSERT_AT_MOST:
+        if len(self._rows) > ROWS_IN_ONE_INSERT:
             self._open_copy()
             for held in self._rows:
                 self._copy.write_row(held)
@@ -167,18 +176,33 @@ class _RowSink:
                 self.staging = None
         if self._rows:
             rows, self._rows = self._rows, []
-            placeholders = ", ".join(["%s"] * self.width)
             with connection.cursor() as cursor:
                 if self.copying:
-                    values = ", ".join([f"({placeholders})"] * len(rows))
                     cursor.execute(
-                        f"INSERT INTO {self.table} ({self.names}) VALUES {values}",
-                        [value for row in rows for value in row],
+                        f"INSERT INTO {self.table} ({self.names}) SELECT {self.names} "
+                        f"FROM jsonb_to_recordset(%s::jsonb) AS r({self.record})",
+                        [self._as_json(rows)],
                     )
                 else:
+                    placeholders = ", ".join(["%s"] * self.width)
                     cursor.executemany(
                         f"INSERT INTO {self.table} ({self.names}) VALUES ({placeholders})", rows
                     )
+
+    def _as_json(self, rows: list[tuple[Any, ...]]) -> str:
+        """The rows as a JSON array of objects; a JSON column's text goes in as it is, unparsed."""
+        columns, json_columns = self.columns, self.json_columns
+        records = []
+        for row in rows:
+            record = dict(zip(columns, row, strict=True))
+            for index in json_columns:
+                value = row[index]
+                if isinstance(value, str):
+                    record[columns[index]] = orjson.Fragment(value)
+                elif isinstance(value, Jsonb):
+                    record[columns[index]] = value.obj
+            records.append(record)
+        return orjson.dumps(records).decode()
 
 
 def _role_bypasses_rls() -> bool:
@@ -395,7 +419,10 @@ class RunBatch:
             # into the SQL text by Python (Django's cursors bind on the client), and psycopg
             # pipelines executemany, so hundreds of runs cost about one round trip.
             with connection.connection.cursor() as cursor:
-                cursor.executemany(sql, params)
+                if len(params) == 1:
+                    cursor.execute(sql, params[0])  # a producer's batch: no pipeline to set up
+                else:
+                    cursor.executemany(sql, params)
         else:
             with connection.cursor() as cursor:
                 cursor.executemany(sql, params)
@@ -433,8 +460,26 @@ class RunBatch:
                 elif before != (position, state, attempts):
                     changed.append((position, state, attempts, change.run.pk, node, self.tenant.pk))
         sink.close()
-        if changed:
-            table = connection.ops.quote_name(RunNode._meta.db_table)
+        if not changed:
+            return
+        table = connection.ops.quote_name(RunNode._meta.db_table)
+        if connection.vendor == "postgresql":
+            # One statement for all of them: a batch that moves every node of a run costs one
+            # round trip and one plan, not one per node.
+            for start in range(0, len(changed), 1000):
+                chunk = changed[start : start + 1000]
+                values = ", ".join(
+                    ["(%s::integer, %s::varchar, %s::integer, %s::bigint, %s::varchar)"] * len(chunk)
+                )
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        f"UPDATE {table} AS n SET position = v.position, state = v.state, "
+                        f"attempts = v.attempts FROM (VALUES {values}) "
+                        "AS v(position, state, attempts, run_id, node_id) "
+                        "WHERE n.run_id = v.run_id AND n.node_id = v.node_id AND n.tenant_id = %s",
+                        [*(value for row in chunk for value in row[:5]), self.tenant.pk],
+                    )
+        else:
             with connection.cursor() as cursor:
                 cursor.executemany(
                     f"UPDATE {table} SET position = %s, state = %s, attempts = %s "

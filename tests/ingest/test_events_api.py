@@ -198,6 +198,24 @@ def test_bad_bodies_are_400_with_a_reason(client, started, body, field):
     assert error["details"]["errors"][0]["field"] == field
 
 
+@pytest.mark.parametrize("content_type", ["application/x-ndjson", "application/json"])
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"ts": T, "event": "note", "nested": {"list": ["ok", "a\x00b"]}},
+        {"ts": T, "event": "note", "key\x00": 1},
+    ],
+    ids=["in-a-nested-value", "in-a-key"],
+)
+def test_nul_anywhere_in_an_event_is_refused(client, started, event, content_type):
+    body = ndjson([event]) if content_type == "application/x-ndjson" else orjson.dumps([event])
+    error = refused(client, "run_flaky", body, status=400, code="invalid_body", content_type=content_type)
+    assert error["details"]["errors"][0]["message"] == "must not contain NUL characters"
+    # An escaped backslash before "u0000" is text, not NUL: stored as sent.
+    text = {"ts": T, "event": "note", "path": "C:\\u0000"}
+    assert post(client, "run_flaky", ndjson([text])).status_code == 200
+
+
 def test_seq_on_some_events_only_is_refused(client, started):
     events = with_seq(sample_events()[10:12], start=10)
     events[1].pop("seq")

@@ -16,7 +16,7 @@ def redis_cache(location: str = "redis://127.0.0.1:6379/0") -> dict:
     # A fresh key prefix per test: counts of other tests and other runs never mix in.
     return {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "kahn_site.redis_cache.RedisCache",  # cloud mode's own
             "LOCATION": location,
             "KEY_PREFIX": f"kahn-test-{uuid.uuid4().hex}",
             "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
@@ -79,6 +79,16 @@ def test_with_redis_down_the_limit_fails_open_and_says_so(client, plan_of_three,
     assert [a.status_code for a in answers] == [200] * 5
     assert "X-RateLimit-Limit" not in answers[0]
     assert "rate limit cache is unreachable" in caplog.text
+
+
+def test_the_cloud_cache_builds_one_redis_client_per_pool_not_one_per_call():
+    from django.core.cache import caches
+
+    with override_settings(CACHES=redis_cache()):
+        cache = caches["default"]
+        assert cache.add("counted", 0, 60) and cache.incr("counted") == 1
+        assert cache._cache.get_client() is cache._cache.get_client()
+        assert cache._cache.get_client(write=True) is cache._cache.get_client("counted", write=True)
 
 
 def test_oss_mode_has_no_limit(client, plan_of_three):

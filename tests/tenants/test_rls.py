@@ -6,6 +6,7 @@ second wall holding by itself.
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,6 +15,7 @@ from django.apps import apps
 from django.db import DatabaseError, connection, connections, transaction
 
 from runs.models import Diagnostic, Event, Run, RunNode
+from runs.services import EVENT_COLUMNS, ROWS_IN_ONE_INSERT, RunBatch, _RowSink
 from tenants.context import (
     TENANT_SETTING,
     USER_SETTING,
@@ -121,6 +123,41 @@ def test_the_write_path_works_for_the_service_role(world, as_service):
         )
     with tenant_atomic(world.globex):
         assert not Run.objects.exists()
+
+
+# The write path's two forms: one INSERT for a request's rows, a COPY through a temporary table past it.
+BATCH_SIZES = pytest.mark.parametrize("size", [3, ROWS_IN_ONE_INSERT + 50], ids=["one-insert", "copy"])
+
+
+@BATCH_SIZES
+def test_the_write_path_stores_a_batch_of_either_size_for_the_service_role(world, as_service, size):
+    notes = [{"ts": "2026-11-20T10:00:00.000Z", "event": "note", "n": n} for n in range(size)]
+    with tenant_atomic(world.acme):
+        batch = RunBatch(tenant=world.acme)
+        change = batch.open(["bulk"])["bulk"]
+        change.append({"ts": "2026-11-20T10:00:00.000Z", "event": "run_start", "run_id": "bulk"}, "{}")
+        change.extend((note, json.dumps(note)) for note in notes)
+        batch.flush()
+    with tenant_atomic(world.acme):
+        stored = Event.objects.filter(run__run_id="bulk", seq__gte=1).order_by("seq")
+        assert [event.payload for event in stored] == notes
+    with tenant_atomic(world.globex):
+        assert count_rows(Event) == 0
+
+
+@BATCH_SIZES
+def test_the_write_path_cannot_plant_rows_in_another_tenant(world_runs, as_service, size):
+    acme, globex = world_runs.acme, world_runs.globex
+    with tenant_atomic(globex):
+        globex_run = Run.objects.get(run_id="globex_nightly").pk
+    with pytest.raises(DatabaseError, match="row-level security"), tenant_atomic(acme):
+        sink = _RowSink(Event, EVENT_COLUMNS)
+        write = sink.writer()
+        for seq in range(100, 100 + size):
+            write((globex_run, seq, globex.pk, "2026-11-20T10:00:00.000Z", "note", None, "{}"))
+        sink.close()
+    with tenant_atomic(globex):
+        assert count_rows(Event, run_id=globex_run) == 6
 
 
 def test_the_setting_never_outlives_its_transaction_on_a_persistent_connection(world_runs, as_service):
