@@ -88,6 +88,16 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
             "timeout": 30,
         }
     )
+elif _db["ENGINE"] == "django.db.backends.postgresql" and CLOUD:
+    # A pool of connections per process, not one kept per thread: daphne runs each request's sync
+    # code in a thread of its own, and connections kept by threads (CONN_MAX_AGE) piled up under
+    # concurrent requests until PostgreSQL refused more. A gunicorn worker needs one at a time.
+    _db["CONN_MAX_AGE"] = 0
+    _db.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env.int("DATABASE_POOL_SIZE", default=8),
+        "timeout": 10,
+    }
 elif _db["ENGINE"] == "django.db.backends.postgresql":
     _db.setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
     _db.setdefault("CONN_HEALTH_CHECKS", True)
@@ -221,7 +231,8 @@ SPECTACULAR_SETTINGS = {
 if CLOUD:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            # Django's Redis backend, keeping its redis-py clients (kahn_site/redis_cache.py).
+            "BACKEND": "kahn_site.redis_cache.RedisCache",
             "LOCATION": REDIS_URL,
             # Lets deployments (or test runs) that share one Redis keep their counts apart.
             "KEY_PREFIX": env.str("KAHN_CACHE_KEY_PREFIX", default=""),

@@ -148,13 +148,22 @@ def cloud_server_env(service_role: str, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def cloud_server(env: dict[str, str]) -> Iterator[str]:
+def cloud_server(env: dict[str, str], *serve_args: str, port: int | None = None) -> Iterator[str]:
     """Scope served by `manage.py serve` in a subprocess with `env`, on a free loopback port: its URL
     once it answers. Its log is printed when it stops, so a failing test shows the server's side."""
-    port = free_port()
+    port = port or free_port()
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed below, after the server)
     server = subprocess.Popen(
-        [sys.executable, str(PROJECT / "manage.py"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            str(PROJECT / "manage.py"),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *serve_args,
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -166,8 +175,8 @@ def cloud_server(env: dict[str, str]) -> Iterator[str]:
             try:
                 if requests.get(f"{url}/signed-out/", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
-                pass
+            except requests.RequestException:
+                pass  # not listening yet, or its workers still starting
             if server.poll() is not None or time.monotonic() > deadline:
                 log.seek(0)
                 pytest.fail(f"the cloud server did not start:\n{log.read()}")

@@ -28,7 +28,9 @@ class Command(DjangoMigrate):
         connection = connections[DEFAULT_DB_ALIAS]
         service = {key: connection.settings_dict.get(key) for key in CONNECTION_KEYS}
         # This process only migrates: point its connection at the owner, then back at the service.
+        # A pool (cloud mode) holds connections of the role it opened them as: close it each time.
         connection.close()
+        connection.close_pool()
         connection.settings_dict.update({key: owner.get(key, service[key]) for key in CONNECTION_KEYS})
         try:
             super().handle(*args, **options)
@@ -38,4 +40,5 @@ class Command(DjangoMigrate):
                     self.stdout.write(f"Granted the service role {service['USER']} its privileges.")
         finally:
             connection.close()
+            connection.close_pool()
             connection.settings_dict.update(service)
