@@ -8,6 +8,11 @@ OSS mode also follows the archive (KAHN_ARCHIVE) in the same process, unless `--
 channel layer lives in memory, so live pages move only with imports made where the sockets are.
 Cloud mode follows nothing: runs arrive by the ingest API, or by `ingest_archive --tenant SLUG
 --follow`, which publishes through Redis.
+
+Cloud mode may instead serve HTTP with `--http-workers N` gunicorn sync workers (WSGI) and leave
+WebSocket to daphne on `--ws-port`; the proxy sends `/ws/` there. One daphne process runs Django's
+sync views one thread hop at a time on one core; the producers' ingest requests are sync views,
+and WSGI workers serve them at several times its rate (tests/bench/bench_ingest_http.py).
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import signal
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +68,14 @@ class Command(BaseCommand):
         parser.add_argument(
             "--follow-interval", type=float, default=1.0, help="OSS: seconds between looks at the archive"
         )
+        parser.add_argument(
+            "--http-workers",
+            type=int,
+            default=0,
+            help="cloud: serve HTTP with this many gunicorn sync workers on --port, and WebSocket with "
+            "daphne on --ws-port (route /ws/ there); default 0: daphne alone serves both",
+        )
+        parser.add_argument("--ws-port", type=int, help="with --http-workers: daphne's (default: --port + 1)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         mode = options["mode"] or settings.KAHN_MODE
@@ -75,6 +91,16 @@ class Command(BaseCommand):
             raise CommandError(f"--port must be between 1 and 65535, not {port}")
         if options["follow_interval"] <= 0:
             raise CommandError("--follow-interval must be a positive number of seconds")
+        workers = options["http_workers"]
+        ws_port = options["ws_port"] or port + 1
+        if workers:
+            if mode != "cloud":
+                raise CommandError(
+                    "--http-workers is for cloud mode: OSS serves one operator from one process, whose "
+                    "live updates travel in that process's memory."
+                )
+            if not 0 < ws_port < 65536 or ws_port == port:
+                raise CommandError(f"--ws-port must be a port other than --port, not {ws_port}")
         if mode != settings.KAHN_MODE:
             # Settings read KAHN_MODE once, when they load: start again with it set, so that every
             # backend (database, channel layer, auth) is the chosen mode's.
@@ -89,9 +115,13 @@ class Command(BaseCommand):
                 "--follow-interval",
                 str(options["follow_interval"]),
                 *(["--no-follow"] if options["no_follow"] else []),
+                *(["--http-workers", str(workers), "--ws-port", str(ws_port)] if workers else []),
             ]
             os.execve(sys.executable, argv, {**os.environ, "KAHN_MODE": mode})
         require_migrated()
+        if workers:
+            self._serve_with_workers(host, port, ws_port, workers, options["verbosity"])
+            return
         follower = None
         if not settings.CLOUD and not options["no_follow"]:
             follower = ArchiveFollower(settings.KAHN_ARCHIVE, options["follow_interval"], self.stdout)
@@ -101,6 +131,56 @@ class Command(BaseCommand):
         finally:
             if follower is not None:
                 follower.stop()
+
+    def _serve_with_workers(self, host: str, port: int, ws_port: int, workers: int, verbosity: int) -> None:
+        """gunicorn for HTTP and daphne for WebSocket, as two child processes that stop together."""
+        manage = str(settings.BASE_DIR / "manage.py")
+        shown = f"[{host}]" if ":" in host else host
+        bind = f"{shown}:{port}"
+        gunicorn = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "kahn_site.wsgi:application",
+            "--bind",
+            bind,
+            "--workers",
+            str(workers),
+            "--worker-class",
+            "sync",
+            # Behind the proxy, which buffers slow clients: a sync worker is never held by one.
+            "--graceful-timeout",
+            "20",
+            *(["--access-logfile", "-"] if verbosity > 1 else []),
+        ]
+        daphne = [sys.executable, manage, "serve", "--host", host, "--port", str(ws_port)]
+        daphne += ["--verbosity", str(verbosity)]
+        self.stdout.write(
+            f"KAHN Scope ({settings.KAHN_MODE}) HTTP on http://{bind}/ ({workers} workers), "
+            f"WebSocket on ws://{shown}:{ws_port}/ws/  (Ctrl-C stops both)"
+        )
+        self.stdout.flush()
+        children = [subprocess.Popen(daphne), subprocess.Popen(gunicorn)]
+
+        def stop(signum: int, frame: Any) -> None:
+            raise SystemExit(0)
+
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            # Either one ending ends the other: half a server is worse than a restart.
+            while all(child.poll() is None for child in children):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.terminate()
+            for child in children:
+                try:
+                    child.wait(timeout=25)
+                except subprocess.TimeoutExpired:
+                    child.kill()
 
     def _serve(self, host: str, port: int, verbosity: int) -> None:
         from channels.routing import get_default_application
