@@ -12,9 +12,6 @@ import pytest
 
 from tests.conftest import PROJECT
 
-# The cloud-mode client of the tenancy tests, for the pages that only cloud mode has.
-from tests.tenants.conftest import cloud  # noqa: F401
-
 CHROMIUM = Path(os.environ.get("KAHN_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = PROJECT / "test-artifacts"
 # The flags this machine needs: no sandbox as root, and no background calls to a network it lacks.
@@ -60,25 +57,3 @@ def browser_page(monkeypatch, tmp_path) -> Iterator:
         finally:
             context.close()
         assert errors == [], errors
-
-
-@pytest.fixture
-def cloud_live_server(cloud, transactional_db) -> Iterator[str]:  # noqa: F811 (the fixture imported above)
-    """This process's Django in cloud mode behind a real HTTP server, for the browser.
-
-    Not pytest-django's `live_server`: that one starts once a session, with the middleware of
-    whichever mode the first test that used it had. This one starts after the `cloud` settings.
-    """
-    from django.contrib.staticfiles.handlers import StaticFilesHandler
-    from django.test.testcases import LiveServerThread
-
-    server = LiveServerThread("127.0.0.1", StaticFilesHandler)
-    server.daemon = True
-    server.start()
-    server.is_ready.wait()
-    if server.error:
-        raise server.error
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        server.terminate()

@@ -1,4 +1,5 @@
-"""The keys page in a real browser (cloud mode): an owner creates a key, copies it with the page's
+"""The keys page in a real browser, served as cloud mode is deployed (`manage.py serve`, daphne, as
+the service role under row-level security): an owner creates a key, copies it with the page's
 button, finds it in the list, and revokes it; the copied key is tried on the ingest API.
 
 Nothing here touches the database once the browser runs: Playwright's event loop gives the ORM a
@@ -6,6 +7,7 @@ connection of its own, which the test database's teardown would find still open.
 """
 
 import re
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -15,13 +17,26 @@ from playwright.sync_api import expect
 
 from tenants.services import API_KEY_PATTERN
 from tests.browser.conftest import ARTIFACTS
+from tests.conftest import scope_server
+from tests.tenants.conftest import POSTGRES_ONLY, cloud_server_env
+from tests.tenants.conftest import service_role as service_role  # the fixture, for this directory
+
+pytestmark = [*POSTGRES_ONLY, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def alice_session(cloud_live_server, world) -> str:
-    """The session cookie a sign-in of alice, owner of acme, would have set."""
+def cloud_url(service_role, world) -> Iterator[str]:
+    with scope_server(cloud_server_env(service_role), "--host", "127.0.0.1") as url:
+        yield url
+
+
+@pytest.fixture
+def alice_session(world) -> str:
+    """The session cookie a sign-in of alice, owner of acme, would have set (the server shares the
+    secret key and the database)."""
     signed_in = Client()
-    signed_in.force_login(world.alice)
+    # Signed in through cloud mode's one backend, as the server checks the session's backend.
+    signed_in.force_login(world.alice, backend="tenants.auth.TenantOIDCBackend")
     return signed_in.cookies["sessionid"].value
 
 
@@ -36,11 +51,9 @@ def send_run_start(server: str, key: str, run_id: str) -> int:
     return response.status_code
 
 
-def test_an_owner_creates_a_key_copies_it_and_sees_it_listed(
-    cloud_live_server, world, alice_session, browser_page
-):
+def test_an_owner_creates_a_key_copies_it_and_sees_it_listed(cloud_url, world, alice_session, browser_page):
     page = browser_page
-    server = cloud_live_server
+    server = cloud_url
     page.context.add_cookies([{"name": "sessionid", "value": alice_session, "url": server}])
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server)
 

@@ -18,7 +18,8 @@ from django.contrib.auth import get_user_model
 
 from billing.models import Plan
 from tenants.services import api_key_create
-from tests.tenants.conftest import POSTGRES_ONLY, cloud_server, cloud_server_env
+from tests.conftest import scope_server
+from tests.tenants.conftest import POSTGRES_ONLY, cloud_server_env
 
 # The fixtures of the tenancy tests this one needs: the service role, and the cloud-mode client.
 from tests.tenants.conftest import cloud as cloud
@@ -47,7 +48,10 @@ def metered(world) -> tuple[Plan, str]:
 @pytest.fixture
 def replicas(service_role, metered) -> Iterator[tuple[str, str]]:
     env = cloud_server_env(service_role, KAHN_CACHE_KEY_PREFIX=f"kahn-test-{uuid.uuid4().hex}")
-    with cloud_server(env) as first, cloud_server(env) as second:
+    with (
+        scope_server(env, "--host", "127.0.0.1") as first,
+        scope_server(env, "--host", "127.0.0.1") as second,
+    ):
         yield first, second
 
 

@@ -3,11 +3,15 @@ connections under concurrent requests, and `--http-workers` serves HTTP with gun
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from io import StringIO
 
+import orjson
 import psycopg
 import pytest
 import requests
@@ -16,8 +20,10 @@ from django.core.management.base import CommandError
 from django.db import connection
 
 from tenants.services import api_key_create
-from tests.conftest import world_build
-from tests.tenants.conftest import POSTGRES_ONLY, cloud_server, cloud_server_env, free_port
+from tests.conftest import scope_server, world_build
+from tests.runs.live_client import LiveClient
+from tests.runs.test_live_socket import event
+from tests.tenants.conftest import POSTGRES_ONLY, cloud_server_env, free_port
 from tests.tenants.conftest import service_role as service_role  # the fixture, for this directory
 
 
@@ -50,7 +56,7 @@ def test_daphne_holds_no_more_connections_than_its_pool_under_concurrent_request
     world = world_build()
     _, key = api_key_create(tenant=world.acme, name="reader")
     env = cloud_server_env(service_role, DATABASE_POOL_SIZE=str(pool))
-    with cloud_server(env) as url:
+    with scope_server(env, "--host", "127.0.0.1") as url:
         # Daphne runs each request's sync code in a thread of its own: connections kept per thread
         # would pile up here, one for each request in flight.
         most, done = 0, threading.Event()
@@ -93,22 +99,39 @@ def test_http_workers_serve_http_with_gunicorn_and_websocket_with_daphne(service
     world = world_build()
     _, key = api_key_create(tenant=world.acme, name="producer")
     ws_port = free_port()
-    env = cloud_server_env(service_role)
-    with cloud_server(env, "--http-workers", "2", "--ws-port", str(ws_port)) as url:
+    env = cloud_server_env(service_role, KAHN_LIVE_REDIS_PREFIX=f"kahn-test-{uuid.uuid4().hex[:12]}")
+    with scope_server(env, "--host", "127.0.0.1", "--http-workers", "2", "--ws-port", str(ws_port)) as url:
         http_port = int(url.rsplit(":", 1)[1])
-        event = b'{"ts":"2026-11-20T10:00:00.000Z","event":"run_start","run_id":"via_gunicorn"}\n'
-        posted = requests.post(
-            f"{url}/api/v1/runs/via_gunicorn/events",
-            data=event,
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/x-ndjson"},
-            timeout=10,
-        )
-        assert (posted.status_code, posted.json()["next_seq"]) == (200, 1)
-        assert posted.headers["Server"].startswith("gunicorn")
+        daphne_url = f"http://127.0.0.1:{ws_port}"
+        # The two start side by side: the workers answered first; wait for daphne too.
+        deadline = time.monotonic() + 30
+        while not is_listening(ws_port):
+            assert time.monotonic() < deadline, "daphne never listened on --ws-port"
+            time.sleep(0.1)
+
+        async def scenario() -> None:
+            # A page's socket, on daphne's port, follows a run whose events a producer posts to
+            # the workers: they reach it through Redis, as from any other replica.
+            client = await LiveClient.open(daphne_url, key=key)
+            await client.subscribe(run_id="via_gunicorn", after_seq=-1)
+            events = [event(seq, "via_gunicorn") for seq in range(3)]
+            posted = await asyncio.to_thread(
+                requests.post,
+                f"{url}/api/v1/runs/via_gunicorn/events",
+                data=b"".join(orjson.dumps(e) + b"\n" for e in events),
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/x-ndjson"},
+                timeout=10,
+            )
+            assert (posted.status_code, posted.json()["next_seq"]) == (200, 3)
+            assert posted.headers["Server"].startswith("gunicorn")
+            await client.until(lambda: len(client.seqs["via_gunicorn"]) >= 3)
+            assert client.seqs["via_gunicorn"] == [0, 1, 2]
+            await client.close()
+
+        asyncio.run(scenario())
         # The static files a page needs come from the workers too.
         assert requests.get(f"{url}/static/scope.css", timeout=10).status_code == 200
-        # WebSocket's server, daphne, listens on its own port for the proxy to send /ws/ to.
-        daphne = requests.get(f"http://127.0.0.1:{ws_port}/signed-out/", timeout=10)
+        daphne = requests.get(f"{daphne_url}/signed-out/", timeout=10)
         assert (daphne.status_code, daphne.headers["Server"]) == (200, "daphne")
     # Stopping `serve` stopped both.
     assert not is_listening(http_port) and not is_listening(ws_port)

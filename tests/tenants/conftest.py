@@ -1,23 +1,19 @@
-"""Fixtures of the tenancy tests: cloud settings in process, the service role, and cloud-mode
-servers in subprocesses."""
+"""Fixtures of the tenancy tests: cloud settings in process, the service role, and the environment
+of a cloud-mode server in a subprocess (tests.conftest.scope_server)."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-import requests
 from django.conf import settings as django_settings
 from django.db import connection, connections
 from django.test import Client
 
-from tests.conftest import PROJECT, manage_env
+from tests.conftest import manage_env
 
 # For modules that need PostgreSQL: deselected by `-m "not postgres"`, and skipped if run on SQLite.
 POSTGRES_ONLY = [
@@ -145,49 +141,6 @@ def cloud_server_env(service_role: str, **extra: str) -> dict[str, str]:
         "OIDC_OP_JWKS_ENDPOINT": "http://127.0.0.1:9/jwks",
     }
     return manage_env(**{**cloud, **extra})
-
-
-@contextmanager
-def cloud_server(env: dict[str, str], *serve_args: str, port: int | None = None) -> Iterator[str]:
-    """Scope served by `manage.py serve` in a subprocess with `env`, on a free loopback port: its URL
-    once it answers. Its log is printed when it stops, so a failing test shows the server's side."""
-    port = port or free_port()
-    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed below, after the server)
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            str(PROJECT / "manage.py"),
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *serve_args,
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{url}/signed-out/", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass  # not listening yet, or its workers still starting
-            if server.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"the cloud server did not start:\n{log.read()}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        log.seek(0)
-        print(f"--- manage.py serve (cloud, port {port}) ---\n{log.read()}")
-        log.close()
 
 
 def database_dump() -> str:

@@ -18,7 +18,8 @@ import pytest
 import requests
 
 from tenants.models import Identity
-from tests.tenants.conftest import POSTGRES_ONLY, cloud_server, cloud_server_env
+from tests.conftest import scope_server
+from tests.tenants.conftest import POSTGRES_ONLY, cloud_server_env
 
 pytestmark = [
     *POSTGRES_ONLY,
@@ -61,7 +62,7 @@ def scope_url(service_role, provider, django_db_blocker) -> Iterator[str]:
             OIDC_OP_JWKS_ENDPOINT=provider.endpoints["jwks_uri"],
             OIDC_TIMEOUT="5",
         )
-    with cloud_server(env) as url:
+    with scope_server(env, "--host", "127.0.0.1") as url:
         yield url
 
 
