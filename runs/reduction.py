@@ -39,7 +39,8 @@ SEVERITY = {
     "unknown_event": "info",
 }
 
-# The fields of a run row that summary.json also carries, compared for `summary_mismatch`.
+# The fields of a run row (SPEC section 4, besides run_id): what `RunReduction.row()` gives, what
+# summary.json also carries (compared for `summary_mismatch`), and what the run row stores.
 SUMMARY_FIELDS = (
     "started",
     "ended",

@@ -19,7 +19,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from runs.models import Diagnostic, Event, Run, RunNode
-from runs.reduction import RunReduction, run_id_valid
+from runs.reduction import SUMMARY_FIELDS, RunReduction, run_id_valid
 from runs.timeline import attempt_as_dict, build_timeline
 from tenants.models import Tenant
 
@@ -32,19 +32,7 @@ OUTCOMES = ("clean", "clean_with_flake", "failed")
 # state or the producer's files, which are many times larger.
 LIST_COLUMNS = (
     "run_id",
-    "started",
-    "ended",
-    "duration_s",
-    "outcome",
-    "total_nodes",
-    "done",
-    "failed",
-    "blocked",
-    "total_attempts",
-    "flake_retries",
-    "exit_code",
-    "failed_nodes",
-    "node_attempts",
+    *SUMMARY_FIELDS,
     "complete",
     "last_event_at",
     "created_at",

@@ -30,21 +30,11 @@ from tenants.models import Tenant
 
 T = TypeVar("T")
 
+# Copied straight from the reduction's row (its timestamps are parsed first).
+REDUCED_FIELDS = tuple(f for f in reduction.SUMMARY_FIELDS if f not in ("started", "ended"))
 # Run fields the write path owns; written back at every flush.
 ROW_FIELDS = (
-    "started",
-    "ended",
-    "duration_s",
-    "outcome",
-    "total_nodes",
-    "done",
-    "failed",
-    "blocked",
-    "total_attempts",
-    "flake_retries",
-    "exit_code",
-    "failed_nodes",
-    "node_attempts",
+    *reduction.SUMMARY_FIELDS,
     "complete",
     "last_event_at",
     "next_seq",
@@ -59,20 +49,6 @@ ROW_FIELDS = (
     "log_lines",
     "log_shrank",
     "updated_at",
-)
-# Copied straight from the reduction's row.
-REDUCED_FIELDS = (
-    "duration_s",
-    "outcome",
-    "total_nodes",
-    "done",
-    "failed",
-    "blocked",
-    "total_attempts",
-    "flake_retries",
-    "exit_code",
-    "failed_nodes",
-    "node_attempts",
 )
 EVENT_COLUMNS = ("run_id", "seq", "tenant_id", "ts", "kind", "node", "payload")
 NODE_COLUMNS = ("run_id", "tenant_id", "node_id", "position", "state", "attempts")
