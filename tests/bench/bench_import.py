@@ -35,6 +35,8 @@ PROJECT = Path(__file__).resolve().parents[2]
 TOOL = PROJECT.parent / "shared" / "tools" / "kahn_archive.py"
 sys.path.insert(0, str(PROJECT))
 
+from tests.bench.bench_database import recreate_database  # noqa: E402 (needs the path above)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -156,16 +158,6 @@ def call_command_quietly(*args: str) -> None:
 
 def verdict(text: str, ok: bool) -> None:
     print(f"{'MET ' if ok else 'MISSED'}  {text}")
-
-
-def recreate_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1].split("?")[0]
-    admin_url = url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def build_rows(archive: Path) -> list[tuple]:

@@ -46,6 +46,8 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT))
 
+from tests.bench.bench_database import recreate_database  # noqa: E402 (needs the path above)
+
 PREFIX = f"kahn-bench-{uuid.uuid4().hex[:8]}"
 PEPPER = "bench-live-pepper-" + uuid.uuid4().hex
 SECRET = "bench-live-secret-" + "x" * 40
@@ -91,16 +93,6 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------- setting up
-
-
-def recreate_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1].split("?")[0]
-    admin_url = url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def make_tenant_and_key():

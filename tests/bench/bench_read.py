@@ -41,6 +41,8 @@ PROJECT = Path(__file__).resolve().parents[2]
 TOOL = PROJECT.parent / "shared" / "tools" / "kahn_archive.py"
 sys.path.insert(0, str(PROJECT))
 
+from tests.bench.bench_database import recreate_database  # noqa: E402 (needs the path above)
+
 DETAIL_RUN = "bench_2000_events"
 TARGET = 3.0
 
@@ -101,16 +103,6 @@ def main() -> None:
     print()
     for text, ok in verdicts:
         print(f"{'MET ' if ok else 'MISSED'}  API ≤ {TARGET:g} x SQL  {text}")
-
-
-def recreate_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1].split("?")[0]
-    admin_url = url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def seed_history(runs: int, nodes: int) -> None:

@@ -30,6 +30,8 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT))
 
+from tests.bench.bench_database import recreate_database  # noqa: E402 (needs the path above)
+
 NOW = datetime(2026, 12, 1, 3, 30, tzinfo=UTC)
 NODES_PER_RUN = 20
 
@@ -119,16 +121,6 @@ def timed(job):
 
 def verdict(text: str, ok: bool) -> None:
     print(f"{'MET ' if ok else 'MISSED'}  {text}")
-
-
-def recreate_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1].split("?")[0]
-    admin_url = url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def service_role() -> str:
