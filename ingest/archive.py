@@ -148,16 +148,6 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path.name} is not readable JSON ({exc})") from exc
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
 def _valid_events(
     change: RunChange, lines: list[bytes], first_line: int
 ) -> Iterator[tuple[dict[str, Any], str]]:
@@ -173,8 +163,7 @@ def _valid_events(
                 problem = f"not JSON: {exc}"
             else:
                 errors = validate(event)
-                # A NUL can only arrive escaped; look deeper only then (databases refuse NUL in text).
-                if not errors and not (b"\\u0000" in raw and _has_nul(event)):
+                if not errors and not reduction.json_has_nul(raw, event):
                     yield event, raw.decode()
                     continue
                 problem = "; ".join(f"{e.field or 'event'}: {e.message}" for e in errors) or (

@@ -92,16 +92,6 @@ def _problem(index: int | None, field: str, message: str) -> dict[str, Any]:
     return {"index": index, "field": field, "message": message}
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
 def _media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
@@ -164,8 +154,7 @@ def events_parse(body: bytes, content_type: str) -> EventBatch:
                 problems.append(_problem(index, "seq", "must be an integer >= 0"))
             seqs.append(seq)
         problems.extend(_problem(index, e.field, e.message) for e in reduction.validate_event(item))
-        # JSON text can only spell NUL as \u0000: a line without it needs no walk through its values.
-        if isinstance(item, dict) and b"\\u0000" in raws[index] and _has_nul(item):
+        if isinstance(item, dict) and reduction.json_has_nul(raws[index], item):
             problems.append(_problem(index, "", "must not contain NUL characters"))
         events.append(item)
     if seqs and len(seqs) != len(items):
@@ -279,7 +268,7 @@ def run_put_document(*, tenant: Tenant, run_id: str, kind: str, document: dict[s
         problems = reduction.validate_graph(document)
         if problems:
             raise InvalidBody("the graph is invalid", [_problem(None, p.field, p.message) for p in problems])
-    if _has_nul(document):
+    if reduction.json_has_nul(orjson.dumps(document), document):
         raise InvalidBody(
             f"the {kind} must not contain NUL characters", [_problem(None, "", "NUL character")]
         )

@@ -86,6 +86,24 @@ def run_id_valid(value: str) -> bool:
     return RUN_ID_PATTERN.fullmatch(value) is not None
 
 
+def json_has_nul(text: bytes, value: Any) -> bool:
+    """Whether parsed JSON holds a NUL character anywhere (PostgreSQL refuses NUL in text and jsonb).
+
+    In JSON text a NUL can only arrive escaped, so the walk runs only when `text` has the escape.
+    """
+    return b"\\u0000" in text and _holds_nul(value)
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
 def parse_ts(value: str) -> datetime:
     """An RFC 3339 timestamp with a zone (``Z`` or an offset); naive times are refused."""
     if not _RFC3339.fullmatch(value):
