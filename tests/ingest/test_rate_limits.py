@@ -93,3 +93,20 @@ def test_the_cloud_cache_builds_one_redis_client_per_pool_not_one_per_call():
 
 def test_oss_mode_has_no_limit(client, plan_of_three):
     assert [note(client, f"r{i}").status_code for i in range(5)] == [200] * 5
+
+
+def test_the_cloud_cache_counts_only_keys_that_exist():
+    # Django's contract for incr, kept by the one-round-trip script: a missing key is an error, never
+    # a counter made without an expiry (which would count forever).
+    from django.core.cache import caches
+
+    with override_settings(CACHES=redis_cache()):
+        cache = caches["default"]
+        with pytest.raises(ValueError, match="not found"):
+            cache.incr("never-added")
+        assert cache.get("never-added") is None
+        assert cache.add("added", 5, 60)
+        assert cache.incr("added") == 6
+        assert cache.incr("added", 4) == 10
+        assert cache.decr("added", 3) == 7
+        assert 0 < cache._cache.get_client().ttl(cache.make_key("added")) <= 60
