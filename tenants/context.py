@@ -7,14 +7,15 @@ On PostgreSQL the tenant is also bound in the database, for row-level security: 
 is set with `set_config(..., true)`, which lasts until the end of the transaction, so a pooled or
 persistent connection never carries one tenant into the next transaction. Code that reads or writes
 tenant data therefore runs inside a transaction that set it: `tenant_atomic` for a unit of work,
-`tenant_request` for a whole request (the tenant middlewares), `tenant_task` for a Celery task.
+`request_transaction` with `tenant_bound` for a whole request (the tenant middlewares), `tenant_task`
+for a Celery task.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,6 +31,8 @@ API_KEY_HASH_SETTING = "kahn.api_key_hash"
 API_KEY_ID_SETTING = "kahn.api_key_id"
 
 _current_tenant: ContextVar[Tenant | None] = ContextVar("kahn_current_tenant", default=None)
+# The transaction block a request opened (`request_transaction`), while the request runs.
+_request_block: ContextVar[Any] = ContextVar("kahn_request_block", default=None)
 
 R = TypeVar("R")
 
@@ -65,7 +68,8 @@ def database_setting(name: str, value: str, *, restore: str, using: str = "defau
 
     Inside an enclosing transaction the value would outlive this block (a released savepoint keeps
     it), so on the way out it is set back to `restore`; after an error, rolling back the savepoint
-    restores it by itself.
+    restores it by itself. A value the transaction already holds is not set again: a request binds
+    its tenant once, and the write path's unit of work inside it costs no extra round trip.
     """
     connection = connections[using]
     if connection.vendor != "postgresql":
@@ -74,52 +78,111 @@ def database_setting(name: str, value: str, *, restore: str, using: str = "defau
     if not connection.in_atomic_block:
         raise RuntimeError(f"{name} is transaction-local: set it inside transaction.atomic()")
     nested = len(connection.atomic_blocks) > 1
+    # What this connection's current transaction holds, as set through here: keyed by the outermost
+    # atomic block, so a value never carries over into the next transaction.
+    held: dict[str, tuple[str, Any]] = connection.__dict__.setdefault("kahn_settings", {})
+    this_transaction = connection.atomic_blocks[0]
+    before = held.get(name)
+    if before == (value, this_transaction):
+        yield
+        return
     with connection.cursor() as cursor:
         cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
-    yield
+    held[name] = (value, this_transaction)
+    try:
+        yield
+    except BaseException:
+        # The savepoint's rollback restores the value, or the whole transaction is rolled back.
+        held[name] = before
+        raise
     # A block marked for rollback rolls its savepoint back, which restores the value by itself.
     if nested and value != restore and not connection.needs_rollback:
         with connection.cursor() as cursor:
             cursor.execute("SELECT set_config(%s, %s, true)", [name, restore])
+        held[name] = (restore, this_transaction)
+    elif nested and connection.needs_rollback:
+        held[name] = before
 
 
 @contextmanager
-def tenant_atomic(tenant: Tenant, *, using: str = "default") -> Iterator[Tenant]:
-    """A transaction acting for `tenant`, in code and, on PostgreSQL, for row-level security."""
+def tenant_atomic(tenant: Tenant, *, using: str = "default", savepoint: bool = True) -> Iterator[Tenant]:
+    """A transaction acting for `tenant`, in code and, on PostgreSQL, for row-level security.
+
+    Inside another transaction it is a savepoint, unless `savepoint=False`: then an error inside
+    it fails the enclosing transaction too (a producer's request: one unit of work, all or nothing).
+    """
     outer = tenant_current_or_none()
-    with tenant_scope(tenant), transaction.atomic(using=using):
+    with tenant_scope(tenant), transaction.atomic(using=using, savepoint=savepoint):
         restore = str(outer.pk) if outer is not None else ""
         with database_setting(TENANT_SETTING, str(tenant.pk), restore=restore, using=using):
             yield tenant
 
 
 @contextmanager
-def tenant_request(tenant: Tenant | None, *, using: str = "default") -> Iterator[bool]:
-    """A whole request acting for `tenant` (or for no tenant yet): what the tenant middlewares use.
-
-    On PostgreSQL the request is one transaction (requests are atomic), bound to the tenant for
-    row-level security. On SQLite the ContextVar alone: there is no row-level security to bind, and
-    a transaction per page would hold SQLite's one write lock while the page renders. Yields
-    whether it opened a transaction.
+def request_transaction(*, using: str = "default") -> Iterator[bool]:
+    """A whole request as one unit of work: on PostgreSQL one transaction (requests are atomic), in
+    which the tenant is found and then bound (`tenant_bound`); on SQLite none, as there is no
+    row-level security to bind, and a transaction per page would hold SQLite's one write lock while
+    the page renders. Yields whether it opened a transaction.
     """
     if connections[using].vendor != "postgresql":
-        with tenant_scope(tenant) if tenant is not None else nullcontext():
-            yield False
+        yield False
         return
-    with tenant_atomic(tenant, using=using) if tenant is not None else transaction.atomic(using=using):
-        yield True
+    with transaction.atomic(using=using):
+        token = _request_block.set(connections[using].atomic_blocks[-1])
+        try:
+            yield True
+        finally:
+            _request_block.reset(token)
+
+
+def directly_in_request_transaction(*, using: str = "default") -> bool:
+    """Whether the innermost transaction block is a request's own (`request_transaction`): work done
+    directly in it needs no savepoint, as an error answer rolls the whole request back."""
+    blocks = connections[using].atomic_blocks
+    return bool(blocks) and blocks[-1] is _request_block.get()
+
+
+@contextmanager
+def tenant_bound(tenant: Tenant | None, *, using: str = "default") -> Iterator[None]:
+    """Acts for `tenant` for the rest of the enclosing transaction (or for no tenant yet): in code,
+    and on PostgreSQL for row-level security. No savepoint of its own: a request pays for none."""
+    if tenant is None:
+        yield
+        return
+    outer = tenant_current_or_none()
+    with tenant_scope(tenant):
+        if connections[using].vendor != "postgresql":
+            yield
+            return
+        restore = str(outer.pk) if outer is not None else ""
+        with database_setting(TENANT_SETTING, str(tenant.pk), restore=restore, using=using):
+            yield
+
+
+@contextmanager
+def tenant_request(tenant: Tenant | None, *, using: str = "default") -> Iterator[bool]:
+    """A whole request acting for `tenant`, known up front: `request_transaction` and `tenant_bound`."""
+    with request_transaction(using=using) as atomic, tenant_bound(tenant, using=using):
+        yield atomic
 
 
 @contextmanager
 def pre_tenant_lookup(setting: str, value: str, *, using: str = "default") -> Iterator[None]:
     """The one narrow path for reads made before the tenant is known (a user's memberships; an API
-    key by its hash): a transaction in which only `setting` is set, which the table's read-only
-    lookup policy admits. Row-level security stays on; the tenant policy still sees nothing.
+    key by its hash): only `setting` is set, which the table's read-only lookup policy admits, and
+    it is cleared after. Row-level security stays on; the tenant policy still sees nothing.
+
+    Inside a request's transaction it takes no savepoint of its own (a failed lookup fails the
+    request); outside any, it is its own transaction.
     """
     if connections[using].vendor != "postgresql":
         yield
         return
-    with transaction.atomic(using=using), database_setting(setting, value, restore="", using=using):
+    with (
+        transaction.atomic(using=using, savepoint=False),
+        database_setting(setting, value, restore="", using=using),
+    ):
         yield
 
 

@@ -2,9 +2,10 @@
 
 OSS mode: the one `local` tenant. Cloud mode: the session user's tenant, chosen by the
 `X-Organization` header, then the session's choice, then the first membership; a tenant the user
-is not a member of is refused with 403. Either way the request runs inside `tenant_request`: on
-PostgreSQL one transaction with `kahn.tenant_id` set, so row-level security sees the same tenant as
-the code, and nothing of the tenant survives on the connection after the request.
+is not a member of is refused with 403. Either way the request is one `request_transaction` on
+PostgreSQL: the tenant is found in it (an API key by its hash), then bound with `kahn.tenant_id` set,
+so row-level security sees the same tenant as the code, and nothing of the tenant survives on the
+connection after the request. A request answered with an error writes nothing.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, HttpRe
 from django.shortcuts import render
 from django.urls import reverse
 
-from tenants.context import NoTenantError, tenant_request
+from tenants.context import NoTenantError, request_transaction, tenant_bound
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
 from tenants.selectors import NotAMember, membership_list_for_user, tenant_chosen_for_user
-from tenants.services import api_key_authenticate
+from tenants.services import api_key_find, api_key_mark_used
 
 # Where the cloud session keeps the tenant the user last switched to.
 SESSION_TENANT_KEY = "kahn_tenant_id"
@@ -35,23 +36,29 @@ class _TenantMiddleware:
     def choose_tenant(self, request: HttpRequest) -> Tenant | HttpResponse | None:
         raise NotImplementedError
 
+    def request_done(self, request: HttpRequest) -> None:
+        """After the request's transaction: bookkeeping that an error answer must not roll back."""
+
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request.tenant = None
         request.memberships = []
         request.membership = None
-        chosen = self.choose_tenant(request)
-        if isinstance(chosen, HttpResponse):
-            return chosen
-        request.tenant = chosen
-        if chosen is not None:
-            # The user's role in the chosen tenant; an API key is no one's membership.
-            request.membership = next((m for m in request.memberships if m.tenant_id == chosen.pk), None)
-        with tenant_request(chosen) as atomic:
-            response = self.get_response(request)
-            if atomic and response.status_code >= 500:
-                # A request that failed writes nothing, as with ATOMIC_REQUESTS.
+        with request_transaction() as atomic:
+            chosen = self.choose_tenant(request)
+            if isinstance(chosen, HttpResponse):
+                return chosen
+            request.tenant = chosen
+            if chosen is not None:
+                # The user's role in the chosen tenant; an API key is no one's membership.
+                request.membership = next((m for m in request.memberships if m.tenant_id == chosen.pk), None)
+            with tenant_bound(chosen):
+                response = self.get_response(request)
+            if atomic and response.status_code >= 400:
+                # A request answered with an error writes nothing: what a view wrote before it
+                # refused (or failed) is rolled back with the request.
                 transaction.set_rollback(True)
-            return response
+        self.request_done(request)
+        return response
 
 
 class LocalTenantMiddleware(_TenantMiddleware):
@@ -67,7 +74,7 @@ class CloudTenantMiddleware(_TenantMiddleware):
     def choose_tenant(self, request: HttpRequest) -> Tenant | HttpResponse | None:
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer":
-            api_key = api_key_authenticate(credentials.strip())
+            api_key = api_key_find(credentials.strip())
             if api_key is None:
                 return _invalid_api_key()
             request.api_key = api_key
@@ -87,6 +94,11 @@ class CloudTenantMiddleware(_TenantMiddleware):
         except NotAMember as refusal:
             # The same answer whether the tenant exists or not: a header probes nothing.
             return _forbidden(request, str(refusal))
+
+    def request_done(self, request: HttpRequest) -> None:
+        api_key = getattr(request, "api_key", None)
+        if api_key is not None:
+            api_key_mark_used(api_key)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         """A view that needs a tenant, reached without one: sign in, or the "no workspace yet" page."""

@@ -11,6 +11,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing.models import Plan, plan_default_id
+from kahn_site.rows import bound_cursor, columns
 from tenants.scoping import TenantScopedManager
 
 # The one tenant of OSS mode, created by migration: every OSS run belongs to it.
@@ -125,13 +126,30 @@ class StaffAccess(models.Model):
 
 
 class ApiKeyManager(TenantScopedManager["ApiKey"]):
-    def pre_tenant_by_hash(self, key_hash: str) -> models.QuerySet["ApiKey"]:
-        """The key with this hash, read before its tenant is known.
+    def pre_tenant_by_hash(self, key_hash: str) -> "ApiKey | None":
+        """The key with this hash, with its tenant and the tenant's plan, read before the tenant is
+        known; None if there is none.
 
-        The one narrow pre-tenant path for keys: `tenants.services.api_key_authenticate` calls it
-        inside a transaction that sets `kahn.api_key_hash`, which the table's read-only policy admits.
+        The one narrow pre-tenant path for keys: `tenants.services.api_key_find` calls it inside a
+        transaction that sets `kahn.api_key_hash`, which the table's read-only policy admits. Every
+        producer's request makes this read, so it is one hand-written statement, bound and prepared
+        by the server after a few uses, not a queryset compiled anew each time (`kahn_site.rows`).
         """
-        return self.unscoped().filter(key_hash=key_hash).select_related("tenant", "tenant__plan")
+        key, tenant, plan = columns(ApiKey, "k"), columns(Tenant, "t"), columns(Plan, "p")
+        with bound_cursor() as cursor:
+            cursor.execute(
+                f"SELECT {key.sql}, {tenant.sql}, {plan.sql} FROM {ApiKey._meta.db_table} k "
+                f"JOIN {Tenant._meta.db_table} t ON t.id = k.tenant_id "
+                f"JOIN {Plan._meta.db_table} p ON p.id = t.plan_id WHERE k.key_hash = %s",
+                [key_hash],
+            )
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        api_key = key.instance(row)
+        api_key.tenant = tenant.instance(row, key.width)
+        api_key.tenant.plan = plan.instance(row, key.width + tenant.width)
+        return api_key
 
     def pre_tenant_by_id(self, key_id: int) -> models.QuerySet["ApiKey"]:
         """For an operator revoking a key by id: read through the `kahn.api_key_id` lookup policy."""

@@ -153,22 +153,38 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
     return api_key
 
 
-def api_key_authenticate(key: str) -> ApiKey | None:
-    """The active key `key` is, with its tenant; None for anything else (malformed, unknown,
-    revoked, expired). The tenant comes from the stored key, never from the prefix text."""
+def api_key_find(key: str) -> ApiKey | None:
+    """The active key `key` is, with its tenant and plan; None for anything else (malformed,
+    unknown, revoked, expired). The tenant comes from the stored key, never from the prefix text.
+    Inside a request's transaction it adds no transaction of its own."""
     if not API_KEY_PATTERN.match(key):
         return None
     key_hash = api_key_hash(key)
     with pre_tenant_lookup(API_KEY_HASH_SETTING, key_hash):
-        api_key = ApiKey.objects.pre_tenant_by_hash(key_hash).first()
+        api_key = ApiKey.objects.pre_tenant_by_hash(key_hash)
     # The lookup already matched the hash; compare again in constant time all the same.
     if api_key is None or not hmac.compare_digest(api_key.key_hash, key_hash):
         return None
-    now = timezone.now()
-    if not api_key.is_active_at(now) or not key.startswith(f"{API_KEY_PREFIX}{api_key.tenant.key_prefix}_"):
+    if not api_key.is_active_at(timezone.now()):
         return None
+    if not key.startswith(f"{API_KEY_PREFIX}{api_key.tenant.key_prefix}_"):
+        return None
+    return api_key
+
+
+def api_key_mark_used(api_key: ApiKey) -> None:
+    """Records that the key was used, at most once a minute: a write on every request would make
+    each request a write."""
+    now = timezone.now()
     if api_key.last_used_at is None or now - api_key.last_used_at >= LAST_USED_RESOLUTION:
         with tenant_atomic(api_key.tenant):
             ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
+
+
+def api_key_authenticate(key: str) -> ApiKey | None:
+    """`api_key_find`, and the use recorded: for a caller with no request transaction (a socket)."""
+    api_key = api_key_find(key)
+    if api_key is not None:
+        api_key_mark_used(api_key)
     return api_key

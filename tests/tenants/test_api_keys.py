@@ -182,6 +182,17 @@ def test_last_used_is_written_at_most_once_a_minute(world, keys):
     assert third.last_used_at > first.last_used_at
 
 
+def test_a_refused_request_still_records_the_keys_use(cloud, world, keys):
+    # The request's own transaction rolls back with its error answer; the key's use is written after
+    # it, so a producer whose every batch is refused still shows when its key was last seen.
+    response = post(cloud, keys["acme"], "refused", body=b"not json\n")
+    assert response.status_code == 400
+    with tenant_scope(world.acme):
+        used = ApiKey.objects.get(tenant=world.acme)
+        assert used.last_used_at is not None
+        assert not Run.objects.filter(run_id="refused").exists()
+
+
 def test_oss_mode_ignores_authorization_headers(client, local_tenant):
     response = post(client, "kahn_live_sk_whatever_" + "x" * 40, "oss_run")
     assert response.status_code == 200

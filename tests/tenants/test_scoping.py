@@ -4,6 +4,7 @@ tenant, and see only the current tenant's rows when one is set."""
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.models import AnonymousUser
 from django.db import connection
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -101,3 +102,29 @@ def test_a_subclass_cannot_drop_the_tenant_check():
         permission_classes = [IsAuthenticated, HasTenant]
 
     assert Careful.permission_classes[-1] is HasTenant
+
+
+# ---------------------------------------------------------------- a request is one unit of work
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite requests open no transaction")
+@pytest.mark.parametrize(
+    ("status", "kept"), [(200, True), (302, True), (404, False), (409, False), (500, False)]
+)
+def test_a_request_answered_with_an_error_writes_nothing(db, rf, status, kept):
+    from django.http import HttpResponse
+
+    from tenants.middleware import CloudTenantMiddleware
+    from tenants.models import StaffAccess
+
+    def view(request):
+        # Written, then refused: an error answer must not leave half of what the view did.
+        StaffAccess.objects.create(actor="view", tenant_ref=1, tenant_slug="acme", reason=f"status {status}")
+        return HttpResponse(status=status)
+
+    request = rf.get("/anything")
+    request.user = AnonymousUser()
+    response = CloudTenantMiddleware(view)(request)
+    assert response.status_code == status
+    assert StaffAccess.objects.filter(reason=f"status {status}").exists() is kept
