@@ -9,6 +9,7 @@ reduction state it carries, so appending N events costs O(N) whatever the run's 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -17,15 +18,16 @@ from functools import partial
 from typing import Any, TypeVar
 
 import orjson
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import JSONField, Model
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
+from kahn_site.rows import bound_cursor, columns
 from runs import reduction
 from runs.live import LIVE_EVENTS_PER_MESSAGE, live_publish_changes
 from runs.models import Diagnostic, Event, Run, RunNode
-from tenants.context import tenant_atomic
+from tenants.context import directly_in_request_transaction, tenant_atomic
 from tenants.models import Tenant
 
 T = TypeVar("T")
@@ -78,18 +80,12 @@ class _RowSink:
     """
 
     def __init__(self, model: type[Model], columns: tuple[str, ...]) -> None:
-        self.db_table = model._meta.db_table
-        quote = connection.ops.quote_name
-        self.table = quote(self.db_table)
-        self.names = ", ".join(quote(c) for c in columns)
+        shape = _table_shape(model, columns, connection.vendor)
+        self.db_table, self.table, self.names = shape.db_table, shape.table, shape.names
+        self.record, self.json_columns = shape.record, shape.json_columns
         self.columns = columns
         self.width = len(columns)
         self.copying = connection.vendor == "postgresql"
-        if self.copying:
-            fields = {f.column: f for f in model._meta.concrete_fields}
-            types = [fields[c].db_type(connection) for c in columns]
-            self.record = ", ".join(f"{quote(c)} {t}" for c, t in zip(columns, types, strict=True))
-            self.json_columns = [i for i, t in enumerate(types) if t == "jsonb"]
         self.staging: str | None = None
         self._stack: ExitStack | None = None
         self._copy: Any = None
@@ -179,6 +175,36 @@ class _RowSink:
                     record[columns[index]] = value.obj
             records.append(record)
         return orjson.dumps(records).decode()
+
+
+@dataclass(frozen=True)
+class _TableShape:
+    db_table: str
+    table: str
+    names: str
+    # On PostgreSQL: the record type rows are read back as, and which columns are JSON.
+    record: str
+    json_columns: tuple[int, ...]
+
+
+@functools.cache
+def _table_shape(model: type[Model], columns: tuple[str, ...], vendor: str) -> _TableShape:
+    """A table's names and types for its sink, worked out once: a producer's request makes three
+    sinks, and asking every field for its type each time cost more than the rows it writes."""
+    quote = connection.ops.quote_name
+    record, json_columns = "", ()
+    if vendor == "postgresql":
+        fields = {f.column: f for f in model._meta.concrete_fields}
+        types = [fields[c].db_type(connection) for c in columns]
+        record = ", ".join(f"{quote(c)} {t}" for c, t in zip(columns, types, strict=True))
+        json_columns = tuple(i for i, t in enumerate(types) if t == "jsonb")
+    return _TableShape(
+        db_table=model._meta.db_table,
+        table=quote(model._meta.db_table),
+        names=", ".join(quote(c) for c in columns),
+        record=record,
+        json_columns=json_columns,
+    )
 
 
 def _role_bypasses_rls() -> bool:
@@ -310,23 +336,21 @@ class RunBatch:
 
     def open(self, run_ids: Iterable[str]) -> dict[str, RunChange]:
         """Locks the named runs so concurrent writers of one run queue; missing runs get an id now
-        and their row at flush (a concurrent creator of the same run makes the flush fail and
-        `run_batch_write` try again, when the run is found and locked)."""
+        and their row at flush. Two writers that both find a run missing queue on a lock for its
+        id until the first commits; the second then finds the first's run and locks it."""
         if self.events.streaming:
             raise RuntimeError("open every run before appending events")
         wanted = [run_id for run_id in dict.fromkeys(run_ids) if run_id not in self.changes]
         # Soft-deleted runs too: hidden, one would look missing, and a new row would break its
         # unique run id. A lock held by retention is waited for, then its deletion is seen here.
-        locked = {
-            run.run_id: run
-            for run in Run.objects.including_deleted()
-            .select_for_update()
-            .filter(tenant=self.tenant, run_id__in=wanted)
-        }
+        locked = {run.run_id: run for run in _runs_locked(self.tenant, wanted)}
+        missing = [run_id for run_id in wanted if run_id not in locked]
+        if missing and _lock_run_creation(self.tenant, missing):
+            locked.update((run.run_id, run) for run in _runs_locked(self.tenant, missing))
+            missing = [run_id for run_id in wanted if run_id not in locked]
         for run in locked.values():
             if run.deleted_at is not None:
                 raise RunDeletedError(run.run_id)
-        missing = [run_id for run_id in wanted if run_id not in locked]
         for run_id, pk in zip(missing, _allocate_run_ids(len(missing)), strict=True):
             locked[run_id] = Run(pk=pk, tenant=self.tenant, run_id=run_id)
         for run_id in wanted:
@@ -442,15 +466,19 @@ class RunBatch:
         if connection.vendor == "postgresql":
             # One statement, the rows as one JSON parameter: a batch that moves every node of a run
             # costs one round trip and one plan, and no client-side parsing of a placeholder a value.
+            # The run ids are named apart: the planner cannot see inside the JSON, and without them
+            # it hashes every node row of the tenant to join a handful (milliseconds per request).
             names = ("position", "state", "attempts", "run_id", "node_id")
             records = orjson.dumps([dict(zip(names, row[:5], strict=True)) for row in changed]).decode()
+            run_pks = sorted({row[3] for row in changed})
             with connection.cursor() as cursor:
                 cursor.execute(
                     f"UPDATE {table} AS n SET position = v.position, state = v.state, attempts = v.attempts "
                     "FROM jsonb_to_recordset(%s::jsonb) "
                     "AS v(position integer, state varchar, attempts integer, run_id bigint, node_id varchar) "
-                    "WHERE n.run_id = v.run_id AND n.node_id = v.node_id AND n.tenant_id = %s",
-                    [records, self.tenant.pk],
+                    "WHERE n.run_id = ANY(%s) AND n.run_id = v.run_id AND n.node_id = v.node_id "
+                    "AND n.tenant_id = %s",
+                    [records, run_pks, self.tenant.pk],
                 )
         else:
             with connection.cursor() as cursor:
@@ -479,6 +507,47 @@ def _row_values(run: Run, names: tuple[str, ...] = ROW_FIELDS) -> tuple[Any, ...
 def _json_param(value: Any) -> Any:
     text = orjson.dumps(value).decode()
     return Jsonb(value, dumps=lambda _: text) if connection.vendor == "postgresql" else text
+
+
+def _runs_locked(tenant: Tenant, run_ids: list[str]) -> list[Run]:
+    """The tenant's runs of these ids, soft-deleted ones too, each row locked until commit.
+
+    Every producer's request starts here, so it is one hand-written statement (`kahn_site.rows`),
+    not a queryset compiled anew each time; the rows are locked in run id order, so two writers of
+    overlapping runs queue instead of deadlocking.
+    """
+    if not run_ids:
+        return []
+    run = columns(Run, "r")
+    if connection.vendor == "postgresql":
+        where, params, lock = "r.run_id = ANY(%s)", [tenant.pk, run_ids], " FOR UPDATE"
+    else:  # one writer at a time: SQLite has no row locks to take
+        where, params, lock = f"r.run_id IN ({', '.join(['%s'] * len(run_ids))})", [tenant.pk, *run_ids], ""
+    with bound_cursor() as cursor:
+        cursor.execute(
+            f"SELECT {run.sql} FROM {Run._meta.db_table} r WHERE r.tenant_id = %s AND {where} "
+            f"ORDER BY r.run_id{lock}",
+            params,
+        )
+        return [run.instance(row) for row in cursor.fetchall()]
+
+
+def _lock_run_creation(tenant: Tenant, run_ids: list[str]) -> bool:
+    """Takes, until commit, a lock on creating each of these runs (PostgreSQL); whether it did.
+
+    A transaction-level advisory lock per (tenant, run id), taken in run id order: a writer that
+    finds a run missing waits here for any other writer about to create it, and reads again after.
+    SQLite has one writer at a time, so nobody else can be creating the run.
+    """
+    if connection.vendor != "postgresql":
+        return False
+    with bound_cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s || ':' || run_id, 0)) "
+            "FROM unnest(%s::text[]) AS run_id ORDER BY run_id",
+            [str(tenant.pk), sorted(run_ids)],
+        )
+    return True
 
 
 def _allocate_run_ids(count: int) -> list[int]:
@@ -510,24 +579,20 @@ def _datetime(value: str | None) -> datetime | None:
 def run_batch_write(*, tenant: Tenant, write: Callable[[RunBatch], T]) -> tuple[T, list[RunChange]]:
     """Runs `write(batch)` in one transaction for `tenant`, then flushes the batch.
 
-    `write` may run twice: when another writer created one of the same runs meanwhile, the first
-    try fails on the run's unique key and rolls back whole, and the second finds and locks the run.
+    Inside an enclosing transaction it is a savepoint, so a caller may catch an error and go on (the
+    importer drops a run retention deleted and writes its chunk again); directly inside a request's
+    own transaction it is not: the request is the unit of work, rolled back whole with an error
+    answer, and a savepoint would cost a producer's every request two round trips.
     """
-    for last_try in (False, True):
+    with tenant_atomic(tenant, savepoint=not directly_in_request_transaction()):
+        batch = RunBatch(tenant=tenant)
         try:
-            with tenant_atomic(tenant):
-                batch = RunBatch(tenant=tenant)
-                try:
-                    result = write(batch)
-                except BaseException:
-                    batch.events.discard()
-                    raise
-                changes = batch.flush()
-                # Live sockets learn of what is committed, never of what may still roll back: after
-                # the outermost commit (a request's own transaction, in cloud mode), or not at all.
-                transaction.on_commit(partial(live_publish_changes, changes), robust=True)
-                return result, changes
-        except IntegrityError:
-            if last_try:
-                raise
-    raise AssertionError("unreachable")
+            result = write(batch)
+        except BaseException:
+            batch.events.discard()
+            raise
+        changes = batch.flush()
+        # Live sockets learn of what is committed, never of what may still roll back: after the
+        # outermost commit (a request's own transaction, in cloud mode), or not at all.
+        transaction.on_commit(partial(live_publish_changes, changes), robust=True)
+        return result, changes

@@ -450,3 +450,63 @@ def test_the_tool_producers_use_can_post_a_run(live_server, local_tenant):
     assert Run.objects.filter(run_id__startswith="post_").count() == 2
     assert all(run.complete for run in Run.objects.filter(run_id__startswith="post_"))
     assert Path(ARCHIVE_TOOL).exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_producers_creating_one_run_queue_and_the_second_finds_the_first_run(local_tenant):
+    # A run_start sent twice at once (a retry racing its original): the second writer waits for the
+    # first to commit the new run, then sees its own event already stored.
+    from django.db import connection
+
+    from ingest.services import Receipt, events_parse, run_append_batch
+    from runs.services import run_batch_write
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's row and advisory locks")
+    start = {"ts": T, "event": "run_start", "run_id": "racing"}
+    opened, release = threading.Event(), threading.Event()
+    outcomes: dict[str, object] = {}
+
+    def first() -> None:
+        def write(batch):
+            change = batch.open(["racing"])["racing"]
+            change.append(start, orjson.dumps(start).decode())
+            opened.set()
+            release.wait(30)
+            return change.created
+
+        try:
+            outcomes["first"], _ = run_batch_write(tenant=local_tenant, write=write)
+        finally:
+            connection.close()
+
+    def second() -> None:
+        try:
+            batch = events_parse(ndjson([dict(start, seq=0)]), "application/x-ndjson")
+            outcomes["second"] = run_append_batch(tenant=local_tenant, run_id="racing", batch=batch)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert opened.wait(30)
+    threads[1].start()
+    waiting = 0
+    for _ in range(300):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            (waiting,) = cursor.fetchone()
+        if waiting:
+            break
+        threading.Event().wait(0.05)
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert waiting == 1, "the second writer did not wait for the run's creation"
+    assert outcomes == {
+        "first": True,
+        "second": Receipt(run_id="racing", accepted=0, duplicates=1, next_seq=1),
+    }
+    assert Run.objects.filter(run_id="racing").count() == 1
+    assert [e["seq"] for e in stored("racing")] == [0]
