@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
-from django.db import connection
+import psycopg
+from django.db import connection, connections
 from django.db.models import Model
 
 M = TypeVar("M", bound=Model)
@@ -59,14 +60,18 @@ def columns(model: type[M], alias: str) -> Columns[M]:
 
 
 @contextmanager
-def bound_cursor() -> Iterator[Any]:
+def bound_cursor(using: str = "default") -> Iterator[Any]:
     """A cursor for a statement a request runs every time: on PostgreSQL psycopg's own, which binds
-    parameters on the server, so after a few uses the statement is prepared and not planned again;
-    elsewhere Django's (SQLite's driver does not take `%s` placeholders)."""
-    if connection.vendor != "postgresql":
-        with connection.cursor() as cursor:
+    parameters on the server, so after a few uses the statement is prepared and not planned again,
+    and a large JSON parameter is sent as it is instead of quoted into the SQL text; elsewhere
+    Django's (SQLite's driver does not take `%s` placeholders)."""
+    database = connections[using]
+    if database.vendor != "postgresql":
+        with database.cursor() as cursor:
             yield cursor
         return
-    connection.ensure_connection()
-    with connection.connection.cursor() as cursor:
+    database.ensure_connection()
+    # Not `connection.connection.cursor()`: Django makes its connections' cursors bind on the client.
+    # Its errors are raised as Django's (IntegrityError, DatabaseError), as from any other cursor.
+    with database.wrap_database_errors, psycopg.Cursor(database.connection) as cursor:
         yield cursor

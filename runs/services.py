@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -52,6 +52,10 @@ ROW_FIELDS = (
     "log_shrank",
     "updated_at",
 )
+# A run's graph and summary are written once: an UPDATE carries them only when they changed, as
+# sending the run's DAG back with every batch cost the server more than the batch's own row did.
+DOCUMENT_FIELDS = ("graph", "summary")
+PROGRESS_FIELDS = tuple(f for f in ROW_FIELDS if f not in DOCUMENT_FIELDS)
 EVENT_COLUMNS = ("run_id", "seq", "tenant_id", "ts", "kind", "node", "payload")
 NODE_COLUMNS = ("run_id", "tenant_id", "node_id", "position", "state", "attempts")
 
@@ -148,7 +152,8 @@ class _RowSink:
                 self.staging = None
         if self._rows:
             rows, self._rows = self._rows, []
-            with connection.cursor() as cursor:
+            # Bound on the server: the rows' JSON travels as one parameter, not quoted into the SQL.
+            with bound_cursor() as cursor:
                 if self.copying:
                     cursor.execute(
                         f"INSERT INTO {self.table} ({self.names}) SELECT {self.names} "
@@ -231,6 +236,8 @@ class RunChange:
     diagnostics: list[reduction.Diagnostic] = field(default_factory=list)
     nodes_changed: bool = False
     summary_set: bool = False
+    # The graph or the summary was set by this batch (see DOCUMENT_FIELDS).
+    documents_changed: bool = False
     # Set by a caller that changed its own bookkeeping on the run (such as the archive's offsets).
     progress_changed: bool = False
     # The JSON text of the appended events, for live subscribers; None once there are more than one
@@ -271,7 +278,7 @@ class RunChange:
                 diagnostics.extend(found)
             if self.run.graph is None and event["event"] == "run_start" and event.get("graph") is not None:
                 self.run.graph = event["graph"]  # the reduction adopted it too
-                self.nodes_changed = True
+                self.nodes_changed = self.documents_changed = True
             ts = event["ts"]
             if on_sqlite:
                 # PostgreSQL parses the RFC 3339 text itself; SQLite stores what Django's adapter writes.
@@ -289,12 +296,12 @@ class RunChange:
         if self.run.graph is None:
             self.run.graph = graph
             self.diagnostics.extend(self.reduction.set_graph(graph))
-            self.nodes_changed = True
+            self.nodes_changed = self.documents_changed = True
 
     def set_summary(self, summary: dict[str, Any]) -> None:
         if self.run.summary is None:
             self.run.summary = summary
-            self.summary_set = True
+            self.summary_set = self.documents_changed = True
 
     def diagnose(self, diagnostic: reduction.Diagnostic) -> None:
         self.diagnostics.append(diagnostic)
@@ -365,15 +372,22 @@ class RunBatch:
 
     def flush(self) -> list[RunChange]:
         """Writes every change; returns them, with each run row as now stored."""
-        self.events.close()
+        if self.events.streaming:
+            self.events.close()  # a COPY ends first: psycopg runs none inside a pipeline
         changes = [c for c in self.changes.values() if c.touched]
         now = timezone.now()
         for change in changes:
             self._advance_row(change, now)
-        self._insert_rows([c.run for c in changes if c.created])
-        self._update_rows([c.run for c in changes if not c.created])
-        self._write_diagnostics(changes)
-        self._write_nodes([c for c in changes if c.nodes_changed])
+        # A producer's batch (one run) sends its writes together and waits once, not once each:
+        # the events, the run row and its nodes. Many runs (an import) already go in bulk.
+        with _pipelined() if len(changes) == 1 else nullcontext():
+            self.events.close()
+            self._insert_rows([c.run for c in changes if c.created])
+            updated = [c for c in changes if not c.created]
+            self._update_rows([c.run for c in updated if c.documents_changed], ROW_FIELDS)
+            self._update_rows([c.run for c in updated if not c.documents_changed], PROGRESS_FIELDS)
+            self._write_diagnostics(changes)
+            self._write_nodes([c for c in changes if c.nodes_changed])
         self.changes.clear()
         return changes
 
@@ -406,25 +420,22 @@ class RunBatch:
             write(_row_values(run, columns))
         sink.close()
 
-    def _update_rows(self, runs: list[Run]) -> None:
+    def _update_rows(self, runs: list[Run], fields: tuple[str, ...]) -> None:
         if not runs:
             return
         assignments = ", ".join(
-            f"{connection.ops.quote_name(Run._meta.get_field(f).column)} = %s" for f in ROW_FIELDS
+            f"{connection.ops.quote_name(Run._meta.get_field(f).column)} = %s" for f in fields
         )
         sql = f"UPDATE {Run._meta.db_table} SET {assignments} WHERE id = %s"
-        params = [(*_row_values(run), run.pk) for run in runs]
-        if connection.vendor == "postgresql":
-            # Server-side binding: the JSON columns travel as parameters instead of being quoted
-            # into the SQL text by Python (Django's cursors bind on the client), and psycopg
-            # pipelines executemany, so hundreds of runs cost about one round trip.
-            with connection.connection.cursor() as cursor:
-                if len(params) == 1:
-                    cursor.execute(sql, params[0])  # a producer's batch: no pipeline to set up
-                else:
-                    cursor.executemany(sql, params)
-        else:
-            with connection.cursor() as cursor:
+        params = [(*_row_values(run, fields), run.pk) for run in runs]
+        # On PostgreSQL, bound on the server (kahn_site.rows.bound_cursor): the JSON columns travel
+        # as parameters instead of being quoted into the SQL text by Python, the statement is
+        # prepared after a few uses, and psycopg pipelines executemany, so hundreds of runs cost
+        # about one round trip.
+        with bound_cursor() as cursor:
+            if len(params) == 1:
+                cursor.execute(sql, params[0])  # a producer's batch: no pipeline to set up
+            else:
                 cursor.executemany(sql, params)
 
     def _write_diagnostics(self, changes: list[RunChange]) -> None:
@@ -471,7 +482,7 @@ class RunBatch:
             names = ("position", "state", "attempts", "run_id", "node_id")
             records = orjson.dumps([dict(zip(names, row[:5], strict=True)) for row in changed]).decode()
             run_pks = sorted({row[3] for row in changed})
-            with connection.cursor() as cursor:
+            with bound_cursor() as cursor:
                 cursor.execute(
                     f"UPDATE {table} AS n SET position = v.position, state = v.state, attempts = v.attempts "
                     "FROM jsonb_to_recordset(%s::jsonb) "
@@ -490,18 +501,27 @@ class RunBatch:
 
 
 def _row_values(run: Run, names: tuple[str, ...] = ROW_FIELDS) -> tuple[Any, ...]:
-    """Run fields as database parameters, each prepared by its own field (SQLite stores times as
-    Django's text, not the driver's); JSON is encoded by orjson, several times faster than the
-    encoder Django would use, on a path that runs once per run written."""
+    """Run fields as database parameters. JSON is encoded by orjson, several times faster than the
+    encoder Django would use; on PostgreSQL the other values go as they are (psycopg adapts numbers,
+    text and aware datetimes itself), on SQLite each is prepared by its own field (SQLite stores
+    times as Django's text, not the driver's). Every producer's request writes one run row."""
     values = []
-    for name in names:
-        model_field = Run._meta.get_field(name)
-        value = getattr(run, model_field.attname)
-        if isinstance(model_field, JSONField):
+    for attname, is_json, model_field in _row_fields(names, connection.vendor):
+        value = getattr(run, attname)
+        if is_json:
             values.append(None if value is None else _json_param(value))
+        elif model_field is None:
+            values.append(value)
         else:
             values.append(model_field.get_db_prep_save(value, connection))
     return tuple(values)
+
+
+@functools.cache
+def _row_fields(names: tuple[str, ...], vendor: str) -> tuple[tuple[str, bool, Any], ...]:
+    """For each name: its attribute, whether it is JSON, and the field to prepare it (None: as is)."""
+    fields = [Run._meta.get_field(name) for name in names]
+    return tuple((f.attname, isinstance(f, JSONField), None if vendor == "postgresql" else f) for f in fields)
 
 
 def _json_param(value: Any) -> Any:
@@ -530,6 +550,15 @@ def _runs_locked(tenant: Tenant, run_ids: list[str]) -> list[Run]:
             params,
         )
         return [run.instance(row) for row in cursor.fetchall()]
+
+
+def _pipelined() -> AbstractContextManager[Any]:
+    """On PostgreSQL, psycopg's pipeline mode: statements are sent as they come and their results
+    read together, at the end or at the first fetch; errors surface there too."""
+    if connection.vendor != "postgresql":
+        return nullcontext()
+    connection.ensure_connection()
+    return connection.connection.pipeline()
 
 
 def _lock_run_creation(tenant: Tenant, run_ids: list[str]) -> bool:

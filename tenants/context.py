@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.db import connections, transaction
 
+from kahn_site.rows import bound_cursor
+
 if TYPE_CHECKING:
     from tenants.models import Tenant
 
@@ -86,7 +88,7 @@ def database_setting(name: str, value: str, *, restore: str, using: str = "defau
     if before == (value, this_transaction):
         yield
         return
-    with connection.cursor() as cursor:
+    with bound_cursor(using) as cursor:
         cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
     held[name] = (value, this_transaction)
     try:
@@ -97,7 +99,7 @@ def database_setting(name: str, value: str, *, restore: str, using: str = "defau
         raise
     # A block marked for rollback rolls its savepoint back, which restores the value by itself.
     if nested and value != restore and not connection.needs_rollback:
-        with connection.cursor() as cursor:
+        with bound_cursor(using) as cursor:
             cursor.execute("SELECT set_config(%s, %s, true)", [name, restore])
         held[name] = (restore, this_transaction)
     elif nested and connection.needs_rollback:
