@@ -135,7 +135,8 @@ def test_the_write_path_stores_a_batch_of_either_size_for_the_service_role(world
     with tenant_atomic(world.acme):
         batch = RunBatch(tenant=world.acme)
         change = batch.open(["bulk"])["bulk"]
-        change.append({"ts": "2026-11-20T10:00:00.000Z", "event": "run_start", "run_id": "bulk"}, "{}")
+        start = {"ts": "2026-11-20T10:00:00.000Z", "event": "run_start", "run_id": "bulk"}
+        change.append(start, json.dumps(start))
         change.extend((note, json.dumps(note)) for note in notes)
         batch.flush()
     with tenant_atomic(world.acme):
