@@ -145,7 +145,7 @@ def events_parse(body: bytes, content_type: str) -> EventBatch:
             )
 
     problems: list[dict[str, Any]] = []
-    events, payloads, seqs = [], [], []
+    events, seqs = [], []
     for index, item in enumerate(items):
         if isinstance(item, dict) and "seq" in item:
             item = dict(item)
@@ -163,7 +163,8 @@ def events_parse(body: bytes, content_type: str) -> EventBatch:
         problems.append(_problem(None, "seq", "the seqs of a batch must be consecutive and increasing"))
     if problems:
         raise InvalidBody(f"{len(problems)} problem(s) in the batch", problems)
-    payloads = [orjson.dumps(event).decode() for event in events]
+    # Stored without their seq; with none, the producer's own text, already parsed and checked.
+    payloads = [orjson.dumps(e).decode() for e in events] if seqs else [raw.decode() for raw in raws]
     return EventBatch(events=events, payloads=payloads, seqs=seqs or None)
 
 
