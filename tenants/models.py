@@ -6,12 +6,13 @@ from datetime import datetime
 
 from django.conf import settings
 from django.core.validators import RegexValidator
-from django.db import models
+from django.db import connection, models
 from django.db.models import Q
 from django.utils import timezone
 
 from billing.models import Plan, plan_default_id
-from kahn_site.rows import bound_cursor, columns
+from kahn_site.rows import columns
+from tenants.context import API_KEY_HASH_SETTING
 from tenants.scoping import TenantScopedManager
 
 # The one tenant of OSS mode, created by migration: every OSS run belongs to it.
@@ -130,19 +131,28 @@ class ApiKeyManager(TenantScopedManager["ApiKey"]):
         """The key with this hash, with its tenant and the tenant's plan, read before the tenant is
         known; None if there is none.
 
-        The one narrow pre-tenant path for keys: `tenants.services.api_key_find` calls it inside a
-        transaction that sets `kahn.api_key_hash`, which the table's read-only policy admits. Every
-        producer's request makes this read, so it is one hand-written statement, bound and prepared
-        by the server after a few uses, not a queryset compiled anew each time (`kahn_site.rows`).
+        The one narrow pre-tenant path for keys (`tenants.services.api_key_find`): on PostgreSQL it
+        sets `kahn.api_key_hash`, which the table's read-only policy admits, and reads, in one round
+        trip. The setting lasts as long as the caller's transaction (a request's), where it admits
+        that one key, the request's own; with no transaction open, the two statements are one.
+        Every producer's request makes this read, so it is hand-written (`kahn_site.rows`), not a
+        queryset compiled anew each time.
         """
         key, tenant, plan = columns(ApiKey, "k"), columns(Tenant, "t"), columns(Plan, "p")
-        with bound_cursor() as cursor:
-            cursor.execute(
-                f"SELECT {key.sql}, {tenant.sql}, {plan.sql} FROM {ApiKey._meta.db_table} k "
-                f"JOIN {Tenant._meta.db_table} t ON t.id = k.tenant_id "
-                f"JOIN {Plan._meta.db_table} p ON p.id = t.plan_id WHERE k.key_hash = %s",
-                [key_hash],
-            )
+        select = (
+            f"SELECT {key.sql}, {tenant.sql}, {plan.sql} FROM {ApiKey._meta.db_table} k "
+            f"JOIN {Tenant._meta.db_table} t ON t.id = k.tenant_id "
+            f"JOIN {Plan._meta.db_table} p ON p.id = t.plan_id WHERE k.key_hash = %s"
+        )
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                # Django's cursors bind on the client, so two statements can travel as one query.
+                cursor.execute(
+                    f"SELECT set_config(%s, %s, true); {select}", [API_KEY_HASH_SETTING, key_hash, key_hash]
+                )
+                cursor.nextset()
+            else:
+                cursor.execute(select, [key_hash])
             row = cursor.fetchone()
         if row is None:
             return None
