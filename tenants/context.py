@@ -33,6 +33,9 @@ API_KEY_HASH_SETTING = "kahn.api_key_hash"
 API_KEY_ID_SETTING = "kahn.api_key_id"
 
 _current_tenant: ContextVar[Tenant | None] = ContextVar("kahn_current_tenant", default=None)
+# The tenant an enclosing `tenant_atomic` or `tenant_bound` holds bound in the database, and on
+# which connection, for as long as that block lasts.
+_tenant_bound_in_database: ContextVar[tuple[int, Any] | None] = ContextVar("kahn_tenant_bound", default=None)
 # The transaction block a request opened (`request_transaction`), while the request runs.
 _request_block: ContextVar[Any] = ContextVar("kahn_request_block", default=None)
 
@@ -70,8 +73,7 @@ def database_setting(name: str, value: str, *, restore: str, using: str = "defau
 
     Inside an enclosing transaction the value would outlive this block (a released savepoint keeps
     it), so on the way out it is set back to `restore`; after an error, rolling back the savepoint
-    restores it by itself. A value the transaction already holds is not set again: a request binds
-    its tenant once, and the write path's unit of work inside it costs no extra round trip.
+    restores it by itself.
     """
     connection = connections[using]
     if connection.vendor != "postgresql":
@@ -80,30 +82,33 @@ def database_setting(name: str, value: str, *, restore: str, using: str = "defau
     if not connection.in_atomic_block:
         raise RuntimeError(f"{name} is transaction-local: set it inside transaction.atomic()")
     nested = len(connection.atomic_blocks) > 1
-    # What this connection's current transaction holds, as set through here: keyed by the outermost
-    # atomic block, so a value never carries over into the next transaction.
-    held: dict[str, tuple[str, Any]] = connection.__dict__.setdefault("kahn_settings", {})
-    this_transaction = connection.atomic_blocks[0]
-    before = held.get(name)
-    if before == (value, this_transaction):
-        yield
-        return
     with bound_cursor(using) as cursor:
         cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
-    held[name] = (value, this_transaction)
-    try:
-        yield
-    except BaseException:
-        # The savepoint's rollback restores the value, or the whole transaction is rolled back.
-        held[name] = before
-        raise
+    yield
     # A block marked for rollback rolls its savepoint back, which restores the value by itself.
     if nested and value != restore and not connection.needs_rollback:
         with bound_cursor(using) as cursor:
             cursor.execute("SELECT set_config(%s, %s, true)", [name, restore])
-        held[name] = (restore, this_transaction)
-    elif nested and connection.needs_rollback:
-        held[name] = before
+
+
+@contextmanager
+def _tenant_in_database(tenant: Tenant, outer: Tenant | None, using: str) -> Iterator[None]:
+    """Binds `tenant` for row-level security while the block lasts, unless an enclosing block on
+    the same connection already holds it bound: a request binds its tenant once, and the write
+    path's unit of work inside it costs no second round trip. Inside the enclosing block's extent
+    the binding cannot have changed: a nested block for another tenant sets it back on its way out.
+    """
+    connection = connections[using]
+    if connection.vendor != "postgresql" or _tenant_bound_in_database.get() == (tenant.pk, connection):
+        yield
+        return
+    restore = str(outer.pk) if outer is not None else ""
+    with database_setting(TENANT_SETTING, str(tenant.pk), restore=restore, using=using):
+        token = _tenant_bound_in_database.set((tenant.pk, connection))
+        try:
+            yield
+        finally:
+            _tenant_bound_in_database.reset(token)
 
 
 @contextmanager
@@ -114,10 +119,12 @@ def tenant_atomic(tenant: Tenant, *, using: str = "default", savepoint: bool = T
     it fails the enclosing transaction too (a producer's request: one unit of work, all or nothing).
     """
     outer = tenant_current_or_none()
-    with tenant_scope(tenant), transaction.atomic(using=using, savepoint=savepoint):
-        restore = str(outer.pk) if outer is not None else ""
-        with database_setting(TENANT_SETTING, str(tenant.pk), restore=restore, using=using):
-            yield tenant
+    with (
+        tenant_scope(tenant),
+        transaction.atomic(using=using, savepoint=savepoint),
+        _tenant_in_database(tenant, outer, using),
+    ):
+        yield tenant
 
 
 @contextmanager
@@ -153,13 +160,8 @@ def tenant_bound(tenant: Tenant | None, *, using: str = "default") -> Iterator[N
         yield
         return
     outer = tenant_current_or_none()
-    with tenant_scope(tenant):
-        if connections[using].vendor != "postgresql":
-            yield
-            return
-        restore = str(outer.pk) if outer is not None else ""
-        with database_setting(TENANT_SETTING, str(tenant.pk), restore=restore, using=using):
-            yield
+    with tenant_scope(tenant), _tenant_in_database(tenant, outer, using):
+        yield
 
 
 @contextmanager

@@ -22,6 +22,7 @@ from tenants.context import (
     NoTenantError,
     pre_tenant_lookup,
     tenant_atomic,
+    tenant_bound,
     tenant_task,
 )
 from tenants.models import Membership, Tenant
@@ -182,6 +183,27 @@ def test_nested_tenant_blocks_give_the_outer_tenant_back(world_runs, as_service)
             pass
         assert current_setting(TENANT_SETTING) == ""
         assert count_rows(Run) == 0
+
+
+def test_a_unit_of_work_inside_its_tenants_binding_reuses_it_and_a_new_transaction_binds_again(
+    world_runs, as_service
+):
+    acme, globex = world_runs.acme, world_runs.globex
+
+    @transaction.atomic  # one Atomic object, reused by every call: as any decorated function's
+    def runs_seen_by(tenant: Tenant) -> list[str]:
+        with tenant_bound(tenant), tenant_atomic(tenant):  # the request's binding, then the write path's
+            inner = list(Run.objects.values_list("run_id", flat=True))
+            with tenant_atomic(globex):
+                assert list(Run.objects.values_list("run_id", flat=True)) == ["globex_nightly"]
+            assert current_setting(TENANT_SETTING) == str(tenant.pk)
+            return inner
+
+    assert runs_seen_by(acme) == ["acme_nightly"]
+    assert current_setting(TENANT_SETTING) in (None, "")
+    # A new transaction on the same connection binds the tenant again, though nothing else changed.
+    assert runs_seen_by(acme) == ["acme_nightly"]
+    assert runs_seen_by(globex) == ["globex_nightly"]
 
 
 def test_two_requests_in_a_row_on_one_persistent_connection_never_leak(world_runs, as_service, cloud):
