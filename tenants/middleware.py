@@ -10,6 +10,7 @@ connection after the request. A request answered with an error writes nothing.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from urllib.parse import urlencode
 
@@ -22,6 +23,8 @@ from tenants.context import NoTenantError, request_transaction, tenant_bound
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
 from tenants.selectors import NotAMember, membership_list_for_user, tenant_chosen_for_user
 from tenants.services import api_key_find, api_key_mark_used
+
+logger = logging.getLogger(__name__)
 
 # Where the cloud session keeps the tenant the user last switched to.
 SESSION_TENANT_KEY = "kahn_tenant_id"
@@ -97,8 +100,14 @@ class CloudTenantMiddleware(_TenantMiddleware):
 
     def request_done(self, request: HttpRequest) -> None:
         api_key = getattr(request, "api_key", None)
-        if api_key is not None:
+        if api_key is None:
+            return
+        try:
             api_key_mark_used(api_key)
+        except Exception:
+            # The request's work is committed and its answer made: a failed note of the key's use
+            # must not turn it into an error, which a producer would retry and store twice.
+            logger.warning("could not record the use of API key %s", api_key.pk, exc_info=True)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         """A view that needs a tenant, reached without one: sign in, or the "no workspace yet" page."""
