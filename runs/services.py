@@ -396,9 +396,15 @@ class RunBatch:
         wanted = [run_id for run_id in dict.fromkeys(run_ids) if run_id not in self.changes]
         # Soft-deleted runs too: hidden, one would look missing, and a new row would break its
         # unique run id. A lock held by retention is waited for, then its deletion is seen here.
+        # Several runs (an import): their creation locks first, then their rows, each in run id
+        # order, so that no two writers of overlapping runs wait for each other in a cycle. One run
+        # (a producer's request): its row, and its creation lock only if it is missing.
+        several = len(wanted) > 1
+        if several:
+            _lock_run_creation(self.tenant, wanted)
         locked = {run.run_id: run for run in _runs_locked(self.tenant, wanted)}
         missing = [run_id for run_id in wanted if run_id not in locked]
-        if missing and _lock_run_creation(self.tenant, missing):
+        if missing and not several and _lock_run_creation(self.tenant, missing):
             locked.update((run.run_id, run) for run in _runs_locked(self.tenant, missing))
             missing = [run_id for run_id in wanted if run_id not in locked]
         for run in locked.values():
@@ -599,8 +605,8 @@ def _lock_run_creation(tenant: Tenant, run_ids: list[str]) -> bool:
     """Takes, until commit, a lock on creating each of these runs (PostgreSQL); whether it did.
 
     A transaction-level advisory lock per (tenant, run id), taken in run id order: a writer that
-    finds a run missing waits here for any other writer about to create it, and reads again after.
-    SQLite has one writer at a time, so nobody else can be creating the run.
+    would create a run waits here for any other writer about to create it, and reads after. SQLite
+    has one writer at a time, so nobody else can be creating the run.
     """
     if connection.vendor != "postgresql":
         return False
