@@ -71,6 +71,8 @@ def bound_cursor(using: str = "default") -> Iterator[Any]:
             yield cursor
         return
     database.ensure_connection()
+    # As Django's cursors do: nothing runs in a transaction an error has broken.
+    database.validate_no_broken_transaction()
     # Not `connection.connection.cursor()`: Django makes its connections' cursors bind on the client.
     # Its errors are raised as Django's (IntegrityError, DatabaseError), as from any other cursor.
     with database.wrap_database_errors, psycopg.Cursor(database.connection) as cursor:

@@ -103,6 +103,12 @@ elif _db["ENGINE"] == "django.db.backends.postgresql":
     _db.setdefault("CONN_HEALTH_CHECKS", True)
 else:
     raise ImproperlyConfigured("DATABASE_URL must be a sqlite:/// or postgres:// URL.")
+if _db["ENGINE"] == "django.db.backends.postgresql":
+    # The statements every request of a producer makes are bound on the server (kahn_site.rows):
+    # psycopg prepares each on a connection after this many uses, so PostgreSQL plans it once per
+    # connection, not per request. Django's own cursors bind on the client and are never prepared.
+    # (Behind a pooler in transaction mode, use one that keeps prepared statements per client.)
+    _db.setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
 
 # ---------------------------------------------------------------- Django
 INSTALLED_APPS = [
