@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
 from django.conf import settings
 from django.db import connection
@@ -67,6 +68,27 @@ def _claimed(runs: QuerySet[Run], limit: int) -> list[Run]:
     """Locks up to `limit` of these runs, skipping any another transaction holds (SQLite, which
     has one writer at a time, ignores the clause)."""
     return list(runs.select_for_update(skip_locked=True)[:limit])
+
+
+def _in_batches(
+    outcome: RetentionOutcome,
+    *,
+    candidates: Callable[[], QuerySet[Run]],
+    batch_runs: int,
+    act: Callable[[list[Run]], list[RetentionRecord]],
+) -> RetentionOutcome:
+    """A job's loop: claims up to `batch_runs` candidates and acts on them, one transaction for
+    the tenant a batch, until none is left; each batch's time and records go into `outcome`."""
+    tenant = outcome.tenant
+    while True:
+        started = time.perf_counter()
+        with tenant_atomic(tenant):
+            runs = _claimed(candidates(), batch_runs)
+            if not runs:
+                return outcome
+            records = act(runs)
+        outcome.batch_seconds.append(time.perf_counter() - started)
+        outcome.records.extend(records)
 
 
 def _day(value: datetime) -> str:
@@ -122,31 +144,30 @@ def retention_soft_delete_expired(
     batch_runs = batch_runs or settings.KAHN_RETENTION_BATCH_RUNS
     tenant, plan = _tenant_with_plan(tenant)
     staff_access_record(tenant=tenant, actor=actor, reason="retention: soft delete")
-    outcome = RetentionOutcome(tenant=tenant, plan=plan, action=RetentionAction.SOFT_DELETE)
-    while True:
-        started = time.perf_counter()
-        with tenant_atomic(tenant):
-            runs = _claimed(selectors.soft_delete_candidates(tenant=tenant, plan=plan, now=now), batch_runs)
-            if not runs:
-                break
-            Run.objects.including_deleted().filter(tenant=tenant, pk__in=[run.pk for run in runs]).update(
-                deleted_at=now
+
+    def soft_delete(runs: list[Run]) -> list[RetentionRecord]:
+        Run.objects.including_deleted().filter(tenant=tenant, pk__in=[run.pk for run in runs]).update(
+            deleted_at=now
+        )
+        return RetentionRecord.objects.bulk_create(
+            _record(
+                run,
+                action=RetentionAction.SOFT_DELETE,
+                plan=plan,
+                days=plan.retention_days,
+                reason=_soft_delete_reason(run, plan),
+                actor=actor,
+                now=now,
             )
-            records = RetentionRecord.objects.bulk_create(
-                _record(
-                    run,
-                    action=RetentionAction.SOFT_DELETE,
-                    plan=plan,
-                    days=plan.retention_days,
-                    reason=_soft_delete_reason(run, plan),
-                    actor=actor,
-                    now=now,
-                )
-                for run in runs
-            )
-        outcome.batch_seconds.append(time.perf_counter() - started)
-        outcome.records.extend(records)
-    return outcome
+            for run in runs
+        )
+
+    return _in_batches(
+        RetentionOutcome(tenant=tenant, plan=plan, action=RetentionAction.SOFT_DELETE),
+        candidates=lambda: selectors.soft_delete_candidates(tenant=tenant, plan=plan, now=now),
+        batch_runs=batch_runs,
+        act=soft_delete,
+    )
 
 
 def retention_hard_delete_expired(
@@ -164,17 +185,12 @@ def retention_hard_delete_expired(
     batch_runs = batch_runs or settings.KAHN_RETENTION_BATCH_RUNS
     tenant, plan = _tenant_with_plan(tenant)
     staff_access_record(tenant=tenant, actor=actor, reason="retention: hard delete")
-    outcome = RetentionOutcome(tenant=tenant, plan=plan, action=RetentionAction.HARD_DELETE)
-    while True:
-        started = time.perf_counter()
-        with tenant_atomic(tenant):
-            runs = _claimed(selectors.hard_delete_candidates(tenant=tenant, plan=plan, now=now), batch_runs)
-            if not runs:
-                break
-            records = _hard_delete_batch(tenant, plan, runs, actor=actor, now=now, batch_events=batch_events)
-        outcome.batch_seconds.append(time.perf_counter() - started)
-        outcome.records.extend(records)
-    return outcome
+    return _in_batches(
+        RetentionOutcome(tenant=tenant, plan=plan, action=RetentionAction.HARD_DELETE),
+        candidates=lambda: selectors.hard_delete_candidates(tenant=tenant, plan=plan, now=now),
+        batch_runs=batch_runs,
+        act=partial(_hard_delete_batch, tenant, plan, actor=actor, now=now, batch_events=batch_events),
+    )
 
 
 def _hard_delete_batch(
