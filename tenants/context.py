@@ -165,17 +165,12 @@ def tenant_bound(tenant: Tenant | None, *, using: str = "default") -> Iterator[N
 
 
 @contextmanager
-def tenant_request(tenant: Tenant | None, *, using: str = "default") -> Iterator[bool]:
-    """A whole request acting for `tenant`, known up front: `request_transaction` and `tenant_bound`."""
-    with request_transaction(using=using) as atomic, tenant_bound(tenant, using=using):
-        yield atomic
-
-
-@contextmanager
 def pre_tenant_lookup(setting: str, value: str, *, using: str = "default") -> Iterator[None]:
-    """The one narrow path for reads made before the tenant is known (a user's memberships; an API
-    key by its hash): only `setting` is set, which the table's read-only lookup policy admits, and
-    it is cleared after. Row-level security stays on; the tenant policy still sees nothing.
+    """The narrow path for reads made before the tenant is known (a user's memberships; a key by
+    its id, for an operator): only `setting` is set, which the table's read-only lookup policy
+    admits, and it is cleared after. Row-level security stays on; the tenant policy still sees
+    nothing. (A producer's API key by its hash sets its setting in the statement that reads it:
+    `ApiKeyManager.pre_tenant_by_hash`.)
 
     Inside a request's transaction it takes no savepoint of its own (a failed lookup fails the
     request); outside any, it is its own transaction.

@@ -12,7 +12,14 @@ from rest_framework.test import APIRequestFactory
 
 from runs.models import Diagnostic, Event, Run, RunNode
 from tenants.api import TenantAPIView
-from tenants.context import NoTenantError, tenant_current_or_none, tenant_request, tenant_scope, tenant_task
+from tenants.context import (
+    NoTenantError,
+    request_transaction,
+    tenant_bound,
+    tenant_current_or_none,
+    tenant_scope,
+    tenant_task,
+)
 from tenants.models import Membership, Tenant
 from tenants.permissions import HasTenant
 
@@ -67,7 +74,7 @@ def test_on_sqlite_a_request_opens_no_transaction(world):
     if connection.vendor != "sqlite":
         pytest.skip("SQLite's behaviour")
     depth = len(connection.atomic_blocks)
-    with tenant_request(world.acme) as atomic:
+    with request_transaction() as atomic, tenant_bound(world.acme):
         assert atomic is False
         assert len(connection.atomic_blocks) == depth
         assert tenant_current_or_none() == world.acme
