@@ -14,6 +14,7 @@ import pytest
 
 from tenants.context import tenant_scope
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
+from tests.servers import ServerDidNotStart, served
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared"
@@ -305,47 +306,16 @@ def scope_server(
     env: dict[str, str], *args: str, port: int | None = None, ready_path: str = "/api/v1/schema/"
 ) -> Iterator[str]:
     """`manage.py serve` in a subprocess on loopback (a free port unless given), until the block
-    ends; yields its URL.
+    ends; yields its URL (`tests.servers.served`).
 
     Waits until it answers; if it dies or never answers, the test fails with the server's output.
     """
-    import socket
-    import tempfile
-    import time
-    import urllib.error
-    import urllib.request
-
-    if port is None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-    log = tempfile.NamedTemporaryFile("w+", prefix="kahn-serve-", suffix=".log")  # noqa: SIM115
-    command = [sys.executable, str(PROJECT / "manage.py"), "serve", "--port", str(port), *args]
-    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        with served(env, *args, port=port, ready_path=ready_path) as server:
             try:
-                with urllib.request.urlopen(f"{url}{ready_path}", timeout=2):
-                    break
-            except urllib.error.HTTPError:
-                break  # it answers: a 401 or 404 is an answer
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"manage.py serve did not start:\n{log.read()}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.seek(0)
-        # Shown with a failing test's output: the server's own account of what went wrong.
-        print(f"--- manage.py serve {' '.join(args)} ---\n{log.read()}")
-        log.close()
+                yield server.url
+            finally:
+                # Shown with a failing test's output: the server's own account of what went wrong.
+                print(f"--- manage.py serve {' '.join(args)} ---\n{server.output()}")
+    except ServerDidNotStart as failure:
+        pytest.fail(str(failure))

@@ -218,48 +218,20 @@ def server_env(url: str, world: World, redis_url: str) -> dict[str, str]:
 @contextmanager
 def serving(name: str, env: dict[str, str]) -> Iterator[str]:
     """`manage.py serve` in cloud mode, started as `name` says; its log is shown if a measurement fails."""
-    import requests
+    from tests.servers import ServerDidNotStart, free_port, served
 
-    from tests.tenants.conftest import free_port
-
-    port = free_port()
-    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed below, after the server)
-    command = [
-        sys.executable,
-        str(PROJECT / "manage.py"),
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    args = ["--host", "127.0.0.1", *SERVERS[name]]
     if "--http-workers" in SERVERS[name]:
-        command += ["--ws-port", str(free_port())]  # not the default --port + 1, which may be taken
-    server = subprocess.Popen([*command, *SERVERS[name]], env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+        args += ["--ws-port", str(free_port())]  # not the default --port + 1, which may be taken
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        with served(env, *args, ready_path="/signed-out/") as server:
             try:
-                if requests.get(f"{base}/signed-out/", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass  # not listening yet, or its workers still starting
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise MeasurementFailed(f"{name} did not start")
-            time.sleep(0.2)
-        yield base
-    except MeasurementFailed as failure:
-        log.seek(0)
-        sys.exit(f"bench_ingest_http: {failure}\n--- the server's log ({name}) ---\n{log.read()[-6000:]}")
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+                yield server.url
+            except MeasurementFailed as failure:
+                log = server.output()[-6000:]
+                sys.exit(f"bench_ingest_http: {failure}\n--- the server's log ({name}) ---\n{log}")
+    except ServerDidNotStart as failure:
+        sys.exit(f"bench_ingest_http: {name}: {failure}")
 
 
 class MeasurementFailed(Exception):

@@ -32,13 +32,9 @@ import asyncio
 import json
 import os
 import queue
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +43,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT))
 
 from tests.bench.bench_database import recreate_database  # noqa: E402 (needs the path above)
+from tests.servers import ServerDidNotStart, served  # noqa: E402
 
 PREFIX = f"kahn-bench-{uuid.uuid4().hex[:8]}"
 PEPPER = "bench-live-pepper-" + uuid.uuid4().hex
@@ -80,16 +77,13 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
     tenant, key = make_tenant_and_key()
-    port = free_port()
-    server, log = start_server(url, redis_url, port)
-    base = f"http://127.0.0.1:{port}"
     try:
-        wait_until_up(base, server, log)
-        results = asyncio.run(measure(args, base, key, tenant.pk, redis_url))
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
-    report(args, results, log)
+        with served(cloud_env(url, redis_url), "--host", "127.0.0.1") as server:
+            results = asyncio.run(measure(args, server.url, key, tenant.pk, redis_url))
+            output = server.output()
+    except ServerDidNotStart as failure:
+        sys.exit(f"bench_live: {failure}")
+    report(args, results, output)
 
 
 # ---------------------------------------------------------------- setting up
@@ -100,12 +94,6 @@ def make_tenant_and_key():
 
     tenant = tenant_create(slug="bench", name="Bench")
     return tenant, api_key_create(tenant=tenant, name="bench")[1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def cloud_env(url: str, redis_url: str) -> dict[str, str]:
@@ -134,32 +122,6 @@ def cloud_env(url: str, redis_url: str) -> dict[str, str]:
         # The plan's rate limit would cap the loss test; it is not what is measured here.
         "KAHN_RATE_LIMITS": "false",
     }
-
-
-def start_server(url: str, redis_url: str, port: int):
-    log = tempfile.NamedTemporaryFile("w+", prefix="bench-live-serve-", suffix=".log")  # noqa: SIM115
-    server = subprocess.Popen(
-        [sys.executable, str(PROJECT / "manage.py"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=cloud_env(url, redis_url),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    return server, log
-
-
-def wait_until_up(base: str, server, log) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/api/v1/schema/", timeout=2)
-            return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                sys.exit(f"the server did not start:\n{log.read()}")
-            time.sleep(0.2)
 
 
 # ---------------------------------------------------------------- measuring
@@ -385,7 +347,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def report(args, results: dict, log) -> None:
+def report(args, results: dict, output: str) -> None:
     print()
     print("latency, ms (one daphne process, cloud mode: Redis and PostgreSQL, all on this machine)")
     print(f"{'':<40}{'p50':>8}{'p99':>8}{'samples':>9}{'missing':>9}")
@@ -415,8 +377,7 @@ def report(args, results: dict, log) -> None:
         results[("loss", c)]["lost"] + results[("loss", c)]["duplicates"] for c in (1, args.subscribers)
     )
     verdict(f"nothing lost or doubled at {args.rate} events/s: {lost}", lost == 0)
-    log.seek(0)
-    errors = [line for line in log.read().splitlines() if "Traceback" in line or "ERROR" in line]
+    errors = [line for line in output.splitlines() if "Traceback" in line or "ERROR" in line]
     if errors:
         print(f"server log: {len(errors)} error lines, e.g. {errors[0]}")
 

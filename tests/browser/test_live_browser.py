@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from playwright.sync_api import expect
 
 from tests.browser.conftest import ARTIFACTS
 from tests.conftest import ARCHIVE_TOOL, manage_env, scope_server
+from tests.servers import free_port
 
 # How long the page may take to show what was appended: a bound against hanging, not a measure.
 PATIENCE_MS = 20_000
@@ -47,12 +47,6 @@ def node(page, node_id: str):
     return page.locator(f'.dag g.node[data-node="{node_id}"]')
 
 
-def a_free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.usefixtures("transactional_db", "local_tenant")
 def test_history_and_run_page_follow_a_run_as_it_is_written(browser_page, tmp_path):
     page = browser_page
@@ -62,7 +56,7 @@ def test_history_and_run_page_follow_a_run_as_it_is_written(browser_page, tmp_pa
     folder = archive / "runs" / "run_live"
     first = next(i for i, line in enumerate(lines) if '"node_attempt"' in line)  # two nodes running
     middle = next(i for i, line in enumerate(lines) if '"api-routes"' in line)
-    env, port = manage_env(KAHN_ARCHIVE=str(archive)), a_free_port()
+    env, port = manage_env(KAHN_ARCHIVE=str(archive)), free_port()
 
     with scope_server(env, "--follow-interval", "0.1", port=port) as url:
         page.goto(f"{url}/")

@@ -1,7 +1,6 @@
 """`manage.py serve`: the pages and the API over real HTTP from daphne, loopback only in OSS mode."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from tests.conftest import PROJECT, manage, manage_env
+from tests.servers import free_port
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::", "example.com", "scope.internal"])
@@ -43,12 +43,6 @@ def test_cloud_mode_asked_for_on_the_command_line_boots_as_cloud():
     assert finished.returncode != 0
     # Settings were loaded again in cloud mode, which names what it lacks.
     assert "DJANGO_SECRET_KEY is not set" in finished.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def fetch(url: str) -> tuple[int, str, str]:

@@ -23,7 +23,8 @@ from tenants.services import api_key_create
 from tests.conftest import scope_server, world_build
 from tests.runs.live_client import LiveClient
 from tests.runs.test_live_socket import event
-from tests.tenants.conftest import POSTGRES_ONLY, cloud_server_env, free_port
+from tests.servers import free_port
+from tests.tenants.conftest import POSTGRES_ONLY, cloud_server_env
 from tests.tenants.conftest import service_role as service_role  # the fixture, for this directory
 
 

@@ -3,7 +3,6 @@ of a cloud-mode server in a subprocess (tests.conftest.scope_server)."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -109,13 +108,6 @@ def as_service(service_role, transactional_db) -> Iterator[str]:
     """
     with connected_as(service_role):
         yield service_role
-
-
-def free_port() -> int:
-    """A loopback port free right now, for a server subprocess to listen on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def cloud_server_env(service_role: str, **extra: str) -> dict[str, str]:

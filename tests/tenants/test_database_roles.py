@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from tests.conftest import PROJECT, manage, manage_env
-from tests.tenants.conftest import POSTGRES_ONLY, free_port
+from tests.servers import free_port
+from tests.tenants.conftest import POSTGRES_ONLY
 
 pytestmark = POSTGRES_ONLY
 
