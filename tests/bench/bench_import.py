@@ -35,7 +35,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 TOOL = PROJECT.parent / "shared" / "tools" / "kahn_archive.py"
 sys.path.insert(0, str(PROJECT))
 
-from tests.bench.bench_database import recreate_database  # noqa: E402 (needs the path above)
+from tests.bench.bench_database import bench_database_url, recreate_database  # noqa: E402 (needs the path above)
 
 
 def main() -> None:
@@ -49,11 +49,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported")
     args = parser.parse_args()
 
-    url = os.environ.get("DATABASE_URL", "")
-    if not url.startswith("postgres"):
-        sys.exit(
-            "bench_import: set DATABASE_URL to a PostgreSQL database the benchmark may drop and recreate"
-        )
+    url = bench_database_url("bench_import")
     archive = PROJECT / ".kahn" / "bench" / f"archive-{args.runs}x{args.nodes}"
     if not (archive / "runs").is_dir():
         print(f"writing the synthetic archive to {archive} ...", flush=True)

@@ -51,7 +51,8 @@ from urllib.parse import urlsplit
 PROJECT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT))
 
-from tests.bench.bench_import import copy_floor, recreate_database  # noqa: E402
+from tests.bench.bench_database import bench_database_url, recreate_database  # noqa: E402
+from tests.bench.bench_import import copy_floor  # noqa: E402
 
 BATCH_EVENTS = 500
 NODES = 40
@@ -83,9 +84,7 @@ def main() -> None:
     unknown = [name for name in servers if name not in SERVERS]
     if unknown:
         sys.exit(f"bench_ingest_http: unknown server {', '.join(unknown)} (known: {', '.join(SERVERS)})")
-    url = os.environ.get("DATABASE_URL", "")
-    if not url.startswith("postgres"):
-        sys.exit("bench_ingest_http: set DATABASE_URL to a PostgreSQL database it may drop and recreate")
+    url = bench_database_url("bench_ingest_http")
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     wrk = shutil.which("wrk")
     if wrk is None:

@@ -42,7 +42,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT))
 
-from tests.bench.bench_database import recreate_database  # noqa: E402 (needs the path above)
+from tests.bench.bench_database import bench_database_url, recreate_database  # noqa: E402 (needs the path above)
 from tests.servers import ServerDidNotStart, served  # noqa: E402
 
 PREFIX = f"kahn-bench-{uuid.uuid4().hex[:8]}"
@@ -63,9 +63,7 @@ def main() -> None:
     parser.add_argument("--posters", type=int, default=4, help="concurrent POSTing threads in the loss test")
     args = parser.parse_args()
 
-    url = os.environ.get("DATABASE_URL", "")
-    if not url.startswith("postgres"):
-        sys.exit("bench_live: set DATABASE_URL to a PostgreSQL database the benchmark may drop and recreate")
+    url = bench_database_url("bench_live")
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/12")
     recreate_database(url)
     os.environ.update({"KAHN_API_KEY_PEPPER": PEPPER, "DJANGO_SETTINGS_MODULE": "kahn_site.settings"})

@@ -41,7 +41,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 TOOL = PROJECT.parent / "shared" / "tools" / "kahn_archive.py"
 sys.path.insert(0, str(PROJECT))
 
-from tests.bench.bench_database import recreate_database  # noqa: E402 (needs the path above)
+from tests.bench.bench_database import bench_database_url, recreate_database  # noqa: E402 (needs the path above)
 
 DETAIL_RUN = "bench_2000_events"
 TARGET = 3.0
@@ -56,9 +56,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=30, help="requests per measurement; medians are shown")
     args = parser.parse_args()
 
-    url = os.environ.get("DATABASE_URL", "")
-    if not url.startswith("postgres"):
-        sys.exit("bench_read: set DATABASE_URL to a PostgreSQL database the benchmark may drop and recreate")
+    url = bench_database_url("bench_read")
     recreate_database(url)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kahn_site.settings")
     import django

@@ -30,7 +30,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT))
 
-from tests.bench.bench_database import recreate_database  # noqa: E402 (needs the path above)
+from tests.bench.bench_database import bench_database_url, recreate_database  # noqa: E402 (needs the path above)
 
 NOW = datetime(2026, 12, 1, 3, 30, tzinfo=UTC)
 NODES_PER_RUN = 20
@@ -47,11 +47,7 @@ def main() -> None:
     parser.add_argument("--batch-events", type=int, help="KAHN_RETENTION_BATCH_EVENTS (default: settings)")
     args = parser.parse_args()
 
-    url = os.environ.get("DATABASE_URL", "")
-    if not url.startswith("postgres"):
-        sys.exit(
-            "bench_retention: set DATABASE_URL to a PostgreSQL database the benchmark may drop and recreate"
-        )
+    url = bench_database_url("bench_retention")
     recreate_database(url)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kahn_site.settings")
     import django
