@@ -11,10 +11,13 @@ lock; a limiter outage must not turn into lost runs across every tenant.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import caches
+from django_ratelimit import core as ratelimit_core
 from django_ratelimit.core import get_usage
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
@@ -36,17 +39,35 @@ def _tenant_key(group: str, request: Any) -> str:
     return str(tenant_current().pk)
 
 
-def _window_usage(request: Request, *, spend: bool) -> dict[str, Any] | None:
-    return get_usage(request, group=GROUP, key=_tenant_key, rate=WINDOW_RATE, increment=spend)
+def _window_spend(request: Request) -> dict[str, Any] | None:
+    """Counts the request in its tenant's window and returns the window's usage: two round trips
+    (django-ratelimit adds the window's counter, then increments it)."""
+    return get_usage(request, group=GROUP, key=_tenant_key, rate=WINDOW_RATE, increment=True)
+
+
+def _window_refund(request: Request) -> None:
+    """Gives back what a refused request spent, so the window's count is what it accepted.
+
+    django-ratelimit counts up only; its own two helpers name the counter it just incremented
+    (hence the pin to its minor version in pyproject.toml). At a window's edge the name may be the
+    next window's: a counter not made yet is no error, and one made just then gives back one request.
+    """
+    tenant = _tenant_key(GROUP, request)
+    _, period = ratelimit_core._split_rate(WINDOW_RATE)
+    window = ratelimit_core._get_window(tenant, period)
+    cache_key = ratelimit_core._make_cache_key(GROUP, window, WINDOW_RATE, tenant, ratelimit_core.ALL)
+    with contextlib.suppress(ValueError):
+        caches[getattr(settings, "RATELIMIT_USE_CACHE", "default")].decr(cache_key)
 
 
 class TenantIngestRateThrottle(BaseThrottle):
     """A DRF throttle on the producer's writes: over the plan's rate, `429 rate_limited` with
     `Retry-After`; every counted response carries `X-RateLimit-Limit/-Remaining/-Reset`.
 
-    A window accepts at most the plan's limit, whatever the plan was earlier in it. A refused request
-    spends nothing, so the count is what was accepted: a producer retrying while limited does not push
-    its own reset further, and a raised limit lets exactly the difference through.
+    A window accepts at most the plan's limit, whatever the plan was earlier in it. A request spends
+    first and a refused one gives back what it spent, so the count is what was accepted: a producer
+    retrying while limited does not push its own reset further, and a raised limit lets exactly the
+    difference through.
     """
 
     def allow_request(self, request: Request, view: Any) -> bool:
@@ -54,13 +75,7 @@ class TenantIngestRateThrottle(BaseThrottle):
             return True
         limit = tenant_current().plan.ingest_requests_per_minute
         try:
-            usage = _window_usage(request, spend=False)
-            allowed = usage is not None and usage["count"] < limit
-            if allowed:
-                # Two replicas may both see the last place free; the count after spending says
-                # which of them took it.
-                usage = _window_usage(request, spend=True)
-                allowed = usage is not None and usage["count"] <= limit
+            usage = _window_spend(request)
         except Exception:
             logger.warning(
                 "ingest rate limit not applied: the rate limit cache is unreachable", exc_info=True
@@ -68,6 +83,15 @@ class TenantIngestRateThrottle(BaseThrottle):
             return True
         if usage is None:
             return True
+        allowed = usage["count"] <= limit
+        if not allowed:
+            # Two replicas may both take the last place; the count after spending says which of
+            # them got it, and the other gives its place back.
+            try:
+                _window_refund(request)
+                usage = {**usage, "count": usage["count"] - 1}
+            except Exception:
+                logger.warning("a refused request's rate limit count was not given back", exc_info=True)
         request.META["kahn.ratelimit"] = {**usage, "limit": limit}
         self.time_left = max(int(usage["time_left"]), 1)
         return allowed
