@@ -139,7 +139,9 @@ class _RowSink:
         self.staging = None
         self._rows = []
 
-    def close(self) -> None:
+    def close(self, writes: _Writes | None = None) -> None:
+        """Writes what is held. Rows that go in as one INSERT join `writes`, when given, to travel
+        with the flush's other writes (PostgreSQL only)."""
         if self._stack is not None:
             self._stack.close()
             self._stack = self._copy = None
@@ -152,18 +154,21 @@ class _RowSink:
                 self.staging = None
         if self._rows:
             rows, self._rows = self._rows, []
-            # Bound on the server: the rows' JSON travels as one parameter, not quoted into the SQL.
-            with bound_cursor() as cursor:
-                if self.copying:
-                    self._insert_in_one(cursor, rows)
-                else:
-                    placeholders = ", ".join(["%s"] * self.width)
+            if not self.copying:
+                placeholders = ", ".join(["%s"] * self.width)
+                with connection.cursor() as cursor:
                     cursor.executemany(
                         f"INSERT INTO {self.table} ({self.names}) VALUES ({placeholders})", rows
                     )
+                return
+            own = _Writes() if writes is None else writes
+            own.add(*self._insert_in_one(rows))
+            if writes is None:
+                own.execute()
 
-    def _insert_in_one(self, cursor: Any, rows: list[tuple[Any, ...]]) -> None:
-        cursor.execute(
+    def _insert_in_one(self, rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+        """The INSERT of `rows` as one statement and its parameters."""
+        return (
             f"INSERT INTO {self.table} ({self.names}) SELECT {self.names} "
             f"FROM jsonb_to_recordset(%s::jsonb) AS r({self.record})",
             [self._as_json(rows)],
@@ -183,6 +188,35 @@ class _RowSink:
                     record[columns[index]] = value.obj
             records.append(record)
         return orjson.dumps(records).decode()
+
+
+class _Writes:
+    """The one-statement writes of a flush, sent to PostgreSQL as one statement: a producer's batch
+    (its events, its run row, its changed nodes) costs one round trip instead of three.
+
+    Each write is an INSERT or UPDATE bound on the server; all but the last travel as data-modifying
+    WITH clauses of the last. They cannot see one another's rows, and need not: each writes rows
+    no other touches, and the foreign keys between them (deferred) are checked at commit.
+    """
+
+    def __init__(self) -> None:
+        self._statements: list[str] = []
+        self._params: list[Any] = []
+
+    def add(self, sql: str, params: list[Any]) -> None:
+        self._statements.append(sql)
+        self._params.extend(params)
+
+    def execute(self) -> None:
+        if not self._statements:
+            return
+        *clauses, last = self._statements
+        sql = last
+        if clauses:
+            sql = "WITH " + ", ".join(f"w{i} AS ({clause})" for i, clause in enumerate(clauses)) + " " + last
+        with bound_cursor() as cursor:
+            cursor.execute(sql, self._params)
+        self._statements, self._params = [], []
 
 
 @dataclass(frozen=True)
@@ -226,7 +260,7 @@ class _EventSink(_RowSink):
     def __init__(self) -> None:
         super().__init__(Event, EVENT_COLUMNS)
 
-    def _insert_in_one(self, cursor: Any, rows: list[tuple[Any, ...]]) -> None:
+    def _insert_in_one(self, rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
         # Consecutive seqs of one run form a group; the write path appends them in that order.
         groups: list[tuple[int, int, int, list[str]]] = []
         for run_pk, seq, tenant_id, _ts, _kind, _node, payload in rows:
@@ -246,7 +280,7 @@ class _EventSink(_RowSink):
                 for run_pk, first_seq, tenant_id, payloads in groups
             ]
         ).decode()
-        cursor.execute(
+        return (
             f"INSERT INTO {self.table} ({self.names}) "
             "SELECT g.run_id, g.first_seq + e.n - 1, g.tenant_id, (e.p ->> 'ts')::timestamptz, "
             "e.p ->> 'event', e.p ->> 'node', e.p "
@@ -425,18 +459,21 @@ class RunBatch:
     def flush(self) -> list[RunChange]:
         """Writes every change; returns them, with each run row as now stored."""
         # Not in psycopg's pipeline mode: waiting for a pipeline's results spins on the socket in
-        # Python, and under load that cost more CPU than the round trips it saved.
-        self.events.close()
+        # Python, and under load that cost more CPU than the round trips it saved. Instead the
+        # writes that are one statement each travel as one (`_Writes`).
+        writes = _Writes()
+        self.events.close(writes)
         changes = [c for c in self.changes.values() if c.touched]
         now = timezone.now()
         for change in changes:
             self._advance_row(change, now)
-        self._insert_rows([c.run for c in changes if c.created])
+        self._insert_rows([c.run for c in changes if c.created], writes)
         updated = [c for c in changes if not c.created]
-        self._update_rows([c.run for c in updated if c.documents_changed], ROW_FIELDS)
-        self._update_rows([c.run for c in updated if not c.documents_changed], PROGRESS_FIELDS)
+        self._update_rows([c.run for c in updated if c.documents_changed], ROW_FIELDS, writes)
+        self._update_rows([c.run for c in updated if not c.documents_changed], PROGRESS_FIELDS, writes)
+        self._write_nodes([c for c in changes if c.nodes_changed], writes)
+        writes.execute()
         self._write_diagnostics(changes)
-        self._write_nodes([c for c in changes if c.nodes_changed])
         self.changes.clear()
         return changes
 
@@ -461,15 +498,15 @@ class RunBatch:
             setattr(run, name, getattr(run, name) + 1)
         run.updated_at = now
 
-    def _insert_rows(self, runs: list[Run]) -> None:
+    def _insert_rows(self, runs: list[Run], writes: _Writes) -> None:
         columns = ("id", "tenant", "run_id", "created_at", *ROW_FIELDS)
         sink = _RowSink(Run, ("id", "tenant_id", *columns[2:]))
         write = sink.writer()
         for run in runs:
             write(_row_values(run, columns))
-        sink.close()
+        sink.close(writes)
 
-    def _update_rows(self, runs: list[Run], fields: tuple[str, ...]) -> None:
+    def _update_rows(self, runs: list[Run], fields: tuple[str, ...], writes: _Writes) -> None:
         if not runs:
             return
         assignments = ", ".join(
@@ -481,11 +518,11 @@ class RunBatch:
         # as parameters instead of being quoted into the SQL text by Python, the statement is
         # prepared after a few uses, and psycopg pipelines executemany, so hundreds of runs cost
         # about one round trip.
+        if len(params) == 1 and connection.vendor == "postgresql":
+            writes.add(sql, list(params[0]))  # a producer's batch: with its other writes
+            return
         with bound_cursor() as cursor:
-            if len(params) == 1:
-                cursor.execute(sql, params[0])  # a producer's batch: no pipeline to set up
-            else:
-                cursor.executemany(sql, params)
+            cursor.executemany(sql, params)
 
     def _write_diagnostics(self, changes: list[RunChange]) -> None:
         rows = [
@@ -505,7 +542,7 @@ class RunBatch:
         if rows:
             Diagnostic.objects.bulk_create(rows)
 
-    def _write_nodes(self, changes: list[RunChange]) -> None:
+    def _write_nodes(self, changes: list[RunChange], writes: _Writes) -> None:
         # A batch moves few of a run's nodes: new nodes are inserted and changed ones updated, so a
         # producer's single event costs one node row, not a rewrite of the run's DAG.
         sink = _RowSink(RunNode, NODE_COLUMNS)
@@ -519,27 +556,35 @@ class RunBatch:
                     write((change.run.pk, self.tenant.pk, node, position, state, attempts))
                 elif before != (position, state, attempts):
                     changed.append((position, state, attempts, change.run.pk, node, self.tenant.pk))
-        sink.close()
+        sink.close(writes)
         if not changed:
             return
         table = connection.ops.quote_name(RunNode._meta.db_table)
-        if connection.vendor == "postgresql":
-            # One statement, the rows as one JSON parameter: a batch that moves every node of a run
-            # costs one round trip and one plan, and no client-side parsing of a placeholder a value.
-            # The run ids are named apart: the planner cannot see inside the JSON, and without them
-            # it hashes every node row of the tenant to join a handful (milliseconds per request).
+        if connection.vendor == "postgresql" and len(changed) == 1:
+            # A producer's event moves one node: found by the (run, node) unique index, with a plan
+            # PostgreSQL makes once and keeps (a JSON recordset's rows are unknown to the planner,
+            # whose kept plan for it scanned every node row of the tenant).
+            writes.add(
+                f"UPDATE {table} SET position = %s, state = %s, attempts = %s "
+                "WHERE run_id = %s AND node_id = %s AND tenant_id = %s",
+                list(changed[0]),
+            )
+        elif connection.vendor == "postgresql":
+            # Several nodes, one statement, the rows as one JSON parameter: a batch that moves every
+            # node of a run costs one plan, and no client-side parsing of a placeholder a value. The
+            # run ids are named apart: the planner cannot see inside the JSON, and without them it
+            # hashes every node row of the tenant to join a handful (milliseconds per request).
             names = ("position", "state", "attempts", "run_id", "node_id")
             records = orjson.dumps([dict(zip(names, row[:5], strict=True)) for row in changed]).decode()
             run_pks = sorted({row[3] for row in changed})
-            with bound_cursor() as cursor:
-                cursor.execute(
-                    f"UPDATE {table} AS n SET position = v.position, state = v.state, attempts = v.attempts "
-                    "FROM jsonb_to_recordset(%s::jsonb) "
-                    "AS v(position integer, state varchar, attempts integer, run_id bigint, node_id varchar) "
-                    "WHERE n.run_id = ANY(%s) AND n.run_id = v.run_id AND n.node_id = v.node_id "
-                    "AND n.tenant_id = %s",
-                    [records, run_pks, self.tenant.pk],
-                )
+            writes.add(
+                f"UPDATE {table} AS n SET position = v.position, state = v.state, attempts = v.attempts "
+                "FROM jsonb_to_recordset(%s::jsonb) "
+                "AS v(position integer, state varchar, attempts integer, run_id bigint, node_id varchar) "
+                "WHERE n.run_id = ANY(%s) AND n.run_id = v.run_id AND n.node_id = v.node_id "
+                "AND n.tenant_id = %s",
+                [records, run_pks, self.tenant.pk],
+            )
         else:
             with connection.cursor() as cursor:
                 cursor.executemany(
@@ -588,7 +633,11 @@ def _runs_locked(tenant: Tenant, run_ids: list[str]) -> list[Run]:
     if not run_ids:
         return []
     run = columns(Run, "r")
-    if connection.vendor == "postgresql":
+    if connection.vendor == "postgresql" and len(run_ids) == 1:
+        # A producer's request: a plan PostgreSQL makes once and keeps (for an array it planned anew
+        # each time, which cost more than the lookup).
+        where, params, lock = "r.run_id = %s", [tenant.pk, run_ids[0]], " FOR UPDATE"
+    elif connection.vendor == "postgresql":
         where, params, lock = "r.run_id = ANY(%s)", [tenant.pk, run_ids], " FOR UPDATE"
     else:  # one writer at a time: SQLite has no row locks to take
         where, params, lock = f"r.run_id IN ({', '.join(['%s'] * len(run_ids))})", [tenant.pk, *run_ids], ""
