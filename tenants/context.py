@@ -153,15 +153,33 @@ def directly_in_request_transaction(*, using: str = "default") -> bool:
 
 
 @contextmanager
-def tenant_bound(tenant: Tenant | None, *, using: str = "default") -> Iterator[None]:
+def tenant_bound(
+    tenant: Tenant | None, *, using: str = "default", bound_in_database: bool = False
+) -> Iterator[None]:
     """Acts for `tenant` for the rest of the enclosing transaction (or for no tenant yet): in code,
-    and on PostgreSQL for row-level security. No savepoint of its own: a request pays for none."""
+    and on PostgreSQL for row-level security. No savepoint of its own: a request pays for none.
+
+    `bound_in_database`: the transaction's own statement already bound `tenant` (a producer's API
+    key binds its tenant in the statement that reads it), so only the code learns of it here.
+    """
     if tenant is None:
         yield
         return
     outer = tenant_current_or_none()
-    with tenant_scope(tenant), _tenant_in_database(tenant, outer, using):
+    binding = (
+        _tenant_known_bound(tenant, using) if bound_in_database else _tenant_in_database(tenant, outer, using)
+    )
+    with tenant_scope(tenant), binding:
         yield
+
+
+@contextmanager
+def _tenant_known_bound(tenant: Tenant, using: str) -> Iterator[None]:
+    token = _tenant_bound_in_database.set((tenant.pk, connections[using]))
+    try:
+        yield
+    finally:
+        _tenant_bound_in_database.reset(token)
 
 
 @contextmanager

@@ -54,7 +54,7 @@ class _TenantMiddleware:
             if chosen is not None:
                 # The user's role in the chosen tenant; an API key is no one's membership.
                 request.membership = next((m for m in request.memberships if m.tenant_id == chosen.pk), None)
-            with tenant_bound(chosen):
+            with tenant_bound(chosen, bound_in_database=getattr(request, "api_key", None) is not None):
                 response = self.get_response(request)
             if atomic and response.status_code >= 400:
                 # A request answered with an error writes nothing: what a view wrote before it
@@ -77,7 +77,8 @@ class CloudTenantMiddleware(_TenantMiddleware):
     def choose_tenant(self, request: HttpRequest) -> Tenant | HttpResponse | None:
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer":
-            api_key = api_key_find(credentials.strip())
+            # The key's lookup binds its tenant in the database too (see `tenant_bound`).
+            api_key = api_key_find(credentials.strip(), bind_tenant=True)
             if api_key is None:
                 return _invalid_api_key()
             request.api_key = api_key

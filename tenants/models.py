@@ -6,13 +6,13 @@ from datetime import datetime
 
 from django.conf import settings
 from django.core.validators import RegexValidator
-from django.db import connection, models
+from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from billing.models import Plan, plan_default_id
-from kahn_site.rows import columns
-from tenants.context import API_KEY_HASH_SETTING
+from kahn_site.rows import bound_cursor, columns
+from tenants.context import API_KEY_HASH_SETTING, TENANT_SETTING
 from tenants.scoping import TenantScopedManager
 
 # The one tenant of OSS mode, created by migration: every OSS run belongs to it.
@@ -127,16 +127,21 @@ class StaffAccess(models.Model):
 
 
 class ApiKeyManager(TenantScopedManager["ApiKey"]):
-    def pre_tenant_by_hash(self, key_hash: str) -> "ApiKey | None":
+    def pre_tenant_by_hash(self, key_hash: str, *, bind_tenant: bool = False) -> "ApiKey | None":
         """The key with this hash, with its tenant and the tenant's plan, read before the tenant is
         known; None if there is none.
 
         The one narrow pre-tenant path for keys (`tenants.services.api_key_find`): on PostgreSQL it
-        sets `kahn.api_key_hash`, which the table's read-only policy admits, and reads, in one round
-        trip. The setting lasts as long as the caller's transaction (a request's), where it admits
-        that one key, the request's own; with no transaction open, the two statements are one.
-        Every producer's request makes this read, so it is hand-written (`kahn_site.rows`), not a
-        queryset compiled anew each time.
+        sets `kahn.api_key_hash`, which the table's read-only policy admits, then reads. The setting
+        lasts as long as the caller's transaction (a request's), where it admits that one key, the
+        request's own; with no transaction open, the two statements get one of their own.
+
+        `bind_tenant`: the read also binds the key's tenant for row-level security, for the rest of
+        the transaction, if the key is neither revoked nor expired (else it binds none): a
+        producer's request acts for its key's tenant, and binding it costs no round trip of its own.
+
+        Every producer's request makes this read, so both statements are hand-written
+        (`kahn_site.rows`) and bound on the server: PostgreSQL plans each once per connection.
         """
         key, tenant, plan = columns(ApiKey, "k"), columns(Tenant, "t"), columns(Plan, "p")
         select = (
@@ -144,16 +149,26 @@ class ApiKeyManager(TenantScopedManager["ApiKey"]):
             f"JOIN {Tenant._meta.db_table} t ON t.id = k.tenant_id "
             f"JOIN {Plan._meta.db_table} p ON p.id = t.plan_id WHERE k.key_hash = %s"
         )
-        with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                # Django's cursors bind on the client, so two statements can travel as one query.
-                cursor.execute(
-                    f"SELECT set_config(%s, %s, true); {select}", [API_KEY_HASH_SETTING, key_hash, key_hash]
-                )
-                cursor.nextset()
-            else:
+        if connection.vendor != "postgresql":
+            with connection.cursor() as cursor:
                 cursor.execute(select, [key_hash])
-            row = cursor.fetchone()
+                row = cursor.fetchone()
+        else:
+            if bind_tenant:
+                # In the select list: evaluated only for the row the lookup policy let through.
+                select = select.replace(
+                    "SELECT ",
+                    "SELECT set_config(%s, CASE WHEN k.revoked_at IS NULL AND (k.expires_at IS NULL "
+                    "OR k.expires_at > now()) THEN k.tenant_id::text ELSE '' END, true), ",
+                    1,
+                )
+            params = [TENANT_SETTING, key_hash] if bind_tenant else [key_hash]
+            with transaction.atomic(savepoint=False), bound_cursor() as cursor:
+                cursor.execute("SELECT set_config(%s, %s, true)", [API_KEY_HASH_SETTING, key_hash])
+                cursor.execute(select, params)
+                row = cursor.fetchone()
+            if row is not None and bind_tenant:
+                row = row[1:]
         if row is None:
             return None
         api_key = key.instance(row)

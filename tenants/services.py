@@ -153,14 +153,16 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
     return api_key
 
 
-def api_key_find(key: str) -> ApiKey | None:
+def api_key_find(key: str, *, bind_tenant: bool = False) -> ApiKey | None:
     """The active key `key` is, with its tenant and plan; None for anything else (malformed,
     unknown, revoked, expired). The tenant comes from the stored key, never from the prefix text.
-    Inside a request's transaction it adds no transaction of its own, and costs one round trip."""
+    Inside a request's transaction it adds no transaction of its own. `bind_tenant`: the read also
+    binds an active key's tenant for row-level security (`ApiKeyManager.pre_tenant_by_hash`); the
+    caller refuses the request at once if this says None."""
     if not API_KEY_PATTERN.match(key):
         return None
     key_hash = api_key_hash(key)
-    api_key = ApiKey.objects.pre_tenant_by_hash(key_hash)
+    api_key = ApiKey.objects.pre_tenant_by_hash(key_hash, bind_tenant=bind_tenant)
     # The lookup already matched the hash; compare again in constant time all the same.
     if api_key is None or not hmac.compare_digest(api_key.key_hash, key_hash):
         return None

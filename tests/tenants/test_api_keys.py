@@ -226,3 +226,37 @@ def test_keys_are_found_and_events_stored_as_the_service_role(service_role, tran
     globex_key = key_for(world.globex)
     with connected_as(service_role):
         assert get(cloud, globex_key, "/api/v1/runs/rls/").status_code == 404
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL (row-level security)")
+def test_a_producers_key_binds_its_tenant_in_the_read_that_finds_it_and_a_dead_key_binds_none(
+    service_role, transactional_db
+):
+    from django.db import transaction
+
+    from tenants.context import TENANT_SETTING
+    from tenants.services import api_key_find, api_key_revoke
+    from tests.conftest import run_record, world_build
+
+    world = world_build()
+    run_record(world.acme, "acme_run")
+    run_record(world.globex, "globex_run")
+    live, dead = key_for(world.acme, "live"), key_for(world.acme, "dead")
+    api_key_revoke(api_key=api_key_find(dead))
+
+    def bound_after_finding(key: str) -> tuple[object, str | None, int]:
+        with connected_as(service_role), transaction.atomic(), connection.cursor() as cursor:
+            found = api_key_find(key, bind_tenant=True)
+            cursor.execute("SELECT current_setting(%s, true)", [TENANT_SETTING])
+            (bound,) = cursor.fetchone()
+            # What row-level security lets this transaction see: the bound tenant's runs, or none.
+            cursor.execute("SELECT count(*) FROM runs_run")
+            (visible,) = cursor.fetchone()
+        return found, bound, visible
+
+    found, bound, visible = bound_after_finding(live)
+    assert found.tenant == world.acme and bound == str(world.acme.pk)
+    assert visible == Run.objects.unscoped().filter(tenant=world.acme).count() == 1
+    found, bound, visible = bound_after_finding(dead)
+    assert found is None and bound == "" and visible == 0
