@@ -509,10 +509,7 @@ class RunBatch:
     def _update_rows(self, runs: list[Run], fields: tuple[str, ...], writes: _Writes) -> None:
         if not runs:
             return
-        assignments = ", ".join(
-            f"{connection.ops.quote_name(Run._meta.get_field(f).column)} = %s" for f in fields
-        )
-        sql = f"UPDATE {Run._meta.db_table} SET {assignments} WHERE id = %s"
+        sql = _update_sql(fields)
         params = [(*_row_values(run, fields), run.pk) for run in runs]
         # On PostgreSQL, bound on the server (kahn_site.rows.bound_cursor): the JSON columns travel
         # as parameters instead of being quoted into the SQL text by Python, the statement is
@@ -600,10 +597,11 @@ def _row_values(run: Run, names: tuple[str, ...] = ROW_FIELDS) -> tuple[Any, ...
     text and aware datetimes itself), on SQLite each is prepared by its own field (SQLite stores
     times as Django's text, not the driver's). Every producer's request writes one run row."""
     values = []
+    on_postgresql = connection.vendor == "postgresql"
     for attname, is_json, model_field in _row_fields(names, connection.vendor):
         value = getattr(run, attname)
         if is_json:
-            values.append(None if value is None else _json_param(value))
+            values.append(None if value is None else _json_param(value, on_postgresql))
         elif model_field is None:
             values.append(value)
         else:
@@ -618,9 +616,17 @@ def _row_fields(names: tuple[str, ...], vendor: str) -> tuple[tuple[str, bool, A
     return tuple((f.attname, isinstance(f, JSONField), None if vendor == "postgresql" else f) for f in fields)
 
 
-def _json_param(value: Any) -> Any:
+def _json_param(value: Any, on_postgresql: bool) -> Any:
     text = orjson.dumps(value).decode()
-    return Jsonb(value, dumps=lambda _: text) if connection.vendor == "postgresql" else text
+    return Jsonb(value, dumps=lambda _: text) if on_postgresql else text
+
+
+@functools.cache
+def _update_sql(fields: tuple[str, ...]) -> str:
+    """The UPDATE of these run fields by id, written once (every producer's request runs one)."""
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(Run._meta.get_field(f).column)} = %s" for f in fields)
+    return f"UPDATE {Run._meta.db_table} SET {assignments} WHERE id = %s"
 
 
 def _runs_locked(tenant: Tenant, run_ids: list[str]) -> list[Run]:
