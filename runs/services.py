@@ -571,16 +571,20 @@ class RunBatch:
             # node of a run costs one plan, and no client-side parsing of a placeholder a value. The
             # run ids are named apart: the planner cannot see inside the JSON, and without them it
             # hashes every node row of the tenant to join a handful (milliseconds per request).
+            # A producer's batch moves the nodes of one run: named as one value, so that the plan
+            # PostgreSQL keeps reads that run's rows by index (for an array it kept one that read
+            # every node row of the tenant).
             names = ("position", "state", "attempts", "run_id", "node_id")
             records = orjson.dumps([dict(zip(names, row[:5], strict=True)) for row in changed]).decode()
             run_pks = sorted({row[3] for row in changed})
+            runs_named, run_param = ("= %s", run_pks[0]) if len(run_pks) == 1 else ("= ANY(%s)", run_pks)
             writes.add(
                 f"UPDATE {table} AS n SET position = v.position, state = v.state, attempts = v.attempts "
                 "FROM jsonb_to_recordset(%s::jsonb) "
                 "AS v(position integer, state varchar, attempts integer, run_id bigint, node_id varchar) "
-                "WHERE n.run_id = ANY(%s) AND n.run_id = v.run_id AND n.node_id = v.node_id "
+                f"WHERE n.run_id {runs_named} AND n.run_id = v.run_id AND n.node_id = v.node_id "
                 "AND n.tenant_id = %s",
-                [records, run_pks, self.tenant.pk],
+                [records, run_param, self.tenant.pk],
             )
         else:
             with connection.cursor() as cursor:
