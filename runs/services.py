@@ -195,8 +195,8 @@ class _Writes:
     (its events, its run row, its changed nodes) costs one round trip instead of three.
 
     Each write is an INSERT or UPDATE bound on the server; all but the last travel as data-modifying
-    WITH clauses of the last. They cannot see one another's rows, and need not: each writes rows
-    no other touches, and the foreign keys between them (deferred) are checked at commit.
+    WITH clauses of the last. They cannot see one another's rows, and need not: each writes rows no
+    other reads or touches (the events, the run rows, the node rows).
     """
 
     def __init__(self) -> None:
