@@ -9,15 +9,13 @@ instance through the same database converters (JSON text, SQLite times) and `Mod
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
-import orjson
 import psycopg
 from django.db import connection, connections
-from django.db.models import JSONField, Model
+from django.db.models import Model
 
 M = TypeVar("M", bound=Model)
 
@@ -37,10 +35,6 @@ class Columns(Generic[M]):
         for index, model_field in enumerate(fields):
             column = model_field.get_col(alias)
             found = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
-            if isinstance(model_field, JSONField) and model_field.decoder is None:
-                # The same answer as the field's own (stdlib json), read several times faster:
-                # a producer's run row carries its DAG and reduction state on every request.
-                found = [_json_loaded if c == model_field.from_db_value else c for c in found]
             if found:
                 self.converters.append((index, column, found))
 
@@ -53,20 +47,6 @@ class Columns(Generic[M]):
                 value = convert(value, column, connection)
             values[index] = value
         return self.model.from_db(connection.alias, None, values)
-
-
-def _json_loaded(value: Any, expression: Any, connection: Any) -> Any:
-    """JSONField.from_db_value through orjson; the stdlib where orjson refuses (integers past 64
-    bits, which jsonb keeps exactly), and the text itself where neither reads it, as Django does."""
-    if value is None or not isinstance(value, str | bytes):
-        return value
-    try:
-        return orjson.loads(value)
-    except orjson.JSONDecodeError:
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
 
 
 @functools.cache
