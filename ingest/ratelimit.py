@@ -11,7 +11,6 @@ lock; a limiter outage must not turn into lost runs across every tenant.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
@@ -45,19 +44,18 @@ def _window_spend(request: Request) -> dict[str, Any] | None:
     return get_usage(request, group=GROUP, key=_tenant_key, rate=WINDOW_RATE, increment=True)
 
 
-def _window_refund(request: Request) -> None:
-    """Gives back what a refused request spent, so the window's count is what it accepted.
-
-    django-ratelimit counts up only; its own two helpers name the counter it just incremented
-    (hence the pin to its minor version in pyproject.toml). At a window's edge the name may be the
-    next window's: a counter not made yet is no error, and one made just then gives back one request.
-    """
-    tenant = _tenant_key(GROUP, request)
+def _window_of(request: Request) -> int:
+    """The window django-ratelimit spends from now, by its own helper (django-ratelimit counts up
+    only, and a refund needs the counter's name; hence the pin to its minor version)."""
     _, period = ratelimit_core._split_rate(WINDOW_RATE)
-    window = ratelimit_core._get_window(tenant, period)
-    cache_key = ratelimit_core._make_cache_key(GROUP, window, WINDOW_RATE, tenant, ratelimit_core.ALL)
-    with contextlib.suppress(ValueError):
-        caches[getattr(settings, "RATELIMIT_USE_CACHE", "default")].decr(cache_key)
+    return ratelimit_core._get_window(_tenant_key(GROUP, request), period)
+
+
+def _window_refund(request: Request, window: int) -> None:
+    """Gives back what a refused request spent in `window`, so its count is what it accepted."""
+    tenant = _tenant_key(GROUP, request)
+    counter = ratelimit_core._make_cache_key(GROUP, window, WINDOW_RATE, tenant, ratelimit_core.ALL)
+    caches[getattr(settings, "RATELIMIT_USE_CACHE", "default")].decr(counter)
 
 
 class TenantIngestRateThrottle(BaseThrottle):
@@ -75,6 +73,7 @@ class TenantIngestRateThrottle(BaseThrottle):
             return True
         limit = tenant_current().plan.ingest_requests_per_minute
         try:
+            window = _window_of(request)
             usage = _window_spend(request)
         except Exception:
             logger.warning(
@@ -84,11 +83,13 @@ class TenantIngestRateThrottle(BaseThrottle):
         if usage is None:
             return True
         allowed = usage["count"] <= limit
-        if not allowed:
-            # Two replicas may both take the last place; the count after spending says which of
-            # them got it, and the other gives its place back.
+        # Two replicas may both take the last place; the count after spending says which of them
+        # got it, and the other gives its place back. Only to the window it spent from: if a new
+        # window began meanwhile, which one it spent from is unknown, and it keeps its count
+        # rather than lift the next window's limit.
+        if not allowed and _window_of(request) == window:
             try:
-                _window_refund(request)
+                _window_refund(request, window)
                 usage = {**usage, "count": usage["count"] - 1}
             except Exception:
                 logger.warning("a refused request's rate limit count was not given back", exc_info=True)
