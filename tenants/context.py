@@ -187,8 +187,8 @@ def pre_tenant_lookup(setting: str, value: str, *, using: str = "default") -> It
     """The narrow path for reads made before the tenant is known (a user's memberships; a key by
     its id, for an operator): only `setting` is set, which the table's read-only lookup policy
     admits, and it is cleared after. Row-level security stays on; the tenant policy still sees
-    nothing. (A producer's API key by its hash sets its setting in the statement that reads it:
-    `ApiKeyManager.pre_tenant_by_hash`.)
+    nothing. (A producer's API key by its hash sets its setting just before the statement that
+    reads it, in the same transaction: `ApiKeyManager.pre_tenant_by_hash`.)
 
     Inside a request's transaction it takes no savepoint of its own (a failed lookup fails the
     request); outside any, it is its own transaction.

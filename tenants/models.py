@@ -127,7 +127,9 @@ class StaffAccess(models.Model):
 
 
 class ApiKeyManager(TenantScopedManager["ApiKey"]):
-    def pre_tenant_by_hash(self, key_hash: str, *, bind_tenant: bool = False) -> "ApiKey | None":
+    def pre_tenant_by_hash(
+        self, key_hash: str, *, bind_tenant: bool = False, now: datetime | None = None
+    ) -> "ApiKey | None":
         """The key with this hash, with its tenant and the tenant's plan, read before the tenant is
         known; None if there is none.
 
@@ -137,8 +139,9 @@ class ApiKeyManager(TenantScopedManager["ApiKey"]):
         request's own; with no transaction open, the two statements get one of their own.
 
         `bind_tenant`: the read also binds the key's tenant for row-level security, for the rest of
-        the transaction, if the key is neither revoked nor expired (else it binds none): a
+        the transaction, if the key is neither revoked nor expired at `now` (else it binds none): a
         producer's request acts for its key's tenant, and binding it costs no round trip of its own.
+        The caller judges the key by the same `now`, so the two never disagree.
 
         Every producer's request makes this read, so both statements are hand-written
         (`kahn_site.rows`) and bound on the server: PostgreSQL plans each once per connection.
@@ -159,10 +162,10 @@ class ApiKeyManager(TenantScopedManager["ApiKey"]):
                 select = select.replace(
                     "SELECT ",
                     "SELECT set_config(%s, CASE WHEN k.revoked_at IS NULL AND (k.expires_at IS NULL "
-                    "OR k.expires_at > now()) THEN k.tenant_id::text ELSE '' END, true), ",
+                    "OR k.expires_at > %s) THEN k.tenant_id::text ELSE '' END, true), ",
                     1,
                 )
-            params = [TENANT_SETTING, key_hash] if bind_tenant else [key_hash]
+            params = [TENANT_SETTING, now or timezone.now(), key_hash] if bind_tenant else [key_hash]
             with transaction.atomic(savepoint=False), bound_cursor() as cursor:
                 cursor.execute("SELECT set_config(%s, %s, true)", [API_KEY_HASH_SETTING, key_hash])
                 cursor.execute(select, params)

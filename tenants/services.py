@@ -162,11 +162,12 @@ def api_key_find(key: str, *, bind_tenant: bool = False) -> ApiKey | None:
     if not API_KEY_PATTERN.match(key):
         return None
     key_hash = api_key_hash(key)
-    api_key = ApiKey.objects.pre_tenant_by_hash(key_hash, bind_tenant=bind_tenant)
+    now = timezone.now()  # one instant for the database's binding and this check
+    api_key = ApiKey.objects.pre_tenant_by_hash(key_hash, bind_tenant=bind_tenant, now=now)
     # The lookup already matched the hash; compare again in constant time all the same.
     if api_key is None or not hmac.compare_digest(api_key.key_hash, key_hash):
         return None
-    if not api_key.is_active_at(timezone.now()):
+    if not api_key.is_active_at(now):
         return None
     if not key.startswith(f"{API_KEY_PREFIX}{api_key.tenant.key_prefix}_"):
         return None

@@ -242,8 +242,9 @@ def test_a_producers_key_binds_its_tenant_in_the_read_that_finds_it_and_a_dead_k
     world = world_build()
     run_record(world.acme, "acme_run")
     run_record(world.globex, "globex_run")
-    live, dead = key_for(world.acme, "live"), key_for(world.acme, "dead")
+    live, dead, expired = key_for(world.acme, "live"), key_for(world.acme, "dead"), key_for(world.acme, "old")
     api_key_revoke(api_key=api_key_find(dead))
+    ApiKey.objects.unscoped().filter(name="old").update(expires_at=timezone.now() - timedelta(seconds=1))
 
     def bound_after_finding(key: str) -> tuple[object, str | None, int]:
         with connected_as(service_role), transaction.atomic(), connection.cursor() as cursor:
@@ -258,5 +259,6 @@ def test_a_producers_key_binds_its_tenant_in_the_read_that_finds_it_and_a_dead_k
     found, bound, visible = bound_after_finding(live)
     assert found.tenant == world.acme and bound == str(world.acme.pk)
     assert visible == Run.objects.unscoped().filter(tenant=world.acme).count() == 1
-    found, bound, visible = bound_after_finding(dead)
-    assert found is None and bound == "" and visible == 0
+    for refused in (dead, expired):
+        found, bound, visible = bound_after_finding(refused)
+        assert found is None and bound == "" and visible == 0
