@@ -143,6 +143,11 @@ def _bad_node(value: Any) -> bool:
 _NODE_RULE = f"must be a non-empty string of at most {MAX_NODE_ID} characters, without NUL"
 
 
+def _bad_state(value: Any) -> bool:
+    # The type first: a list or an object cannot be looked up in a set (TypeError, not a refusal).
+    return type(value) is not str or value not in _STATES
+
+
 def _bad_count(value: Any) -> bool:
     # `type(...) is int` refuses booleans, which are ints to isinstance.
     return type(value) is not int or value < 0
@@ -151,9 +156,9 @@ def _bad_count(value: Any) -> bool:
 def _check_transition(event: dict, errors: list[FieldError]) -> None:
     if _bad_node(event.get("node")):
         errors.append(FieldError("node", _NODE_RULE))
-    if event.get("from") not in _STATES:
+    if _bad_state(event.get("from")):
         errors.append(FieldError("from", f"must be one of {', '.join(NODE_STATES)}"))
-    if event.get("to") not in _STATES:
+    if _bad_state(event.get("to")):
         errors.append(FieldError("to", f"must be one of {', '.join(NODE_STATES)}"))
     if _bad_count(event.get("attempt")):
         errors.append(FieldError("attempt", "must be an integer >= 0"))

@@ -190,8 +190,18 @@ def test_schema_errors_are_listed_by_index_and_field(client, started):
         (b"not json\n", ""),
         (b"[1]\n", ""),
         (b'{"seq":"0","ts":"2026-11-20T10:00:00.000Z","event":"note"}\n', "seq"),
+        (
+            b'{"ts":"2026-11-20T10:00:00.000Z","event":"transition","node":"a","from":[],'
+            b'"to":"running","attempt":1}\n',
+            "from",
+        ),
+        (
+            b'{"ts":"2026-11-20T10:00:00.000Z","event":"transition","node":"a","from":"pending",'
+            b'"to":{"state":"running"},"attempt":1}\n',
+            "to",
+        ),
     ],
-    ids=["nul", "invalid-utf8", "not-json", "not-an-object", "bad-seq"],
+    ids=["nul", "invalid-utf8", "not-json", "not-an-object", "bad-seq", "state-a-list", "state-an-object"],
 )
 def test_bad_bodies_are_400_with_a_reason(client, started, body, field):
     error = refused(client, "run_flaky", body, status=400, code="invalid_body")

@@ -223,6 +223,9 @@ def test_outcome_is_failed_on_a_nonzero_exit_even_when_every_node_is_done():
         ({"ts": T, "event": "run_end", "exit_code": "0"}, "exit_code"),
         ({"ts": T, "event": "run_start"}, "run_id"),
         (t("a", "pending", "sleeping", 1), "to"),
+        # Not a state, and not a string at all: refused, never a TypeError (a set cannot hold them).
+        (t("a", [], "running", 1), "from"),
+        (t("a", "pending", {"state": "running"}, 1), "to"),
         (t("a", "pending", "running", -1), "attempt"),
         (t("a", "pending", "running", True), "attempt"),
         (t("", "pending", "running", 1), "node"),
