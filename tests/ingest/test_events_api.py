@@ -340,10 +340,42 @@ def test_a_summary_that_disagrees_is_a_diagnostic(client, local_tenant):
 # ---------------------------------------------------------------- fuzz
 
 
+# Any JSON value, of any shape, for any field.
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=2) | st.dictionaries(st.text(max_size=3), children, max_size=2)
+    ),
+    max_leaves=4,
+)
+# Events of a kind with fields of its own, each field present or not and of any shape.
+KNOWN_KIND_EVENTS = st.fixed_dictionaries(
+    {"ts": st.just(T), "event": st.sampled_from(["run_start", "transition", "node_attempt", "run_end"])},
+    optional={
+        name: JSON_VALUES
+        for name in (
+            "run_id",
+            "graph",
+            "node",
+            "from",
+            "to",
+            "attempt",
+            "ok",
+            "duration_s",
+            "exit_code",
+            "error",
+        )
+    },
+)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     body=st.one_of(
         st.binary(max_size=300),
+        st.lists(KNOWN_KIND_EVENTS, min_size=1, max_size=4).map(
+            lambda events: b"".join(orjson.dumps(e) + b"\n" for e in events)
+        ),
         st.lists(
             st.dictionaries(
                 st.sampled_from(["ts", "event", "seq", "node", "from", "to", "attempt", "ok", "exit_code"]),
