@@ -557,23 +557,22 @@ class RunBatch:
         if not changed:
             return
         table = connection.ops.quote_name(RunNode._meta.db_table)
-        if connection.vendor == "postgresql" and len(changed) == 1:
-            # A producer's event moves one node: found by the (run, node) unique index, with a plan
-            # PostgreSQL makes once and keeps (a JSON recordset's rows are unknown to the planner,
-            # whose kept plan for it scanned every node row of the tenant).
-            writes.add(
-                f"UPDATE {table} SET position = %s, state = %s, attempts = %s "
-                "WHERE run_id = %s AND node_id = %s AND tenant_id = %s",
-                list(changed[0]),
-            )
-        elif connection.vendor == "postgresql":
-            # Several nodes, one statement, the rows as one JSON parameter: a batch that moves every
-            # node of a run costs one plan, and no client-side parsing of a placeholder a value. The
-            # run ids are named apart: the planner cannot see inside the JSON, and without them it
-            # hashes every node row of the tenant to join a handful (milliseconds per request).
-            # A producer's batch moves the nodes of one run: named as one value, so that the plan
-            # PostgreSQL keeps reads that run's rows by index (for an array it kept one that read
-            # every node row of the tenant).
+        # One node row by its (run, node) unique index: a producer's event moves one node.
+        by_row = (
+            f"UPDATE {table} SET position = %s, state = %s, attempts = %s "
+            "WHERE run_id = %s AND node_id = %s AND tenant_id = %s"
+        )
+        if connection.vendor != "postgresql":
+            with connection.cursor() as cursor:
+                cursor.executemany(by_row, changed)
+        elif len(changed) == 1:
+            writes.add(by_row, list(changed[0]))
+        else:
+            # Several nodes: one statement, the rows as one JSON parameter, so a batch that moves
+            # every node of a run costs one plan and no client-side parsing of a placeholder a
+            # value. The planner cannot see inside the JSON, so the runs are named apart, and one
+            # run as one value: for an array, the plan PostgreSQL kept read every node row of the
+            # tenant to join a handful (milliseconds per request).
             names = ("position", "state", "attempts", "run_id", "node_id")
             records = orjson.dumps([dict(zip(names, row[:5], strict=True)) for row in changed]).decode()
             run_pks = sorted({row[3] for row in changed})
@@ -586,13 +585,6 @@ class RunBatch:
                 "AND n.tenant_id = %s",
                 [records, run_param, self.tenant.pk],
             )
-        else:
-            with connection.cursor() as cursor:
-                cursor.executemany(
-                    f"UPDATE {table} SET position = %s, state = %s, attempts = %s "
-                    "WHERE run_id = %s AND node_id = %s AND tenant_id = %s",
-                    changed,
-                )
 
 
 def _row_values(run: Run, names: tuple[str, ...] = ROW_FIELDS) -> tuple[Any, ...]:

@@ -147,31 +147,32 @@ class ApiKeyManager(TenantScopedManager["ApiKey"]):
         (`kahn_site.rows`) and bound on the server: PostgreSQL plans each once per connection.
         """
         key, tenant, plan = columns(ApiKey, "k"), columns(Tenant, "t"), columns(Plan, "p")
+        postgresql = connection.vendor == "postgresql"
+        bind = postgresql and bind_tenant
+        # In the select list: evaluated only for the row the lookup policy let through.
+        binding = (
+            "set_config(%s, CASE WHEN k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > %s) "
+            "THEN k.tenant_id::text ELSE '' END, true), "
+            if bind
+            else ""
+        )
         select = (
-            f"SELECT {key.sql}, {tenant.sql}, {plan.sql} FROM {ApiKey._meta.db_table} k "
+            f"SELECT {binding}{key.sql}, {tenant.sql}, {plan.sql} FROM {ApiKey._meta.db_table} k "
             f"JOIN {Tenant._meta.db_table} t ON t.id = k.tenant_id "
             f"JOIN {Plan._meta.db_table} p ON p.id = t.plan_id WHERE k.key_hash = %s"
         )
-        if connection.vendor != "postgresql":
+        params = [TENANT_SETTING, now or timezone.now(), key_hash] if bind else [key_hash]
+        if not postgresql:
             with connection.cursor() as cursor:
-                cursor.execute(select, [key_hash])
+                cursor.execute(select, params)
                 row = cursor.fetchone()
         else:
-            if bind_tenant:
-                # In the select list: evaluated only for the row the lookup policy let through.
-                select = select.replace(
-                    "SELECT ",
-                    "SELECT set_config(%s, CASE WHEN k.revoked_at IS NULL AND (k.expires_at IS NULL "
-                    "OR k.expires_at > %s) THEN k.tenant_id::text ELSE '' END, true), ",
-                    1,
-                )
-            params = [TENANT_SETTING, now or timezone.now(), key_hash] if bind_tenant else [key_hash]
             with transaction.atomic(savepoint=False), bound_cursor() as cursor:
                 cursor.execute("SELECT set_config(%s, %s, true)", [API_KEY_HASH_SETTING, key_hash])
                 cursor.execute(select, params)
                 row = cursor.fetchone()
-            if row is not None and bind_tenant:
-                row = row[1:]
+        if row is not None and bind:
+            row = row[1:]
         if row is None:
             return None
         api_key = key.instance(row)
