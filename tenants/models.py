@@ -144,7 +144,9 @@ class ApiKeyManager(TenantScopedManager["ApiKey"]):
         The caller judges the key by the same `now`, so the two never disagree.
 
         Every producer's request makes this read, so both statements are hand-written
-        (`kahn_site.rows`) and bound on the server: PostgreSQL plans each once per connection.
+        (`kahn_site.rows`) and bound on the server: PostgreSQL plans each once per connection. They
+        travel together (psycopg's pipeline mode): the read cannot start before the setting, but
+        PostgreSQL runs them in order, so the client need not wait for the one to send the other.
         """
         key, tenant, plan = columns(ApiKey, "k"), columns(Tenant, "t"), columns(Plan, "p")
         postgresql = connection.vendor == "postgresql"
@@ -168,8 +170,10 @@ class ApiKeyManager(TenantScopedManager["ApiKey"]):
                 row = cursor.fetchone()
         else:
             with transaction.atomic(savepoint=False), bound_cursor() as cursor:
-                cursor.execute("SELECT set_config(%s, %s, true)", [API_KEY_HASH_SETTING, key_hash])
-                cursor.execute(select, params)
+                # One round trip for both, and for the BEGIN psycopg sends ahead of them.
+                with cursor.connection.pipeline():
+                    cursor.execute("SELECT set_config(%s, %s, true)", [API_KEY_HASH_SETTING, key_hash])
+                    cursor.execute(select, params)
                 row = cursor.fetchone()
         if row is not None and bind:
             row = row[1:]
