@@ -15,6 +15,9 @@ WebSocket), it starts the server in cloud mode as the service role and drives it
 
   floor view  a minimal Django view behind the same server, settings and middleware, that parses one
               event and stores it with one INSERT (tests/bench/floor_urls.py);
+  round trips the floor view plus, doing nothing, the round trips to PostgreSQL and the cache that a
+              single event's request makes beyond the floor's: the most that request could reach
+              with them, whatever its work cost;
   single      POST /api/v1/runs/{run_id}/events with one event per request;
   batch       the same with 500 events per request (NDJSON).
 
@@ -65,6 +68,9 @@ SERVERS = {
     "gunicorn-4": ["--http-workers", "4"],
     "gunicorn-6": ["--http-workers", "6"],
 }
+# The floors first, then what a producer sends.
+ENDPOINTS = ("floor", "trips", "single", "batch")
+PRODUCER_ENDPOINTS = ("single", "batch")
 TARGET_BATCH_SHARE = 0.35
 TARGET_SINGLE_SHARE = 0.65
 TARGET_SINGLE_P99_MS = 50.0
@@ -113,8 +119,9 @@ def main() -> None:
             print(f"round {round_number}: raw COPY {len(rows) / seconds:>10,.0f} rows/s", flush=True)
             for name in servers:
                 with serving(name, env) as base:
-                    for endpoint in ("floor", "single", "batch"):
-                        run = measure(wrk, scripts[endpoint], base, args, world, f"r{round_number}{endpoint}")
+                    for endpoint in ENDPOINTS:
+                        prefix = f"r{round_number}{endpoint}"
+                        run = measure(wrk, endpoint, scripts[endpoint], base, args, world, prefix)
                         events = run.rate * (BATCH_EVENTS if endpoint == "batch" else 1)
                         figures.add(f"{name}/{endpoint}", events, run.p99_ms)
                         print(
@@ -125,10 +132,12 @@ def main() -> None:
     report(figures, servers, args)
 
 
-def measure(wrk: str, script: Path, base: str, args: argparse.Namespace, world: World, prefix: str) -> WrkRun:
+def measure(
+    wrk: str, endpoint: str, script: Path, base: str, args: argparse.Namespace, world: World, prefix: str
+) -> WrkRun:
     wait_until_idle(world)
     empty_tables()
-    if "floor" not in script.name:
+    if endpoint in PRODUCER_ENDPOINTS:
         start_runs(world, [f"w{prefix}", prefix], args.threads)
     # A short warm-up first: connections opened, code paths loaded, and the tables' statistics taken
     # with rows in them, as a running service has them (emptied tables would mislead the planner).
@@ -401,7 +410,7 @@ FLOOR_LUA = r"""
 all_threads = {}
 function setup(thread) all_threads[#all_threads + 1] = thread end
 wrk.method = "POST"
-wrk.path = "/bench/floor"
+wrk.path = "%(path)s"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '%(line)s'
 """
@@ -438,8 +447,9 @@ def write_scripts(folder: Path, key: str) -> dict[str, Path]:
         params = {"mode": mode, "runs": RUNS_PER_THREAD, "key": key, "lines": lines, "batch": BATCH_EVENTS}
         script.write_text(LUA % params + LUA_REPORT)
         scripts[mode] = script
-    scripts["floor"] = folder / "floor.lua"
-    scripts["floor"].write_text(FLOOR_LUA % {"line": event_lines(2)[1]} + LUA_REPORT)
+    for name, path in (("floor", "/bench/floor"), ("trips", "/bench/round-trips")):
+        scripts[name] = folder / f"{name}.lua"
+        scripts[name].write_text(FLOOR_LUA % {"line": event_lines(2)[1], "path": path} + LUA_REPORT)
     return scripts
 
 
@@ -490,15 +500,19 @@ class Figures:
 
 
 def report(figures: Figures, servers: list[str], args: argparse.Namespace) -> None:
+    from tests.bench.floor_urls import CACHE_ROUND_TRIPS, EXTRA_DATABASE_ROUND_TRIPS
+
     copy = figures.rate("copy")
+    trips = f"+{EXTRA_DATABASE_ROUND_TRIPS} PostgreSQL, +{CACHE_ROUND_TRIPS} cache"
     print()
     print(f"medians of {args.repeat} rounds of {args.duration} s, wrk -t{args.threads} -c{args.connections}")
     print(f"{'':<36}{'events/s':>10}{'p99 ms':>9}   share of its floor")
     print(f"{'raw COPY of the batches rows':<36}{copy:>10,.0f}")
     for name in servers:
-        floor, single, batch = (figures.rate(f"{name}/{e}") for e in ("floor", "single", "batch"))
+        floor, alone, single, batch = (figures.rate(f"{name}/{e}") for e in ENDPOINTS)
         rows = (
             ("floor view (1 INSERT)", floor, "floor", ""),
+            ("round trips alone", alone, "trips", f"{alone / floor:6.1%} of its floor view ({trips})"),
             ("single events", single, "single", f"{single / floor:6.1%} of its floor view"),
             ("batches of 500", batch, "batch", f"{batch / copy:6.1%} of raw COPY"),
         )
@@ -508,7 +522,7 @@ def report(figures: Figures, servers: list[str], args: argparse.Namespace) -> No
             )
     print()
     for name in servers:
-        floor, single, batch = (figures.rate(f"{name}/{e}") for e in ("floor", "single", "batch"))
+        floor, alone, single, batch = (figures.rate(f"{name}/{e}") for e in ENDPOINTS)
         p99 = figures.p99(f"{name}/single")
         verdict(
             f"{name}: batches ≥ {TARGET_BATCH_SHARE:.0%} of raw COPY: {batch / copy:.1%}",
@@ -521,6 +535,10 @@ def report(figures: Figures, servers: list[str], args: argparse.Namespace) -> No
         verdict(
             f"{name}: single events p99 ≤ {TARGET_SINGLE_P99_MS:.0f} ms: {p99:.1f} ms",
             p99 <= TARGET_SINGLE_P99_MS,
+        )
+        print(
+            f"        {name}: a single event's round trips alone reach {alone / floor:.1%} of the floor "
+            f"view; with its work, {single / floor:.1%}"
         )
 
 
