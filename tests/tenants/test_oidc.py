@@ -225,9 +225,12 @@ def test_a_person_in_two_tenants_switches_between_them(world_runs, provider, sco
     assert other.status_code == 403
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="Debian's chromium is not installed")
 def test_sign_in_and_out_in_headless_chromium(world_runs, provider, scope_url, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    # As the browser suite does (tests/browser/conftest.py): a missing browser fails, never skips.
+    if not os.path.exists("/usr/bin/chromium"):
+        pytest.fail("/usr/bin/chromium is missing: run `make services` (apt-get install chromium) first")
+    from playwright import sync_api
+
     provider.set_user("alice-sub", email="alice@example.com", email_verified=True, name="Alice")
     with sync_api.sync_playwright() as playwright:
         # Debian's chromium, never a downloaded one; a fresh profile, and no calls home.
