@@ -135,6 +135,12 @@ def run_simulate(
     unknown = sorted(set(plan) - set(edges))
     if unknown:
         raise SimulationError(f"the plan names nodes the graph lacks: {', '.join(unknown)}")
+    empty = sorted(node for node, results in plan.items() if not results)
+    if empty:
+        raise SimulationError(f"the plan gives no attempt to: {', '.join(empty)}")
+    dangling = sorted({dep for deps in edges.values() for dep in deps} - set(edges))
+    if dangling:
+        raise SimulationError(f"the graph names dependencies that are not nodes: {', '.join(dangling)}")
     durations = random.Random(run_id)
     clock = 0  # milliseconds since `start`: integer, so same-instant events share their `ts` exactly
     events: list[dict[str, Any]] = []
@@ -214,6 +220,9 @@ def run_simulate(
                 elif all(state[dep] == "done" for dep in deps):
                     ready.append(waiting)
 
+    stuck = [node for node in edges if state[node] == "pending"]
+    if stuck:
+        raise SimulationError(f"the graph is not a DAG: a cycle holds back {', '.join(stuck)}")
     if not complete:
         return SimulatedRun(run_id, graph_of(edges), events, None)
     clock += 400  # the producer's own wrap-up

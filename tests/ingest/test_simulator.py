@@ -108,6 +108,20 @@ def test_a_run_has_the_shapes_of_section_2_retries_blocking_and_shared_instants(
     assert (run.summary["total_attempts"], run.summary["flake_retries"]) == (8, 1)
 
 
+@pytest.mark.parametrize(
+    ("edges", "plan", "message"),
+    [
+        ({"a": ["b"], "b": ["a"], "c": []}, {}, "the graph is not a DAG: a cycle holds back a, b"),
+        ({"a": ["ghost"]}, {}, "the graph names dependencies that are not nodes: ghost"),
+        ({"a": []}, {"b": [True]}, "the plan names nodes the graph lacks: b"),
+        ({"a": []}, {"a": []}, "the plan gives no attempt to: a"),
+    ],
+)
+def test_a_graph_or_plan_that_cannot_run_is_refused_by_name(edges, plan, message):
+    with pytest.raises(SimulationError, match=message):
+        run_simulate("run_x", edges, plan)
+
+
 def test_the_same_seed_writes_the_same_archive_and_another_seed_another(tmp_path):
     for name, seed in (("one", 4), ("two", 4), ("three", 5)):
         archive_synthesize(tmp_path / name, runs=3, nodes=10, seed=seed, flake=0.4)
