@@ -310,7 +310,9 @@ def test_bad_arguments_as_a_process_exit_non_zero_with_one_clear_line(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-LIVE_STOPPED = ["--live", "run_stopped", "--interval", "0.2"]
+# The producer writes its first instant, then waits far longer than any test: the signal finds it
+# mid-run however slow the machine is.
+LIVE_STOPPED = ["--live", "run_stopped", "--interval", "600"]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -336,8 +338,10 @@ def test_ctrl_c_stops_a_live_producer_and_leaves_the_run_unfinished(tmp_path):
     assert out.splitlines()[-1] == (
         "stopped: run run_stopped is left unfinished (no summary.json), as a crashed producer leaves it"
     )
-    assert all(line.endswith("\n") for line in lines_on_disk(tmp_path, "run_stopped"))
-    assert '"run_end"' not in log.read_text()
+    lines = lines_on_disk(tmp_path, "run_stopped")
+    # The first instant, whole: run_start and the two root nodes' first attempts.
+    assert [json.loads(line).get("node") for line in lines] == [None, "schema-init", "lint"]
+    assert all(line.endswith("\n") for line in lines)
     assert not (tmp_path / "runs" / "run_stopped" / "summary.json").exists()
 
 
@@ -379,9 +383,7 @@ def test_serve_shows_a_live_simulated_run_complete_over_ws_live(local_tenant, tm
 
         client, lines = asyncio.run(scenario())
     assert client.seqs["run_newcomer"] == list(range(lines))
-    # The row went from running to complete as the lines landed.
-    statuses = [row["status"] for row in client.rows if row["run_id"] == "run_newcomer"]
-    assert statuses[0] == "running" and statuses[-1] == "complete"
+    assert [row["status"] for row in client.rows if row["run_id"] == "run_newcomer"][-1] == "complete"
     summary = summaries_on_disk(archive)["run_newcomer"]
     complete = next(row for row in client.rows if row["status"] == "complete")
     assert {name: complete[name] for name in summary} == summary
