@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -54,7 +55,11 @@ def main() -> None:
         from ingest.simulator import archive_synthesize
 
         print(f"writing the synthetic archive to {archive} ...", flush=True)
-        archive_synthesize(archive, runs=args.runs, nodes=args.nodes)
+        # Written aside and renamed when whole: an interrupted write is never taken for the cache.
+        partial = archive.with_name(archive.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        archive_synthesize(partial, runs=args.runs, nodes=args.nodes)
+        partial.rename(archive)
 
     recreate_database(url)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kahn_site.settings")
