@@ -1,5 +1,6 @@
-"""The shared world of the suite: the sample archive, the producer tool, the local tenant, and the
-two-tenant world (alice in acme, bob in globex, carol in both)."""
+"""The shared world of the suite: the sample archive, the local tenant, and the two-tenant world
+(alice in acme, bob in globex, carol in both). Runs beyond the sample come from the project's own
+simulator (ingest/simulator.py): the suite needs nothing outside the repository."""
 
 import shutil
 import subprocess
@@ -12,19 +13,14 @@ from typing import Any
 
 import pytest
 
+from ingest.simulator import archive_synthesize
 from tenants.context import tenant_scope
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
 from tests.servers import ServerDidNotStart, served
 
 PROJECT = Path(__file__).resolve().parents[1]
-SHARED = PROJECT.parent / "shared"
-SAMPLE_ARCHIVE = SHARED / "fixtures" / "archive"
-ARCHIVE_TOOL = SHARED / "tools" / "kahn_archive.py"
-
-
-def archive_tool(*args: str) -> None:
-    """Runs the producer emulator (`../shared/tools/kahn_archive.py`), as a producer would run."""
-    subprocess.run([sys.executable, str(ARCHIVE_TOOL), *args], check=True, capture_output=True)
+# The six runs of SPEC section 3, with their edge cases: data in the project, also what `make run` shows.
+SAMPLE_ARCHIVE = PROJECT / "ingest" / "demo_archive"
 
 
 @pytest.fixture
@@ -195,8 +191,8 @@ def imported(local_tenant: Tenant, sample_archive: Path) -> Path:
 @pytest.fixture
 def many_runs(imported: Path) -> Path:
     """Adds 24 synthetic runs: two seeds whose runs start at the same instants, pair by pair."""
-    for seed in ("1", "2"):
-        archive_tool("synth", str(imported), "--runs", "12", "--nodes", "5", "--seed", seed)
+    for seed in (1, 2):
+        archive_synthesize(imported, runs=12, nodes=5, seed=seed)
     ingest_quietly(imported)
     return imported
 

@@ -4,9 +4,9 @@ Run by hand (not collected by pytest):
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/kahn_bench .venv/bin/python tests/bench/bench_import.py
 
-It (re)creates the database named in DATABASE_URL, writes the synthetic archive once with
-`../shared/tools/kahn_archive.py synth --runs 7250 --nodes 40` (cached under .kahn/bench/), then
-measures, in the same run and on the same machine:
+It (re)creates the database named in DATABASE_URL, writes the synthetic archive once with the
+project's simulator, as `manage.py simulate_archive --runs 7250 --nodes 40` does (cached under
+.kahn/bench/), then measures, in the same run and on the same machine:
 
   floor      COPY of the very rows the import stores, already built in memory, into a table made
              LIKE runs_event (same columns, types, primary key): what PostgreSQL alone costs;
@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
-import subprocess
 import sys
 import time
 from io import StringIO
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
-TOOL = PROJECT.parent / "shared" / "tools" / "kahn_archive.py"
 sys.path.insert(0, str(PROJECT))
 
 from tests.bench.bench_database import bench_database_url, recreate_database  # noqa: E402 (needs the path above)
@@ -43,29 +42,24 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--runs", type=int, default=7250, help="7,200 runs give 997,511 events: just short of 1M"
+        "--runs", type=int, default=7250, help="7,250 runs give 1,005,011 events: just over 1M"
     )
     parser.add_argument("--nodes", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported")
     args = parser.parse_args()
 
     url = bench_database_url("bench_import")
-    archive = PROJECT / ".kahn" / "bench" / f"archive-{args.runs}x{args.nodes}"
+    # "simulated": archives cached by an earlier producer tool differ and are not reused.
+    archive = PROJECT / ".kahn" / "bench" / f"simulated-{args.runs}x{args.nodes}"
     if not (archive / "runs").is_dir():
+        from ingest.simulator import archive_synthesize
+
         print(f"writing the synthetic archive to {archive} ...", flush=True)
-        subprocess.run(
-            [
-                sys.executable,
-                str(TOOL),
-                "synth",
-                str(archive),
-                "--runs",
-                str(args.runs),
-                "--nodes",
-                str(args.nodes),
-            ],
-            check=True,
-        )
+        # Written aside and renamed when whole: an interrupted write is never taken for the cache.
+        partial = archive.with_name(archive.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        archive_synthesize(partial, runs=args.runs, nodes=args.nodes)
+        partial.rename(archive)
 
     recreate_database(url)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kahn_site.settings")

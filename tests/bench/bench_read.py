@@ -10,7 +10,7 @@ It (re)creates the database named in DATABASE_URL, then builds:
              written by SQL (generate_series): the history endpoints read the materialised rows only,
              so how they were written does not matter, and 100,000 runs import in seconds this way;
   one run    of about 2,000 events (40 nodes retried 16-17 times), through the real import path:
-             the producer tool writes it, `manage.py ingest_archive` imports it.
+             the project's simulator writes it, `manage.py ingest_archive` imports it.
 
 and measures, in the same process and run, the median of --repeat requests (Django's test client, in
 process: the API's own cost, no HTTP server in front) against the median of the SQL those requests
@@ -27,7 +27,6 @@ Target (issue 3): the API adds at most 3 x over its own SQL.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -38,7 +37,6 @@ from io import StringIO
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
-TOOL = PROJECT.parent / "shared" / "tools" / "kahn_archive.py"
 sys.path.insert(0, str(PROJECT))
 
 from tests.bench.bench_database import bench_database_url, recreate_database  # noqa: E402 (needs the path above)
@@ -185,20 +183,19 @@ def seed_history(runs: int, nodes: int) -> None:
 
 
 def import_detail_run() -> int:
-    """A run of about 2,000 events through the real path: producer tool, then ingest_archive."""
+    """A run of about 2,000 events through the real path: the simulator, then ingest_archive."""
     from django.core.management import call_command
 
-    spec = importlib.util.spec_from_file_location("kahn_archive", TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from ingest.simulator import run_simulate, run_write
+
     edges = {f"n{i:03d}": [f"n{j:03d}" for j in range(max(0, i - 2), i)] for i in range(40)}
     # 16 or 17 attempts a node, three events each: 40 x 16 x 3 + 27 x 3 + start and end = 2,003.
     plan = {node: [False] * (16 if i < 27 else 15) + [True] for i, node in enumerate(edges)}
-    events = tool.simulate(DETAIL_RUN, edges, plan, tool.EPOCH, workers=3)
+    run = run_simulate(DETAIL_RUN, edges, plan, workers=3)
     with tempfile.TemporaryDirectory() as root:
-        tool.write_run(root, DETAIL_RUN, events, tool.graph_of(edges))
+        run_write(root, run)
         call_command("ingest_archive", root, stdout=StringIO())
-    return len(events)
+    return len(run.events)
 
 
 def deep_cursors(offset: int) -> tuple[str, str]:

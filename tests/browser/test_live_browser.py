@@ -6,33 +6,28 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
+from ingest.simulator import WEB_APP, event_line, run_simulate
 from tests.browser.conftest import ARTIFACTS
-from tests.conftest import ARCHIVE_TOOL, manage_env, scope_server
+from tests.conftest import manage_env, scope_server
 from tests.servers import free_port
 
 # How long the page may take to show what was appended: a bound against hanging, not a measure.
 PATIENCE_MS = 20_000
 
 
-def a_whole_run(tmp_path: Path, run_id: str) -> tuple[dict, list[str]]:
-    """The graph and log lines of a run as `kahn_archive.py live` writes it (two nodes retried)."""
-    scratch = tmp_path / "scratch"
-    subprocess.run(
-        [sys.executable, str(ARCHIVE_TOOL), "live", str(scratch), "--run-id", run_id, "--interval", "0"],
-        check=True,
-        capture_output=True,
-    )
-    folder = scratch / "runs" / run_id
-    graph = json.loads((folder / "graph.json").read_text())
-    return graph, (folder / "transitions.jsonl").read_text().splitlines(keepends=True)
+def a_whole_run(run_id: str) -> tuple[dict, list[str]]:
+    """The graph and log lines of a run of the sample's DAG in which two nodes are retried once,
+    starting now (an older last event would show the run as interrupted, not running)."""
+    plan = {"auth-table": [False, True], "lint": [False, True]}
+    run = run_simulate(run_id, WEB_APP, plan, start=datetime.now(UTC))
+    return run.graph, [event_line(event) for event in run.events]
 
 
 def append(folder: Path, lines: list[str], *, per_write: int = 4) -> None:
@@ -52,7 +47,7 @@ def test_history_and_run_page_follow_a_run_as_it_is_written(browser_page, tmp_pa
     page = browser_page
     archive = tmp_path / "archive"
     (archive / "runs").mkdir(parents=True)
-    graph, lines = a_whole_run(tmp_path, "run_live")
+    graph, lines = a_whole_run("run_live")
     folder = archive / "runs" / "run_live"
     first = next(i for i, line in enumerate(lines) if '"node_attempt"' in line)  # two nodes running
     middle = next(i for i, line in enumerate(lines) if '"api-routes"' in line)

@@ -1,8 +1,8 @@
 """The ingest API of SPEC section 5, through HTTP: every status and error code, and retry safety."""
 
 import json
+import random
 import threading
-from pathlib import Path
 
 import orjson
 import pytest
@@ -10,8 +10,9 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ingest.simulator import run_simulate, synthetic_edges
 from runs.models import Diagnostic, Event, Run, RunNode
-from runs.reduction import MAX_EVENT_BYTES, reduce_events
+from runs.reduction import MAX_EVENT_BYTES, parse_ts, reduce_events
 from tests.conftest import SAMPLE_ARCHIVE
 
 pytestmark = pytest.mark.django_db
@@ -462,36 +463,33 @@ def test_concurrent_producers_end_with_contiguous_seqs_and_rows_equal_to_their_l
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_tool_producers_use_can_post_a_run(live_server, local_tenant):
-    """`kahn_archive.py post`, the producer emulator, against the real server."""
-    import subprocess
-    import sys
-
-    from tests.conftest import ARCHIVE_TOOL
-
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ARCHIVE_TOOL),
-            "post",
-            live_server.url,
-            "--key",
-            "unused-in-oss",
-            "--runs",
-            "2",
-            "--nodes",
-            "6",
-            "--batch",
-            "7",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert Run.objects.filter(run_id__startswith="post_").count() == 2
-    assert all(run.complete for run in Run.objects.filter(run_id__startswith="post_"))
-    assert Path(ARCHIVE_TOOL).exists()
+def test_simulated_runs_posted_over_http_reduce_to_what_the_simulator_wrote(live_server, local_tenant):
+    """Runs of the project's simulator sent as a producer sends them (graph in run_start, batches of
+    seven with `seq`) to the real server: each row is the simulator's own account of the run."""
+    edges = synthetic_edges(6, random.Random(5))
+    plans = [{}, {"n001": [False, True]}, {"n002": [False, False, False]}]
+    runs = [run_simulate(f"post_{i}", edges, plan) for i, plan in enumerate(plans)]
+    with requests.Session() as session:
+        for run in runs:
+            events = [dict(event, seq=seq) for seq, event in enumerate(run.events)]
+            events[0]["graph"] = run.graph
+            for first in range(0, len(events), 7):
+                response = session.post(
+                    f"{live_server.url}/api/v1/runs/{run.run_id}/events",
+                    data=ndjson(events[first : first + 7]),
+                    headers={"Content-Type": "application/x-ndjson"},
+                    timeout=30,
+                )
+                assert response.status_code == 200, response.text
+    assert [run.summary["outcome"] for run in runs] == ["clean", "clean_with_flake", "failed"]
+    for run in runs:
+        stored_run = Run.objects.get(run_id=run.run_id)
+        assert stored_run.complete and stored_run.next_seq == len(run.events)
+        row = {name: getattr(stored_run, name) for name in run.summary if name not in ("started", "ended")}
+        assert row == {name: value for name, value in run.summary.items() if name not in ("started", "ended")}
+        assert (stored_run.started, stored_run.ended) == tuple(
+            parse_ts(run.summary[name]) for name in ("started", "ended")
+        )
 
 
 @pytest.mark.postgres

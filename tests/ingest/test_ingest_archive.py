@@ -15,11 +15,12 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
+from ingest.simulator import archive_synthesize, run_live
 from runs.models import Diagnostic, Event, Run, RunNode
 from runs.reduction import MAX_EVENT_BYTES
 from tenants.context import tenant_scope
 from tenants.models import Tenant
-from tests.conftest import PROJECT, archive_tool, manage, manage_env
+from tests.conftest import PROJECT, manage, manage_env
 from tests.runs.test_reduction import RUN_FLAKY_ROW
 
 pytestmark = pytest.mark.django_db
@@ -119,7 +120,7 @@ def test_a_second_import_stores_nothing_new(local_tenant, sample_archive):
 
 def test_appended_lines_are_imported_and_only_they(local_tenant, tmp_path):
     root = tmp_path / "archive"
-    archive_tool("live", str(root), "--run-id", "run_live", "--interval", "0")
+    run_live(root, "run_live", interval=0)
     log = log_of(root, "run_live")
     lines = log.read_text().splitlines(keepends=True)
     log.write_text("".join(lines[:10]))
@@ -284,7 +285,7 @@ def test_import_cost_in_queries_does_not_grow_with_events(
     local_tenant, tmp_path, django_assert_max_num_queries
 ):
     root = tmp_path / "archive"
-    archive_tool("synth", str(root), "--runs", "30", "--nodes", "12")
+    archive_synthesize(root, runs=30, nodes=12)
     total_lines = sum(len(log_of(root, d.name).read_text().splitlines()) for d in (root / "runs").iterdir())
     assert total_lines > 30 * 20
     with django_assert_max_num_queries(20):
@@ -298,7 +299,7 @@ def test_import_cost_in_queries_does_not_grow_with_events(
 @pytest.mark.django_db(transaction=True)
 def test_follow_picks_up_appended_lines_and_new_runs_then_stops_on_ctrl_c(local_tenant, tmp_path):
     root = tmp_path / "archive"
-    archive_tool("live", str(root), "--run-id", "run_live", "--interval", "0")
+    run_live(root, "run_live", interval=0)
     lines = log_of(root, "run_live").read_text().splitlines(keepends=True)
     log_of(root, "run_live").write_text("".join(lines[:3]))
     interval = 0.3
@@ -333,7 +334,7 @@ def test_follow_picks_up_appended_lines_and_new_runs_then_stops_on_ctrl_c(local_
         wait_for(lambda: stored("run_live") == 3, within=30)  # start-up included
         append(root, "run_live", "".join(lines[3:8]))
         wait_for(lambda: stored("run_live") == 8, within=2 * interval + 0.5)
-        archive_tool("live", str(root), "--run-id", "run_second", "--interval", "0")
+        run_live(root, "run_second", interval=0)
         wait_for(lambda: stored("run_second") > 0, within=2 * interval + 0.5)
     finally:
         follower.send_signal(signal.SIGINT)

@@ -10,10 +10,11 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from rest_framework.serializers import Serializer
 
+from ingest.simulator import archive_synthesize
 from runs import selectors
 from runs.api import RunDetailApi, RunRowSerializer
 from tenants.models import Tenant
-from tests.conftest import SAMPLE_ARCHIVE, archive_tool, ingest_quietly, write_archive_run
+from tests.conftest import SAMPLE_ARCHIVE, ingest_quietly, write_archive_run
 from tests.runs.test_reduction import RUN_FLAKY_ROW
 
 pytestmark = pytest.mark.django_db
@@ -244,8 +245,8 @@ def test_links_keep_the_filters(client, many_runs):
 
 def test_page_size_defaults_to_50(client, many_runs):
     archive = many_runs
-    for seed in ("3", "4"):
-        archive_tool("synth", str(archive), "--runs", "12", "--nodes", "3", "--seed", seed)
+    for seed in (3, 4):
+        archive_synthesize(archive, runs=12, nodes=3, seed=seed)
     ingest_quietly(archive)
     body = get(client, f"{API}/runs/")
     assert len(body["results"]) == 50

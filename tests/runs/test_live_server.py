@@ -28,7 +28,7 @@ from django.db import connection
 from runs.models import Run
 from tenants.context import tenant_atomic
 from tenants.services import api_key_create
-from tests.conftest import ARCHIVE_TOOL, PROJECT, manage, manage_env, scope_server, write_archive_run
+from tests.conftest import PROJECT, manage, manage_env, scope_server, write_archive_run
 from tests.runs.live_client import PATIENCE, LiveClient, post_events
 from tests.runs.test_live_socket import event
 
@@ -47,9 +47,17 @@ def lines_of(root: Path, run_id: str) -> int:
 
 
 async def produce_live(root: Path, run_id: str, interval: str = "0.01") -> None:
-    """`kahn_archive.py live`: a producer appending one line at a time to its archive."""
+    """`manage.py simulate_archive --live`: a producer appending one line at a time to its archive."""
     producer = await asyncio.create_subprocess_exec(
-        sys.executable, str(ARCHIVE_TOOL), "live", str(root), "--run-id", run_id, "--interval", interval
+        sys.executable,
+        str(PROJECT / "manage.py"),
+        "simulate_archive",
+        str(root),
+        "--live",
+        run_id,
+        "--interval",
+        interval,
+        stdout=asyncio.subprocess.DEVNULL,
     )
     assert await producer.wait() == 0
 

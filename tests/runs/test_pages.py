@@ -8,8 +8,9 @@ from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
+from ingest.simulator import archive_synthesize
 from tenants.models import Tenant
-from tests.conftest import archive_tool, ingest_quietly, write_archive_run
+from tests.conftest import ingest_quietly, write_archive_run
 
 pytestmark = pytest.mark.django_db
 
@@ -321,7 +322,7 @@ def test_unknown_fields_and_kinds_are_shown(client, imported):
 
 
 def test_the_event_log_pages_in_seq_order(client, local_tenant, tmp_path):
-    archive_tool("synth", str(tmp_path), "--runs", "1", "--nodes", "40", "--seed", "7")
+    archive_synthesize(tmp_path, runs=1, nodes=40, seed=7)
     ingest_quietly(tmp_path)
     html = page(client, "/runs/run_7_000000/")
     seqs = [int(s) for s in re.findall(r'<tr id="event-(\d+)"', html)]

@@ -17,7 +17,7 @@ from runs.reduction import (
     validate_event,
     validate_graph,
 )
-from tests.conftest import SAMPLE_ARCHIVE
+from tests.conftest import PROJECT, SAMPLE_ARCHIVE
 
 # The reference row of SPEC section 2, written out by hand: the contract, not a copy of the fixture.
 RUN_FLAKY_ROW = {
@@ -360,6 +360,16 @@ def test_state_stays_small_however_long_the_log():
     assert reduction.next_seq == 6001
 
 
-def test_the_sample_archive_is_where_the_suite_expects_it():
-    # Guard: a missing ../shared would make the sample tests above vacuous.
-    assert Path(SAMPLE_ARCHIVE, "runs", "run_flaky", "transitions.jsonl").stat().st_size > 0
+def test_the_sample_archive_is_in_the_project_with_its_six_runs():
+    # Guard: the sample tests above read these files; none of them may quietly go missing.
+    runs = Path(SAMPLE_ARCHIVE, "runs")
+    assert sorted(folder.name for folder in runs.iterdir()) == [
+        "run_clean", "run_crashed", "run_dirty", "run_failed", "run_flaky", "run_same_ts"
+    ]  # fmt: skip
+    for folder in runs.iterdir():
+        assert (folder / "transitions.jsonl").stat().st_size > 0 and (folder / "graph.json").is_file()
+    # A summary exactly where the run ended (SPEC section 3: the crashed and the dirty run have none).
+    assert sorted(f.parent.name for f in runs.glob("*/summary.json")) == [
+        "run_clean", "run_failed", "run_flaky", "run_same_ts"
+    ]  # fmt: skip
+    assert SAMPLE_ARCHIVE.is_relative_to(PROJECT)
