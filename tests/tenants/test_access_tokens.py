@@ -13,15 +13,19 @@ import json
 import time
 
 import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
 from django.core.cache import cache
 
+from kahn_site.asgi import application
 from runs.models import Run
 from tenants.access_tokens import INTROSPECTION_CACHE_SECONDS, introspection_cache_seconds
 from tenants.context import tenant_atomic
 from tenants.models import Identity
 from tests.conftest import manage, manage_env
-from tests.runs.test_live_socket import event, ndjson
+from tests.runs.test_live_socket import PATIENCE, event, events_until, ndjson, subscribe
 from tests.tenants.test_settings import CLOUD_ENV
+from tests.tenants.test_sockets import closed_with, key_for, live, post
 from tests.tenants.token_provider import AUDIENCE, CLIENT_ID, CLIENT_SECRET, b64url, rsa_key, token_provider
 
 
@@ -293,3 +297,83 @@ def test_an_answer_is_kept_for_the_tokens_remaining_life_at_most_a_minute():
     assert introspection_cache_seconds({"active": True, "exp": now - 5}, now=now) == 0
     assert introspection_cache_seconds({"active": True}, now=now) == INTROSPECTION_CACHE_SECONDS
     assert introspection_cache_seconds({"active": False}, now=now) == INTROSPECTION_CACHE_SECONDS
+
+
+# ---------------------------------------------------------------- /ws/live
+
+
+@pytest.fixture
+def token_sockets(tokens, settings):
+    settings.KAHN_SOCKET_IDENTITY = "tenants.sockets.cloud_socket_identity"
+    return tokens
+
+
+async def token_socket(token: str, **headers: str) -> WebsocketCommunicator:
+    """A machine client's socket: its token, and no Origin (nor Host) at all."""
+    pairs = [(b"authorization", f"Bearer {token}".encode())]
+    pairs += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+    socket = WebsocketCommunicator(application, "/ws/live", headers=pairs)
+    connected, _ = await socket.connect(timeout=PATIENCE)
+    assert connected
+    return socket
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_token_opens_live_without_origin_and_follows_its_tenant_only(token_sockets, provider, signed_in):
+    _, acme_key = key_for(signed_in.acme)
+    _, globex_key = key_for(signed_in.globex)
+
+    async def scenario():
+        socket = await token_socket(provider.mint("carol-sub"), **{"X-Organization": "globex"})
+        assert await subscribe(socket, run_id="nightly", after_seq=-1) == []
+        await post(token_sockets, acme_key, "nightly", 0, 2)
+        await post(token_sockets, globex_key, "nightly", 0, 3)
+        assert await events_until(socket, 3) == [0, 1, 2]
+        assert await socket.receive_nothing(timeout=0.3)
+        await socket.disconnect()
+
+    live(scenario)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("case", "code"),
+    [("expired", 4401), ("alg-none", 4401), ("another-audience", 4401), ("tampered", 4401)],
+)
+def test_a_bad_token_is_closed_with_4401(token_sockets, provider, signed_in, case, code):
+    token = BAD_JWTS[case][0](provider)
+
+    async def scenario():
+        assert await closed_with(await token_socket(token)) == code
+
+    live(scenario)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_token_outside_the_organization_asked_for_or_of_a_stranger_is_closed_with_4403(
+    token_sockets, provider, signed_in
+):
+    async def scenario():
+        alices = await token_socket(provider.mint("alice-sub"), **{"X-Organization": "globex"})
+        assert await closed_with(alices) == 4403
+        assert await closed_with(await token_socket(provider.mint("stranger-sub"))) == 4403
+
+    live(scenario)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_token_socket_ends_when_the_provider_revokes_the_token(
+    token_sockets, provider, signed_in, settings
+):
+    settings.KAHN_LIVE_RECHECK_SECONDS = 0.1
+    token = provider.issue_opaque("alice-sub")
+
+    async def scenario():
+        socket = await token_socket(token)
+        await subscribe(socket, runs="*")
+        assert await socket.receive_nothing(timeout=0.4)  # rechecked, from the kept answer
+        provider.opaque[token]["active"] = False
+        await sync_to_async(cache.clear)()  # the kept answer runs out
+        assert await closed_with(socket) == 4401
+
+    live(scenario)
