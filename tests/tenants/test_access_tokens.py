@@ -8,11 +8,14 @@ token only reads.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
 
 import pytest
+import requests
+import websockets
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.core.cache import cache
@@ -22,8 +25,10 @@ from runs.models import Run
 from tenants.access_tokens import INTROSPECTION_CACHE_SECONDS, introspection_cache_seconds
 from tenants.context import tenant_atomic
 from tenants.models import Identity
-from tests.conftest import manage, manage_env
+from tests.conftest import manage, manage_env, scope_server
+from tests.runs.live_client import LiveClient
 from tests.runs.test_live_socket import PATIENCE, event, events_until, ndjson, subscribe
+from tests.tenants.conftest import cloud_server_env
 from tests.tenants.test_settings import CLOUD_ENV
 from tests.tenants.test_sockets import closed_with, key_for, live, post
 from tests.tenants.token_provider import AUDIENCE, CLIENT_ID, CLIENT_SECRET, b64url, rsa_key, token_provider
@@ -377,3 +382,133 @@ def test_a_token_socket_ends_when_the_provider_revokes_the_token(
         assert await closed_with(socket) == 4401
 
     live(scenario)
+
+
+# ---------------------------------------------------------------- a served Scope (PostgreSQL)
+
+
+@pytest.fixture(scope="module")
+def served_provider():
+    with token_provider() as provider:
+        yield provider
+
+
+@pytest.fixture(scope="module")
+def token_server(service_role, served_provider, django_db_blocker):
+    """Scope in cloud mode, served by `manage.py serve` as the service role, accepting the tokens."""
+    with django_db_blocker.unblock():
+        env = cloud_server_env(
+            service_role,
+            OIDC_OP_ISSUER=served_provider.issuer,
+            OIDC_API_AUDIENCE=AUDIENCE,
+            OIDC_OP_JWKS_ENDPOINT=served_provider.jwks_url,
+            OIDC_OP_INTROSPECTION_ENDPOINT=served_provider.introspection_url,
+            OIDC_RP_CLIENT_ID=CLIENT_ID,
+            OIDC_RP_CLIENT_SECRET=CLIENT_SECRET,
+            OIDC_TIMEOUT="5",
+        )
+    with scope_server(env, "--host", "127.0.0.1") as url:
+        yield url
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_machine_reads_a_served_scope_with_tokens_and_writes_nothing(
+    token_server, served_provider, signed_in
+):
+    def get(token: str, path: str = "/api/v1/runs/") -> requests.Response:
+        return requests.get(f"{token_server}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+    assert run_ids(get(served_provider.mint("alice-sub"))) == ["acme_nightly"]
+    assert run_ids(get(served_provider.issue_opaque("alice-sub"))) == ["acme_nightly"]
+    for token in (
+        served_provider.mint("alice-sub", exp=int(time.time()) - 300),
+        forged_none(served_provider, "alice-sub"),
+    ):
+        refused = get(token)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_token"
+    write = requests.post(
+        f"{token_server}/api/v1/runs/by_token/events",
+        data=ndjson([event(0, "by_token")]),
+        headers={
+            "Authorization": f"Bearer {served_provider.mint('alice-sub')}",
+            "Content-Type": "application/x-ndjson",
+        },
+        timeout=10,
+    )
+    assert write.status_code == 403 and write.json()["error"]["code"] == "insufficient_scope"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_token_opens_a_served_live_socket_without_origin(token_server, served_provider, signed_in):
+    async def scenario():
+        connection = await websockets.connect(
+            token_server.replace("http", "ws", 1) + "/ws/live",
+            origin=None,
+            additional_headers={
+                "Authorization": f"Bearer {served_provider.mint('carol-sub')}",
+                "X-Organization": "globex",
+            },
+            open_timeout=PATIENCE,
+        )
+        client = LiveClient(connection)
+        await client.subscribe(run_id="globex_nightly", after_seq=-1)
+        assert client.seqs["globex_nightly"] == list(range(6))
+        await client.subscribe(run_id="acme_nightly", after_seq=-1)
+        assert client.seqs["acme_nightly"] == []  # carol's other tenant, not asked for
+        await client.close()
+
+        refused = await websockets.connect(
+            token_server.replace("http", "ws", 1) + "/ws/live",
+            origin=None,
+            additional_headers={"Authorization": f"Bearer {forged_none(served_provider, 'carol-sub')}"},
+            open_timeout=PATIENCE,
+        )
+        with pytest.raises(websockets.ConnectionClosed):
+            await refused.recv()
+        assert refused.close_code == 4401
+
+    asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------- settings
+
+
+def check_cloud(**extra: str):
+    env = {k: v for k, v in manage_env().items() if k != "DATABASE_URL"}
+    return manage("check", env={**env, **CLOUD_ENV, **extra})
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"OIDC_OP_ISSUER": "https://airlock.example"},
+        {"OIDC_API_AUDIENCE": AUDIENCE},
+        {"OIDC_OP_INTROSPECTION_ENDPOINT": "https://airlock.example/introspect"},
+    ],
+    ids=["issuer-alone", "audience-alone", "introspection-alone"],
+)
+def test_access_tokens_need_an_issuer_and_an_audience_together(extra):
+    result = check_cloud(**extra)
+    assert result.returncode != 0
+    assert "OIDC_OP_ISSUER and OIDC_API_AUDIENCE" in result.stderr
+
+
+def test_access_token_settings_together_start():
+    result = check_cloud(
+        OIDC_OP_ISSUER="https://airlock.example",
+        OIDC_API_AUDIENCE=AUDIENCE,
+        OIDC_OP_INTROSPECTION_ENDPOINT="https://airlock.example/introspect",
+        KAHN_SITE_ORIGINS="https://scope.example.com,https://scope.example.com:8443",
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "origin", ["scope.example.com", "ftp://scope.example.com", "https://scope.example.com/app"]
+)
+def test_a_site_origin_that_is_not_one_is_refused_at_start(origin):
+    result = check_cloud(KAHN_SITE_ORIGINS=origin)
+    assert result.returncode != 0
+    assert f"KAHN_SITE_ORIGINS: {origin!r} is not an origin" in result.stderr
