@@ -245,7 +245,10 @@ def site_origins(scope: dict[str, Any]) -> set[tuple[str, str, int]]:
     origins = {origin for origin in map(_origin, settings.KAHN_SITE_ORIGINS) if origin is not None}
     host = _header(scope, b"host") or ""
     domain, _ = split_domain_port(host)
-    if domain and validate_host(domain, settings.ALLOWED_HOSTS):
+    allowed_hosts = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed_hosts:
+        allowed_hosts = [".localhost", "127.0.0.1", "[::1]"]  # as HttpRequest.get_host
+    if domain and validate_host(domain, allowed_hosts):
         own = _origin(f"{'https' if _is_secure(scope) else 'http'}://{host}")
         if own is not None:
             origins.add(own)
