@@ -116,11 +116,12 @@ def _jwt_verify(token: str) -> AccessToken:
         raise InvalidAccessToken(f"the access token is not a well-formed JWT: {exc}") from None
     # Checked before any key is looked for: `none`, HS256 with the public key as secret and the like
     # are refused outright, and cost no fetch of the key set.
+    # What the header says is the client's text: quoted in a refusal, never at length.
     if header.get("alg") != ALGORITHM:
         raise InvalidAccessToken(
-            f"the access token is signed with {header.get('alg')!r}; Scope accepts {ALGORITHM} only"
+            f"the access token is signed with {str(header.get('alg'))[:20]!r}; Scope accepts {ALGORITHM} only"
         )
-    if not header.get("kid"):
+    if not header.get("kid") or not isinstance(header["kid"], str):
         raise InvalidAccessToken("the access token's header names no key (kid)")
     client = _jwks_client(
         settings.OIDC_OP_JWKS_ENDPOINT,
@@ -135,7 +136,7 @@ def _jwt_verify(token: str) -> AccessToken:
         raise ProviderUnavailable(f"the provider's key set could not be fetched: {exc}") from None
     except jwt.PyJWKClientError:
         raise InvalidAccessToken(
-            f"no key of the provider has the access token's kid {header['kid']!r}"
+            f"no key of the provider has the access token's kid {header['kid'][:64]!r}"
         ) from None
     try:
         claims = jwt.decode(
