@@ -1,9 +1,10 @@
 """ASGI entry point for `manage.py serve` and daphne: HTTP, and WebSocket at /ws/live.
 
-The WebSocket side checks the Origin header against ALLOWED_HOSTS (a page of another site cannot
-open a socket with a visitor's session cookie), then loads the session and its user; the consumer
-decides whom the socket acts for (tenants.sockets). The whole application is wrapped by the live
-publisher, so that writers in request threads hand their updates to the loop that serves sockets.
+The WebSocket side checks that a socket acting by the browser's cookie comes from one of the site's
+own origins (a page of another site cannot open a socket with a visitor's session cookie), then
+loads the session and its user; the consumer decides whom the socket acts for (tenants.sockets).
+The whole application is wrapped by the live publisher, so that writers in request threads hand
+their updates to the loop that serves sockets.
 """
 
 import os
@@ -16,16 +17,16 @@ django_application = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from kahn_site.live import live_publisher  # noqa: E402
 from runs.urls import websocket_urlpatterns  # noqa: E402
+from tenants.sockets import SiteOriginValidator  # noqa: E402
 
 application = live_publisher.serving(
     ProtocolTypeRouter(
         {
             "http": django_application,
-            "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+            "websocket": SiteOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
         }
     )
 )

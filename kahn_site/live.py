@@ -329,6 +329,8 @@ def live_relay() -> LiveRelay:
 # WebSocket close codes of the 4000s are the application's: these mirror HTTP 401 and 403.
 SOCKET_UNAUTHENTICATED = 4401
 SOCKET_FORBIDDEN = 4403
+# The credential could not be checked (the identity provider did not answer): try again later.
+SOCKET_UNAVAILABLE = 4503
 
 
 def credential_group_for_api_key(api_key_id: int) -> str:

@@ -196,6 +196,45 @@ if CLOUD:
     # kahn.tenant_id before the view runs, and rolls it back when the answer is an error; a savepoint
     # around every view on top of that would cost two round trips a request and add nothing.
 
+# ---------------------------------------------------------------- cloud: machine clients' access tokens
+# A machine client may read with an access token of the sign-in's provider (SPEC section 8,
+# tenants.access_tokens): a JWT of this issuer for this audience, verified against
+# OIDC_OP_JWKS_ENDPOINT, or an opaque token, asked about at the introspection endpoint when it is set.
+# Without an issuer and an audience, bearer credentials are API keys only. The audience is this API's
+# own: the sign-in's client id would let the provider's ID tokens pass for access tokens.
+OIDC_OP_ISSUER = env.str("OIDC_OP_ISSUER", default="")
+OIDC_API_AUDIENCE = env.str("OIDC_API_AUDIENCE", default="")
+OIDC_OP_INTROSPECTION_ENDPOINT = env.str("OIDC_OP_INTROSPECTION_ENDPOINT", default="")
+if bool(OIDC_OP_ISSUER) != bool(OIDC_API_AUDIENCE) or (
+    OIDC_OP_INTROSPECTION_ENDPOINT and not OIDC_API_AUDIENCE
+):
+    raise ImproperlyConfigured(
+        "Access tokens need both OIDC_OP_ISSUER and OIDC_API_AUDIENCE (and OIDC_OP_INTROSPECTION_ENDPOINT "
+        "needs them too): set both, or neither to accept API keys only."
+    )
+# The provider's key set is kept this long; a token naming a key it lacks fetches it again at once,
+# but at most once per cooldown, so that tokens with made-up key ids cannot make every request a fetch.
+OIDC_JWKS_CACHE_SECONDS = 300
+OIDC_JWKS_REFETCH_COOLDOWN_SECONDS = 30
+
+
+def _site_origin(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ImproperlyConfigured(
+            f"KAHN_SITE_ORIGINS: {value!r} is not an origin like https://scope.example.com"
+        )
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+# The origins (scheme://host[:port]) the site's pages are served on, besides the one a request names in
+# its Host header (one of ALLOWED_HOSTS, with the scheme it came by): a page of any other origin
+# cannot open a session socket (tenants.sockets), nor, for Django's CSRF check, post a form.
+KAHN_SITE_ORIGINS = [_site_origin(origin) for origin in env.list("KAHN_SITE_ORIGINS", default=[])]
+CSRF_TRUSTED_ORIGINS = KAHN_SITE_ORIGINS
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -210,11 +249,13 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["kahn_site.api_renderers.OrjsonRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    # An API key (checked by the cloud tenant middleware, which binds its tenant) or the browser
-    # session. The same in both modes: OSS resolves no keys and has no sign-in, and its one tenant
-    # passes the permission below, so nothing there ever asks for credentials.
+    # An API key or a machine's access token (both checked by the cloud tenant middleware, which
+    # binds the tenant) or the browser session. The same in both modes: OSS resolves no keys and
+    # has no sign-in, and its one tenant passes the permission below, so nothing there ever asks
+    # for credentials.
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "tenants.authentication.ApiKeyAuthentication",
+        "tenants.access_tokens.AccessTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     # No view runs without a current tenant (tenants.permissions): a new view cannot forget it.

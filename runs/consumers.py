@@ -101,7 +101,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.identity = found
         for group in found.credential_groups:
             await self._join(group)
-        if found.credential_groups:
+        if found.needs_recheck:
             self._spawn(self._recheck_credential())
 
     async def disconnect(self, code: int) -> None:
@@ -348,5 +348,6 @@ class LiveConsumer(AsyncWebsocketConsumer):
                 continue
             if not valid:
                 self.identity = None
-                await self.close(code=SOCKET_UNAUTHENTICATED, reason="the session or API key has ended")
+                reason = "the session, API key or access token has ended"
+                await self.close(code=SOCKET_UNAUTHENTICATED, reason=reason)
                 return

@@ -18,7 +18,15 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
+from rest_framework.permissions import SAFE_METHODS
 
+from tenants.access_tokens import (
+    InvalidAccessToken,
+    ProviderUnavailable,
+    access_token_verify,
+    is_access_token,
+    user_for_access_token,
+)
 from tenants.context import NoTenantError, request_transaction, tenant_bound
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
 from tenants.selectors import NotAMember, membership_list_for_user, tenant_chosen_for_user
@@ -72,9 +80,32 @@ class LocalTenantMiddleware(_TenantMiddleware):
 
 
 class CloudTenantMiddleware(_TenantMiddleware):
-    """Cloud mode: the tenant of the request's API key, else of the logged-in user."""
+    """Cloud mode: the tenant of the request's API key, else of the user of its access token (a
+    machine client's), else of the logged-in user."""
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request.access_token = None
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and is_access_token(credentials.strip()):
+            # Checked before the request's transaction opens: checking may ask the provider, and a
+            # database connection must not wait on that.
+            refusal = _access_token_refusal(request, credentials.strip())
+            if refusal is not None:
+                return refusal
+        return super().__call__(request)
 
     def choose_tenant(self, request: HttpRequest) -> Tenant | HttpResponse | None:
+        if request.access_token is not None:
+            user = user_for_access_token(request.access_token)
+            if user is None:
+                return _forbidden(
+                    request,
+                    "The access token is valid, but nobody has signed in to Scope as its subject: "
+                    "sign in once in a browser first.",
+                )
+            request.user = user
+            return self.choose_tenant_for_user(request, session_tenant_id=None)
+
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer":
             # The key's lookup binds its tenant in the database too (see `tenant_bound`).
@@ -84,16 +115,20 @@ class CloudTenantMiddleware(_TenantMiddleware):
             request.api_key = api_key
             return api_key.tenant
 
-        user = request.user
-        if not user.is_authenticated:
+        if not request.user.is_authenticated:
             return None
-        memberships = membership_list_for_user(user_id=user.pk)
+        return self.choose_tenant_for_user(request, session_tenant_id=request.session.get(SESSION_TENANT_KEY))
+
+    def choose_tenant_for_user(
+        self, request: HttpRequest, *, session_tenant_id: object
+    ) -> Tenant | HttpResponse | None:
+        memberships = membership_list_for_user(user_id=request.user.pk)
         request.memberships = memberships
         try:
             return tenant_chosen_for_user(
                 memberships=memberships,
                 asked_slug=request.headers.get(ORGANIZATION_HEADER),
-                session_tenant_id=request.session.get(SESSION_TENANT_KEY),
+                session_tenant_id=session_tenant_id,
             )
         except NotAMember as refusal:
             # The same answer whether the tenant exists or not: a header probes nothing.
@@ -131,6 +166,49 @@ def _invalid_api_key() -> HttpResponse:
         }
     }
     return JsonResponse(body, status=401, headers={"WWW-Authenticate": 'Bearer realm="kahn"'})
+
+
+def _access_token_refusal(request: HttpRequest, token: str) -> HttpResponse | None:
+    """Verifies the request's access token into `request.access_token`; else the answer refusing it.
+
+    A token reads the API and nothing else: runs are written by producers' API keys, and pages are
+    for people, who sign in.
+    """
+    try:
+        request.access_token = access_token_verify(token)
+    except InvalidAccessToken as refusal:
+        return _api_error(
+            401,
+            "invalid_token",
+            str(refusal),
+            headers={"WWW-Authenticate": 'Bearer realm="kahn", error="invalid_token"'},
+        )
+    except ProviderUnavailable as failure:
+        logger.warning("an access token could not be checked: %s", failure)
+        return _api_error(
+            503,
+            "provider_unavailable",
+            "the identity provider could not be reached to check the access token; try again",
+        )
+    if not request.path.startswith(API_PREFIX) or request.method not in SAFE_METHODS:
+        message = (
+            "an access token only reads the API: runs are written with an API key, and pages are "
+            "for people signed in"
+        )
+        return _api_error(
+            403,
+            "insufficient_scope",
+            message,
+            headers={"WWW-Authenticate": 'Bearer realm="kahn", error="insufficient_scope"'},
+        )
+    return None
+
+
+def _api_error(
+    status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+) -> HttpResponse:
+    body = {"error": {"code": code, "message": message, "details": {}}}
+    return JsonResponse(body, status=status, headers=headers)
 
 
 def _forbidden(request: HttpRequest, message: str) -> HttpResponse:

@@ -24,6 +24,7 @@ import pytest
 import websockets
 from django.conf import settings
 from django.db import connection
+from django.test import Client
 
 from runs.models import Run
 from tenants.context import tenant_atomic
@@ -219,17 +220,46 @@ def test_cloud_handshakes_without_credentials_get_4401(cloud_url, keys):
         assert (
             await close_code(await LiveClient.open(cloud_url, key="kahn_live_sk_nobody_" + "x" * 32)) == 4401
         )
-        # A page of another site, or no Origin at all: refused at the handshake (403).
-        for origin in ("https://evil.example", None):
+        # With a key, the socket stays open and answers, whatever its Origin, or with none at all
+        # (a client that is not a browser): the key speaks for it, no cookie does.
+        for origin in (cloud_url, "https://evil.example", None):
+            connection = await websockets.connect(
+                cloud_url.replace("http", "ws") + "/ws/live",
+                origin=origin,
+                additional_headers={"Authorization": f"Bearer {keys['acme']}"},
+            )
+            client = LiveClient(connection)
+            assert (await client.subscribe(runs="*")) == {"type": "subscribed", "runs": "*"}
+            await client.close()
+
+    run(scenario())
+
+
+@pytest.mark.postgres
+def test_cloud_session_sockets_need_the_sites_own_origin(cloud_url, world, settings):
+    """The origin is scheme, host and port: the same host on another port or scheme is another site."""
+    settings.SECRET_KEY = cloud_env()["DJANGO_SECRET_KEY"]  # the session must be good at the server
+    browser = Client()
+    browser.force_login(world.alice, backend="tenants.auth.TenantOIDCBackend")
+    cookie = {"Cookie": f"sessionid={browser.cookies['sessionid'].value}"}
+    port = cloud_url.rsplit(":", 1)[1]
+
+    async def scenario():
+        for origin in (
+            f"http://127.0.0.1:{int(port) + 1}",
+            "http://127.0.0.1:1",
+            f"https://127.0.0.1:{port}",
+            None,
+        ):
             with pytest.raises(websockets.InvalidStatus) as refused:
                 await websockets.connect(
-                    cloud_url.replace("http", "ws") + "/ws/live",
-                    origin=origin,
-                    additional_headers={"Authorization": f"Bearer {keys['acme']}"},
+                    cloud_url.replace("http", "ws") + "/ws/live", origin=origin, additional_headers=cookie
                 )
-            assert refused.value.response.status_code == 403
-        # With a key, the socket stays open and answers.
-        client = await LiveClient.open(cloud_url, key=keys["acme"])
+            assert refused.value.response.status_code == 403, origin
+        connection = await websockets.connect(
+            cloud_url.replace("http", "ws") + "/ws/live", origin=cloud_url, additional_headers=cookie
+        )
+        client = LiveClient(connection)
         assert (await client.subscribe(runs="*")) == {"type": "subscribed", "runs": "*"}
         await client.close()
 

@@ -67,7 +67,8 @@ async def post(run_id: str, first: int, count: int, client: Client | None = None
 
 
 async def connect(**headers: str) -> WebsocketCommunicator:
-    pairs = [(b"origin", b"http://127.0.0.1")] + [
+    # A page of the site itself: its Origin is the origin the handshake came to (Host, scheme ws).
+    pairs = [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")] + [
         (k.lower().encode(), v.encode()) for k, v in headers.items()
     ]
     socket = WebsocketCommunicator(application, "/ws/live", headers=pairs)

@@ -47,7 +47,7 @@ def expire(api_key: ApiKey) -> None:
 
 
 async def open_socket(*, key: str | None = None, client=None, **headers: str) -> WebsocketCommunicator:
-    pairs = [(b"origin", b"http://127.0.0.1")]
+    pairs = [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")]
     if key is not None:
         pairs.append((b"authorization", f"Bearer {key}".encode()))
     if client is not None:
