@@ -18,7 +18,9 @@ DENIED = "permission denied for table tenants_staffaccess"
 
 @pytest.fixture
 def record(world, as_service) -> StaffAccess:
-    return staff_access_record(tenant=world.acme, actor="ops@example.com (user 7)", reason="admin: tenant page")
+    return staff_access_record(
+        tenant=world.acme, actor="ops@example.com (user 7)", reason="admin: tenant page"
+    )
 
 
 def assert_unchanged(record: StaffAccess) -> None:
