@@ -10,7 +10,7 @@ EXPECTED_POLICY = {
     "default-src": [SELF],
     "script-src": [SELF],
     "style-src": [SELF],
-    "img-src": [SELF],
+    "img-src": [SELF, "data:"],
     "connect-src": [SELF],
     "object-src": [NONE],
     "base-uri": [NONE],
