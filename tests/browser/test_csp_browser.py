@@ -142,6 +142,8 @@ def test_every_oss_page_loads_under_the_policy(oss_url, page):
         visit(page, f"{oss_url}{path}")
 
     visit(page, f"{oss_url}/retention/")
+    # OSS has no sign-in of its own; Django admin's login page is still there, under the policy.
+    visit(page, f"{oss_url}/admin/login/")
     visit(page, f"{oss_url}/runs/run_nowhere/", status=404)
     visit(page, f"{oss_url}/no/such/page/", status=404)
     expect(page.locator("h1")).to_have_text("Not found")
