@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import environ
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -30,6 +31,27 @@ def env_required(name: str, why: str) -> str:
     if not value:
         raise ImproperlyConfigured(f"{name} is not set: {why}.")
     return value
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """A yes/no setting, read strictly: a typo in a security switch must not quietly turn it off."""
+    value = env.str(name, default="").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be 1 or 0 (true or false), not {value!r}.")
+
+
+def env_seconds(name: str, default: int) -> int:
+    value = env.str(name, default="").strip()
+    if not value:
+        return default
+    if not value.isdigit():
+        raise ImproperlyConfigured(f"{name} must be a whole number of seconds, not {value!r}.")
+    return int(value)
 
 
 KAHN_MODE = env.str("KAHN_MODE", default="oss").strip().lower()
@@ -132,6 +154,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Every answer, pages and errors alike, carries the Content Security Policy below.
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -171,6 +195,39 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = KAHN_HOME / "staticfiles"
 
+# ---------------------------------------------------------------- the browser surface
+# Every page's script and style comes from static/ (data reaches scripts through `json_script` and
+# data- attributes, which are not run), so the policy allows no inline script or style, on the
+# pages and on Django admin alike. 'self' covers /ws/live's ws:// and wss:// too.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        # data: for images only, which run nothing: stylesheets of the libraries the site serves (Swagger
+        # UI's, for /api/docs/) draw their icons with them.
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+
+# Behind a proxy that terminates TLS and says so in X-Forwarded-Proto (SPEC section 8). Only then is
+# that header trusted (and the OIDC callback URL given to the provider https): a client talking to
+# Scope directly could set it to anything.
+KAHN_TLS_PROXY = env_flag("KAHN_TLS_PROXY", default=False)
+if KAHN_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    # Sent on https answers only (Django's SecurityMiddleware). No includeSubDomains: the operator's
+    # other hosts under the same domain are not Scope's to pin. No redirect to https either: the
+    # proxy does that, and health checks speak plain HTTP to the container.
+    SECURE_HSTS_SECONDS = env_seconds("KAHN_HSTS_SECONDS", default=365 * 24 * 3600)
+
 # ---------------------------------------------------------------- cloud: sign-in with OIDC
 if CLOUD:
     _oidc_why = "cloud mode signs people in with OIDC"
@@ -190,8 +247,6 @@ if CLOUD:
     LOGIN_URL = "oidc_authentication_init"
     LOGIN_REDIRECT_URL = "/"
     LOGOUT_REDIRECT_URL = "signed_out"
-    # Behind the proxy (SPEC section 1), so that the callback URL given to the provider is https.
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     # No ATOMIC_REQUESTS: the tenant middleware makes each request one transaction, as it must bind
     # kahn.tenant_id before the view runs, and rolls it back when the answer is an error; a savepoint
     # around every view on top of that would cost two round trips a request and add nothing.

@@ -118,6 +118,7 @@ def test_cloud_migrations_run_as_the_owner_and_the_service_role_gets_rows_only(f
         )
     rows = ["SELECT", "INSERT", "UPDATE", "DELETE"]
     assert privileges.pop("django_migrations") == ["SELECT"]
+    assert privileges.pop("tenants_staffaccess") == ["SELECT", "INSERT"]
     assert privileges and all(granted == rows for granted in privileges.values()), privileges
 
     # The service role runs the commands: a tenant with its owner, then an import into it.
@@ -133,6 +134,47 @@ def test_cloud_migrations_run_as_the_owner_and_the_service_role_gets_rows_only(f
             service.execute("TRUNCATE runs_event")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             service.execute("ALTER TABLE runs_run NO FORCE ROW LEVEL SECURITY")
+
+
+def staff_access_privileges(database: Database) -> list[bool]:
+    with database.connect() as catalog:
+        return [
+            catalog.execute(
+                "SELECT has_table_privilege(%s, 'tenants_staffaccess', %s)", [database.service, privilege]
+            ).fetchone()[0]
+            for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE")
+        ]
+
+
+def test_the_service_role_adds_to_the_staff_access_audit_and_never_rewrites_it(fresh_database):
+    db = fresh_database
+    env = cloud_env(db)
+    ok(manage("migrate", "--no-input", env=env))
+    assert staff_access_privileges(db) == [True, True, False, False]
+
+    with db.connect(db.service) as service:
+        service.execute(
+            "INSERT INTO tenants_staffaccess (at, actor, tenant_ref, tenant_slug, reason)"
+            " VALUES (now(), 'ops (user 1)', 1, 'acme', 'admin: tenant page')"
+        )
+        for statement in (
+            "UPDATE tenants_staffaccess SET reason = 'nothing happened'",
+            "DELETE FROM tenants_staffaccess",
+            "TRUNCATE tenants_staffaccess",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenants_staffaccess"):
+                service.execute(statement)
+        assert service.execute("SELECT actor, reason FROM tenants_staffaccess").fetchall() == [
+            ("ops (user 1)", "admin: tenant page")
+        ]
+
+    # A database granted before the audit was append-only: the next `migrate`, with nothing to
+    # apply, takes the two privileges back.
+    with db.connect() as admin:
+        admin.execute(f"GRANT UPDATE, DELETE ON tenants_staffaccess TO {db.service}")
+    assert staff_access_privileges(db) == [True, True, True, True]
+    assert "No migrations to apply" in ok(manage("migrate", "--no-input", env=env))
+    assert staff_access_privileges(db) == [True, True, False, False]
 
 
 def test_oss_mode_on_postgresql_works_with_a_role_that_is_held_to_its_own_policies(fresh_database):
