@@ -24,6 +24,7 @@ from typing import IO, Any
 from django.conf import settings
 from django.core.exceptions import BadRequest
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.cookie import parse_cookie
 from django.utils.module_loading import import_string
 from rest_framework import status
 
@@ -107,20 +108,30 @@ def error_response(error: ApiError, headers: Mapping[str, str] | None = None) ->
     )
 
 
-def admission_needs_database(path: str) -> bool:
-    """Whether `admission_refusal` checks credentials for this path (which may query the database)."""
-    return bool(settings.KAHN_BODY_CREDENTIALS) and path.startswith(API_PREFIX)
+# A body declared this small may be read whole before its credentials are checked: the contract
+# allows reading this much of it, and the request itself checks them (the tenant middleware), so a
+# producer's small batch costs no second look at its key.
+READ_BEFORE_CREDENTIALS = 64 * 1024
+
+
+def admission_needs_database(path: str, headers: Mapping[str, str]) -> bool:
+    """Whether `admission_refusal` checks this request's credentials (which may query the database)."""
+    if not settings.KAHN_BODY_CREDENTIALS or not path.startswith(API_PREFIX):
+        return False
+    declared = _declared_length(headers.get("content-length"))
+    return declared is None or declared > READ_BEFORE_CREDENTIALS
 
 
 def admission_refusal(method: str, path: str, headers: Mapping[str, str]) -> HttpResponse | None:
     """Whether a request that carries a body may send it, judged from its request line and headers
     (names in lower case) before any of it is read; None admits it. May query the database (the
     credentials), so a server calls it off its event loop."""
-    if admission_needs_database(path):
+    if admission_needs_database(path, headers):
         # The headers only, as a request: the same check the request will meet in full later.
         request = HttpRequest()
         request.method, request.path = method, path
         request.META = {f"HTTP_{name.upper().replace('-', '_')}": value for name, value in headers.items()}
+        request.COOKIES = parse_cookie(headers.get("cookie", ""))
         refusal = import_string(settings.KAHN_BODY_CREDENTIALS)(request)
         if refusal is not None:
             return refusal

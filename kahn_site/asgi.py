@@ -4,6 +4,9 @@ The WebSocket side checks the Origin header against ALLOWED_HOSTS (a page of ano
 open a socket with a visitor's session cookie), then loads the session and its user; the consumer
 decides whom the socket acts for (tenants.sockets). The whole application is wrapped by the live
 publisher, so that writers in request threads hand their updates to the loop that serves sockets.
+
+Request bodies are admitted by the server before they reach this application (daphne reads a body
+whole before calling it): see kahn_site.http_server.
 """
 
 import os

@@ -19,8 +19,8 @@ from urllib.parse import unquote
 from channels.db import database_sync_to_async
 from daphne.http_protocol import HTTPFactory, WebRequest
 from daphne.server import Server
-from django.http import HttpResponse
-from twisted.internet import reactor
+from django.http import HttpResponse, JsonResponse
+from twisted.internet import reactor  # after daphne.server, which installs the asyncio reactor
 
 from ingest.bodies import (
     MAX_BODY_BYTES,
@@ -30,6 +30,7 @@ from ingest.bodies import (
     oversize_response,
     timeout_response,
 )
+from kahn_site.api_errors import error_body
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class AdmittingWebRequest(WebRequest):
             self.requestHeaders.removeHeader(b"Expect")
             self._expects_continue = channel._version == b"HTTP/1.1"
         method = channel._command.decode("latin-1")
-        if not admission_needs_database(self._path):
+        if not admission_needs_database(self._path, headers):
             self._admitted(admission_refusal(method, self._path, headers))
             return
         self._admitting = True
@@ -107,7 +108,8 @@ class AdmittingWebRequest(WebRequest):
             refusal = decision.result()
         except Exception:
             logger.exception("admitting a request body failed")
-            refusal = HttpResponse("the server failed to answer", status=500, content_type="text/plain")
+            body = error_body("internal_error", "the server failed to answer; the error is logged")
+            refusal = JsonResponse(body, status=500)
         if self.channel is not None and refusal is None:
             self.channel._networkProducer.resumeProducing()
         self._admitted(refusal)

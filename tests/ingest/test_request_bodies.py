@@ -16,14 +16,16 @@ from contextlib import contextmanager
 import orjson
 import pytest
 
+from ingest.bodies import admission_refusal
 from runs.models import Event
 from tenants.context import tenant_scope
 from tenants.models import Tenant
-from tenants.services import api_key_create
+from tenants.services import api_key_create, api_key_revoke
 from tests.conftest import manage_env, world_build
 from tests.ingest.http_wire import Answer, memory_kib, process_tree, send
 from tests.servers import Served, ServerDidNotStart, free_port, served
 from tests.tenants.conftest import POSTGRES_ONLY, cloud_server_env
+from tests.tenants.conftest import cloud as cloud  # the fixture, for this module
 from tests.tenants.conftest import service_role as service_role  # the fixture, for this module
 
 T = "2026-11-20T10:00:00.000Z"
@@ -134,6 +136,44 @@ def test_multipart_bodies_are_415_naming_the_accepted_types(client, local_tenant
     assert error["code"] == "unsupported_media_type"
     assert "multipart/form-data" in error["message"] and "application/json" in error["message"]
     assert not Event.objects.exists()
+
+
+# ---------------------------------------------------------------- cloud: credentials before the body
+
+
+@pytest.mark.django_db
+def test_cloud_admits_a_body_on_a_valid_key_or_session_and_refuses_anything_else(cloud, world, settings):
+    settings.KAHN_BODY_CREDENTIALS = "tenants.middleware.cloud_credentials_refusal"
+    _, key = api_key_create(tenant=world.acme, name="producer")
+    revoked, revoked_key = api_key_create(tenant=world.acme, name="old")
+    api_key_revoke(api_key=revoked)
+    cloud.force_login(world.alice)
+    session = f"{settings.SESSION_COOKIE_NAME}={cloud.cookies[settings.SESSION_COOKIE_NAME].value}"
+    path = "/api/v1/runs/run_x/events"
+
+    def admission(**headers: str):
+        return admission_refusal("POST", path, {"transfer-encoding": "chunked", **headers})
+
+    assert admission(authorization=f"Bearer {key}") is None
+    assert admission(cookie=session) is None
+    for headers, code in [
+        ({"authorization": "Bearer kahn_live_sk_acme_forged"}, "invalid_api_key"),
+        ({"authorization": f"Bearer {revoked_key}"}, "invalid_api_key"),
+        ({"authorization": "Bearer kahn_live_sk_acme_forged", "cookie": session}, "invalid_api_key"),
+        ({}, "not_authenticated"),
+        ({"cookie": f"{settings.SESSION_COOKIE_NAME}=forged"}, "not_authenticated"),
+    ]:
+        refusal = admission(**headers)
+        assert refusal is not None, headers
+        assert (refusal.status_code, orjson.loads(refusal.content)["error"]["code"]) == (401, code)
+        assert refusal["WWW-Authenticate"].startswith("Bearer")
+    # A body declared no larger than may be read anyway is left to the request's own check; pages
+    # are the session's and the form's to judge.
+    small = {"content-length": "65536", "authorization": "Bearer kahn_live_sk_acme_forged"}
+    assert admission_refusal("POST", path, small) is None
+    assert admission_refusal("POST", "/keys/", {"transfer-encoding": "chunked"}) is None
+    large = {**small, "content-length": "65537"}
+    assert admission_refusal("POST", path, large).status_code == 401
 
 
 # ---------------------------------------------------------------- real servers
