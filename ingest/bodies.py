@@ -184,28 +184,30 @@ def _raw_body(request: HttpRequest) -> bytes:
 
 def _gunzip(raw: bytes) -> bytes:
     """The body gzip holds, inflated a piece at a time and never past the limit."""
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     pieces: list[bytes] = []
     size = 0
     pending = raw
     try:
-        while True:
-            piece = inflater.decompress(pending, MAX_BODY_BYTES + 1 - size)
-            pieces.append(piece)
-            size += len(piece)
-            if size > MAX_BODY_BYTES:
-                raise BatchTooLarge(
-                    f"the body inflates past {MAX_BODY_BYTES} bytes; a request body is at most that "
-                    "once decompressed",
-                    details={"max_bytes": MAX_BODY_BYTES},
-                )
-            pending = inflater.unconsumed_tail
+        while True:  # one gzip member after another, as RFC 1952 allows
+            inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            while True:
+                piece = inflater.decompress(pending, MAX_BODY_BYTES + 1 - size)
+                pieces.append(piece)
+                size += len(piece)
+                if size > MAX_BODY_BYTES:
+                    raise BatchTooLarge(
+                        f"the body inflates past {MAX_BODY_BYTES} bytes; a request body is at most "
+                        "that once decompressed",
+                        details={"max_bytes": MAX_BODY_BYTES},
+                    )
+                pending = inflater.unconsumed_tail
+                if not pending:
+                    break
+            if not inflater.eof:
+                raise zlib.error("the gzip stream ends early")
+            pending = inflater.unused_data
             if not pending:
                 break
-        if not inflater.eof:
-            raise zlib.error("the gzip stream ends early")
-        if inflater.unused_data:
-            raise zlib.error("bytes follow the end of the gzip stream")
     except zlib.error as exc:
         raise InvalidBody(
             "the body is not valid gzip data", [{"index": None, "field": "", "message": str(exc)}]

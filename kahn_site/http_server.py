@@ -39,7 +39,7 @@ class AdmittingWebRequest(WebRequest):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._admitting = False  # admission is being decided; the socket is not read meanwhile
         self._held: tuple[bytes, bytes, bytes] | None = None  # the whole body came first: wait
-        self._refused = False
+        self._closed = False  # answered here, or the connection is gone: nothing more to handle
         self._deadline: Any = None
         self._body_bytes = 0
         self._expects_continue = False
@@ -54,7 +54,7 @@ class AdmittingWebRequest(WebRequest):
             return
         channel = self.channel
         raw_path = channel._path.split(b"?", 1)[0]
-        self._path = unquote(raw_path.decode("ascii", "replace"))
+        self._admission_path = unquote(raw_path.decode("ascii", "replace"))
         self._deadline = reactor.callLater(body_timeout(), self._too_slow)
         headers = {
             name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
@@ -65,17 +65,17 @@ class AdmittingWebRequest(WebRequest):
             self.requestHeaders.removeHeader(b"Expect")
             self._expects_continue = channel._version == b"HTTP/1.1"
         method = channel._command.decode("latin-1")
-        if not admission_needs_database(self._path, headers):
-            self._admitted(admission_refusal(method, self._path, headers))
+        if not admission_needs_database(self._admission_path, headers):
+            self._admitted(admission_refusal(method, self._admission_path, headers))
             return
         self._admitting = True
         channel._networkProducer.pauseProducing()
         check = database_sync_to_async(admission_refusal, thread_sensitive=False)
-        decision = asyncio.ensure_future(check(method, self._path, headers))
+        decision = asyncio.ensure_future(check(method, self._admission_path, headers))
         decision.add_done_callback(self._decided)
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self._refused:
+        if self._closed:
             return
         self._body_bytes += len(data)
         if self._body_bytes > MAX_BODY_BYTES:
@@ -86,7 +86,7 @@ class AdmittingWebRequest(WebRequest):
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """The whole body is in: daphne takes the request on, once it is admitted."""
         self._cancel_deadline()
-        if self._refused:
+        if self._closed:
             return
         if self._admitting:
             self._held = (command, path, version)
@@ -95,14 +95,14 @@ class AdmittingWebRequest(WebRequest):
 
     def connectionLost(self, reason: Any) -> None:
         self._cancel_deadline()
-        self._refused = True
+        self._closed = True
         super().connectionLost(reason)
 
     # ------------------------------------------------ admission
 
     def _decided(self, decision: asyncio.Future[HttpResponse | None]) -> None:
         self._admitting = False
-        if self._refused:
+        if self._closed:
             return
         try:
             refusal = decision.result()
@@ -136,7 +136,7 @@ class AdmittingWebRequest(WebRequest):
     def _refuse(self, response: HttpResponse) -> None:
         """Answers before daphne has taken the request on, and closes the connection: what is left
         of the body is never read."""
-        self._refused = True
+        self._closed = True
         self._cancel_deadline()
         channel = self.channel
         if channel is None or channel.transport is None:

@@ -27,15 +27,18 @@ class Answer:
     headers: dict[str, str]
     body: bytes
     body_bytes_sent: int  # how much of the body the connection took
+    continued: bool  # whether "100 Continue" came before the answer
 
     def json(self) -> Any:
         return orjson.loads(self.body)
 
 
-def _parse(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+def _parse(raw: bytes) -> tuple[int, dict[str, str], bytes, bool]:
     head, _, body = raw.partition(b"\r\n\r\n")
+    continued = False
     while head.startswith(b"HTTP/1.1 100"):  # an interim answer: the final one follows
         head, _, body = body.partition(b"\r\n\r\n")
+        continued = True
     status_line, *lines = head.decode("latin-1").split("\r\n")
     headers = {
         name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)
@@ -49,7 +52,7 @@ def _parse(raw: bytes) -> tuple[int, dict[str, str], bytes]:
                 break
             decoded, rest = decoded + rest[:size], rest[size + 2 :]
         body = decoded
-    return int(status_line.split()[1]), headers, body
+    return int(status_line.split()[1]), headers, body, continued
 
 
 def send(
@@ -115,8 +118,8 @@ def send(
                     connection.sendall(pending)  # the end of a body sent whole
                 connection.setblocking(False)
     assert received, f"{url}{path} closed the connection without an answer after {sent} body bytes"
-    status, answer_headers, answer_body = _parse(received)
-    return Answer(status, answer_headers, answer_body, sent)
+    status, answer_headers, answer_body, continued = _parse(received)
+    return Answer(status, answer_headers, answer_body, sent, continued)
 
 
 def process_tree(pid: int) -> list[int]:

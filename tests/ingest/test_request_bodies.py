@@ -69,6 +69,10 @@ def test_a_gzip_body_is_inflated_and_stored(client, local_tenant):
         headers={"Content-Encoding": "GZIP"},
     )
     assert (response.status_code, response.json()["written"]) == (200, True)
+    # Several gzip members, one after another, are one body (RFC 1952).
+    members = gzip.compress(ndjson({"ts": T, "event": "checkpoint"})) * 2
+    response = post(client, "run_gz", members, **{"Content-Encoding": "gzip"})
+    assert (response.status_code, response.json()["next_seq"]) == (200, 4), response.content
 
 
 @pytest.mark.django_db
@@ -98,7 +102,7 @@ def test_a_zip_bomb_is_413_and_never_inflated_whole(client, local_tenant):
     [
         (b"not gzip at all\n", "incorrect header check"),
         (gzip.compress(start("run_x"))[:-9], "ends early"),
-        (gzip.compress(start("run_x")) + b"trailing", "follow the end"),
+        (gzip.compress(start("run_x")) + b"trailing", "incorrect header check"),
         (gzip.compress(start("run_x"))[:-4] + b"\x00\x00\x00\x00", "incorrect length"),
     ],
     ids=["not-gzip", "truncated", "trailing-bytes", "wrong-length"],
@@ -253,6 +257,22 @@ def test_daphne_reads_no_more_than_the_limit_of_a_600_mb_body(local_tenant):
         checkpoint = ndjson({"ts": T, "event": "checkpoint", "note": "y" * 3000})
         chunked = send(server.url, "POST", "/api/v1/runs/run_ok/events", [checkpoint] * 300, headers)
         assert (chunked.status, chunked.json()["accepted"]) == (200, 300)
+        # Invited to send its body once it is admitted, or refused without the invitation.
+        declared_headers = {**headers, "Expect": "100-continue", "Content-Length": str(len(start("run_ok2")))}
+        invited = send(
+            server.url,
+            "POST",
+            "/api/v1/runs/run_ok2/events",
+            [start("run_ok2")],
+            declared_headers,
+            chunked=False,
+        )
+        assert (invited.status, invited.continued) == (200, True)
+        too_large = {**declared_headers, "Content-Length": str(2 * MIB)}
+        refused = send(
+            server.url, "POST", "/api/v1/runs/run_ok2/events", six_hundred_mb(), too_large, chunked=False
+        )
+        assert (refused.status, refused.continued) == (413, False)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -310,6 +330,10 @@ def test_an_unauthenticated_600_mb_body_is_refused_unread(service_role, producer
         # No credentials at all: the answer the API gives any request without them.
         anonymous = send(server.url, "POST", path, six_hundred_mb(), {"Content-Type": "application/x-ndjson"})
         assert (anonymous.status, error_of(anonymous.json())["code"]) == (401, "not_authenticated")
+        if server_kind == "daphne":
+            # A client that waits to be invited to send its body is refused without the invitation.
+            waiting = send(server.url, "POST", path, six_hundred_mb(), {**forged, "Expect": "100-continue"})
+            assert (waiting.status, waiting.continued) == (401, False)
         # Refused before anything else about the body is judged.
         multipart = send(
             server.url, "POST", path, [b"--b--"], {**forged, "Content-Type": "multipart/form-data"}
@@ -359,6 +383,9 @@ def test_a_producer_posts_declared_chunked_and_gzip_bodies(service_role, produce
         )
         assert (multipart.status, error_of(multipart.json())["code"]) == (415, "unsupported_media_type")
         assert events_of(tenant, "run_wire") == 601
+        # The producer's own 600 MB is cut off at the limit, and the server keeps its memory.
+        answer = assert_memory_kept_after_a_huge_body(server, path, headers, 413)
+        assert error_of(answer.json())["code"] == "batch_too_large"
 
 
 @pytest.mark.parametrize("server_kind", SERVERS)
