@@ -1,8 +1,8 @@
 """The ingest API (SPEC section 5): producers POST events and PUT a run's graph and summary.
 
 Each path also answers GET through the read API's view it extends, so one URL has one view class.
-The body is read raw, not through DRF's parsers: limits, NDJSON and the contract's error codes are
-the ingest service's to decide.
+The body is read raw, not through DRF's parsers: limits, gzip, NDJSON and the contract's error codes
+are the ingest service's to decide (ingest.bodies).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from dataclasses import asdict
 from typing import Any
 
 import orjson
-from django.core.exceptions import RequestDataTooBig
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiRequest, extend_schema, inline_serializer
 from rest_framework import serializers
@@ -19,6 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ingest import services
+from ingest.bodies import request_body
 from ingest.ratelimit import TenantIngestRateThrottle, ratelimit_headers
 from kahn_site.api_errors import ApiError
 from runs.api import ERRORS, RUN_ID, ErrorSerializer, RunEventsApi, RunGraphApi, RunSummaryApi
@@ -34,23 +34,6 @@ class InvalidRunId(ApiError):
             "a run id is 1 to 64 letters, digits, '_' or '-', starting with a letter or digit",
             details={"run_id": run_id[:100]},
         )
-
-
-def _body(request: Request) -> bytes:
-    # Refuse an oversized body by its declared length before reading it.
-    declared = request.META.get("CONTENT_LENGTH") or "0"
-    if declared.isdigit() and int(declared) > services.MAX_REQUEST_BYTES:
-        raise services.BatchTooLarge(
-            f"the request is {declared} bytes; a batch is at most {services.MAX_REQUEST_BYTES}",
-            details={"max_bytes": services.MAX_REQUEST_BYTES},
-        )
-    try:
-        return request.body
-    except RequestDataTooBig:
-        raise services.BatchTooLarge(
-            f"a batch is at most {services.MAX_REQUEST_BYTES} bytes",
-            details={"max_bytes": services.MAX_REQUEST_BYTES},
-        ) from None
 
 
 def _checked_run_id(run_id: str) -> str:
@@ -110,15 +93,18 @@ class RunEventsEndpoint(IngestThrottled, RunEventsApi):
     )
     def post(self, request: Request, run_id: str) -> Response:
         _checked_run_id(run_id)
-        batch = services.events_parse(_body(request), request.content_type or "")
+        batch = services.events_parse(request_body(request), request.content_type or "")
         receipt = services.run_append_batch(tenant=tenant_current(), run_id=run_id, batch=batch)
         return Response(asdict(receipt))
 
 
 def _document(request: Request, kind: str) -> dict[str, Any]:
-    body = _body(request)
-    if (request.content_type or "").split(";")[0].strip().lower() != "application/json":
-        raise services.UnsupportedMediaType(f"send the {kind} as application/json")
+    media_type = (request.content_type or "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise services.UnsupportedMediaType(
+            f"send the {kind} as application/json, not {media_type or 'no content type'}"
+        )
+    body = request_body(request)
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

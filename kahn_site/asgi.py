@@ -5,6 +5,9 @@ own origins (a page of another site cannot open a socket with a visitor's sessio
 loads the session and its user; the consumer decides whom the socket acts for (tenants.sockets).
 The whole application is wrapped by the live publisher, so that writers in request threads hand
 their updates to the loop that serves sockets.
+
+Request bodies are admitted by the server before they reach this application (daphne reads a body
+whole before calling it): see kahn_site.http_server.
 """
 
 import os

@@ -408,6 +408,15 @@ KAHN_SOCKET_IDENTITY = (
 # out and revoking a key close its sockets at once.
 KAHN_LIVE_RECHECK_SECONDS = env.int("KAHN_LIVE_RECHECK_SECONDS", default=60)
 
+# ---------------------------------------------------------------- request bodies (ingest.bodies)
+# An API request with a body is checked for credentials from its headers, before its body is read:
+# the mode's check (OSS has no credentials to check).
+KAHN_BODY_CREDENTIALS = "tenants.middleware.cloud_credentials_refusal" if CLOUD else None
+# Seconds a request's body may take to arrive after its headers; a slower one is dropped (408).
+KAHN_REQUEST_BODY_TIMEOUT = env.float("KAHN_REQUEST_BODY_TIMEOUT", default=20.0)
+if KAHN_REQUEST_BODY_TIMEOUT <= 0:
+    raise ImproperlyConfigured("KAHN_REQUEST_BODY_TIMEOUT must be a positive number of seconds.")
+
 # API keys are stored as HMAC-SHA256 with this pepper: a leaked table without it opens nothing.
 KAHN_API_KEY_PEPPER = (
     env_secret("KAHN_API_KEY_PEPPER")

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from importlib import import_module
 from urllib.parse import urlencode
 
+from django.conf import settings
+from django.contrib import auth
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
+from rest_framework.exceptions import NotAuthenticated
 from rest_framework.permissions import SAFE_METHODS
 
 from tenants.access_tokens import (
@@ -85,11 +89,11 @@ class CloudTenantMiddleware(_TenantMiddleware):
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request.access_token = None
-        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and is_access_token(credentials.strip()):
+        bearer = _bearer(request)
+        if bearer is not None and is_access_token(bearer):
             # Checked before the request's transaction opens: checking may ask the provider, and a
             # database connection must not wait on that.
-            refusal = _access_token_refusal(request, credentials.strip())
+            refusal = _access_token_refusal(request, bearer)
             if refusal is not None:
                 return refusal
         return super().__call__(request)
@@ -106,10 +110,10 @@ class CloudTenantMiddleware(_TenantMiddleware):
             request.user = user
             return self.choose_tenant_for_user(request, session_tenant_id=None)
 
-        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer":
+        bearer = _bearer(request)
+        if bearer is not None:
             # The key's lookup binds its tenant in the database too (see `tenant_bound`).
-            api_key = api_key_find(credentials.strip(), bind_tenant=True)
+            api_key = api_key_find(bearer, bind_tenant=True)
             if api_key is None:
                 return _invalid_api_key()
             request.api_key = api_key
@@ -154,6 +158,36 @@ class CloudTenantMiddleware(_TenantMiddleware):
             login = reverse("oidc_authentication_init")
             return HttpResponseRedirect(f"{login}?{urlencode({'next': request.get_full_path()})}")
         return render(request, "tenants/no_workspace.html", status=200)
+
+
+def _bearer(request: HttpRequest) -> str | None:
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else None
+
+
+def cloud_credentials_refusal(request: HttpRequest) -> HttpResponse | None:
+    """Cloud mode's check of a request that carries a body, made from its headers before the body
+    is read (ingest.bodies, `KAHN_BODY_CREDENTIALS`): its refusal if it has no valid credentials,
+    else None. The same checks the whole request meets later: an API key as `CloudTenantMiddleware`
+    finds it, or else a signed-in session, as Django's own middleware loads it. Whether those
+    credentials may do what the request asks is for the view to say, once the body is read.
+    """
+    bearer = _bearer(request)
+    if bearer is not None and is_access_token(bearer):
+        # A token never writes: its answer (401 if it is not valid, else 403) needs no body.
+        return _access_token_refusal(request, bearer)
+    if bearer is not None:
+        return None if api_key_find(bearer) is not None else _invalid_api_key()
+    session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    if session_key:
+        request.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+        if auth.get_user(request).is_authenticated:
+            return None
+    # DRF's answer to the same request with no credentials (tenants.permissions.HasTenant).
+    body = {
+        "error": {"code": "not_authenticated", "message": str(NotAuthenticated.default_detail), "details": {}}
+    }
+    return JsonResponse(body, status=401, headers={"WWW-Authenticate": 'Bearer realm="kahn"'})
 
 
 def _invalid_api_key() -> HttpResponse:

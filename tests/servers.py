@@ -35,6 +35,7 @@ class ServerDidNotStart(Exception):
 class Served:
     url: str
     log: IO[str]
+    pid: int  # of `manage.py serve`: the server itself, or the parent of its gunicorn and daphne
 
     def output(self) -> str:
         """Everything the server has printed so far."""
@@ -52,7 +53,7 @@ def served(
     log = tempfile.NamedTemporaryFile("w+", prefix="kahn-serve-", suffix=".log")  # noqa: SIM115
     command = [sys.executable, str(PROJECT / "manage.py"), "serve", "--port", str(port), *args]
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    running = Served(url=f"http://127.0.0.1:{port}", log=log)
+    running = Served(url=f"http://127.0.0.1:{port}", log=log, pid=server.pid)
     try:
         deadline = time.monotonic() + 30
         while True:

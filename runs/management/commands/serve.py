@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -151,6 +152,10 @@ class Command(BaseCommand):
             # Behind the proxy, which buffers slow clients: a sync worker is never held by one.
             "--graceful-timeout",
             "20",
+            # A worker silent this long is restarted: longer than a body may take to arrive, so that
+            # a trickling body is answered 408 (ingest.bodies) rather than cut off with its worker.
+            "--timeout",
+            str(max(30, math.ceil(settings.KAHN_REQUEST_BODY_TIMEOUT) + 10)),
             *(["--access-logfile", "-"] if verbosity > 1 else []),
         ]
         daphne = [sys.executable, manage, "serve", "--host", host, "--port", str(ws_port)]
@@ -186,14 +191,15 @@ class Command(BaseCommand):
         from channels.routing import get_default_application
         from daphne.access import AccessLogGenerator
         from daphne.endpoints import build_endpoint_description_strings
-        from daphne.server import Server
+
+        from kahn_site.http_server import AdmittingServer
 
         # Static files come from the app itself: OSS has no web server in front and no build step.
         application = ASGIStaticFilesHandler(get_default_application())
         shown = f"[{host}]" if ":" in host else host
         self.stdout.write(f"KAHN Scope ({settings.KAHN_MODE}) on http://{shown}:{port}/  (Ctrl-C stops it)")
         self.stdout.flush()
-        Server(
+        AdmittingServer(
             application=application,
             endpoints=build_endpoint_description_strings(host=host, port=port),
             action_logger=AccessLogGenerator(sys.stdout) if verbosity > 1 else None,
