@@ -122,17 +122,31 @@ def test_a_missing_archive_is_said_once_and_following_names_only_the_runs_that_c
         appended(archive / "runs" / "run_late" / "transitions.jsonl", EVENTS[2])
         output = wait_for(server, "run_late +1")
     lines = output.splitlines()
-    missing = [line for line in lines if str(archive) in line and "KAHN_ARCHIVE=" in line]
-    assert len(missing) == 1, output
-    assert "make run ARCHIVE=" in missing[0]
+    missing = (
+        f"the archive {archive} does not exist yet: its runs appear here once a producer writes there. "
+        "To follow another archive, set KAHN_ARCHIVE=path/to/.kahn/archive "
+        "(with make: make run ARCHIVE=path/to/.kahn/archive)."
+    )
+    assert lines.count(missing) == 1, output
     assert lines == [
         f"KAHN Scope (oss) on {server.url}/  (--port to change; Ctrl-C stops it)",
         f"following the archive {archive} (KAHN_ARCHIVE) every {INTERVAL:g} s; --no-follow turns it off",
-        missing[0],
+        missing,
         f"the archive {archive} can be read now: following it",
         "imported 2 events into 1 run: run_late +2",
         "imported 1 event into 1 run: run_late +1",
     ], output
+
+
+def test_a_folder_that_is_not_an_archive_yet_is_said_once_too(transactional_db, local_tenant, tmp_path):
+    with served(manage_env(KAHN_ARCHIVE=str(tmp_path)), "--follow-interval", str(INTERVAL)) as server:
+        wait_for(server, "KAHN_ARCHIVE=")
+        time.sleep(20 * INTERVAL)  # many passes over the same folder
+        write_archive_run(tmp_path, "run_late", EVENTS[:1])
+        output = wait_for(server, "run_late +1")
+    said = [line for line in output.splitlines() if "KAHN_ARCHIVE=" in line]
+    assert len(said) == 1, output
+    assert "waiting for a producer to write there" in said[0]
 
 
 def test_a_first_pass_over_many_runs_names_ten_and_counts_the_rest(transactional_db, local_tenant, tmp_path):

@@ -279,12 +279,17 @@ class ArchiveFollower(threading.Thread):
             while not self.stopping.is_set():
                 try:
                     report = archive_import(tenant=tenant, root=self.root)
-                except ArchiveError as missing:
-                    problem = str(missing)
+                except ArchiveError as unreadable:
+                    if self.root.exists():
+                        problem = f"{unreadable}; waiting for a producer to write there"
+                    else:
+                        problem = (
+                            f"the archive {self.root} does not exist yet: its runs appear here once a "
+                            "producer writes there"
+                        )
                     if problem != said:
                         self.say(
-                            f"{problem}. Waiting for it: runs appear here once a producer writes there. "
-                            "To follow another archive, set KAHN_ARCHIVE=path/to/.kahn/archive "
+                            f"{problem}. To follow another archive, set KAHN_ARCHIVE=path/to/.kahn/archive "
                             "(with make: make run ARCHIVE=path/to/.kahn/archive)."
                         )
                         said = problem
