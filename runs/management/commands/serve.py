@@ -71,9 +71,12 @@ def listen_check(host: str, port: int, option: str) -> None:
                         f"port {port} on {host} is already in use by another program (perhaps another "
                         f"KAHN Scope): stop it, or serve on another port with {option} N{with_make}."
                     ) from None
-                raise CommandError(
-                    f"cannot listen on {host} port {port} ({option}): {exc.strerror}"
-                ) from None
+                if exc.errno == errno.EACCES:
+                    raise CommandError(
+                        f"port {port} on {host} is reserved to privileged programs: serve on a port "
+                        f"above 1023 with {option} N."
+                    ) from None
+                # Anything else (an address family this host lacks, say) is the server's to find.
 
 
 def is_loopback(host: str) -> bool:
