@@ -14,10 +14,15 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# `make run PORT=8090 ARCHIVE=path/to/.kahn/archive`: where to serve, and which archive to follow.
+PORT ?= 8080
+ARCHIVE ?= $(or $(KAHN_ARCHIVE),ingest/demo_archive)
+
 run: install
+	@echo "make run: KAHN Scope in OSS mode on http://127.0.0.1:$(PORT)/, following the archive $(ARCHIVE)"
+	@echo "          (change them with: make run PORT=8090 ARCHIVE=path/to/.kahn/archive)"
 	$(PY) manage.py migrate --no-input -v0
-	$(PY) manage.py ingest_archive ingest/demo_archive
-	$(PY) manage.py serve
+	KAHN_ARCHIVE='$(ARCHIVE)' $(PY) manage.py serve --port '$(PORT)'
 
 services:
 	bash .ci/services

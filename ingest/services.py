@@ -233,8 +233,20 @@ def _open_run(run_batch: RunBatch, tenant: Tenant, run_id: str) -> RunChange:
     return change
 
 
+def _run_id_mismatches(batch: EventBatch, run_id: str) -> list[dict[str, Any]]:
+    """A `run_start` naming another run than the URL's: the log and its address would disagree."""
+    return [
+        _problem(index, "run_id", f"run_start names run {event['run_id']!r}, but the URL is run {run_id!r}'s")
+        for index, event in enumerate(batch.events)
+        if event.get("event") == "run_start" and event.get("run_id") != run_id
+    ]
+
+
 def run_append_batch(*, tenant: Tenant, run_id: str, batch: EventBatch) -> Receipt:
     """Appends a batch to a run (created by its first batch), all of it or none of it."""
+    mismatches = _run_id_mismatches(batch, run_id)
+    if mismatches:
+        raise InvalidBody(f"the batch's run_start names another run than {run_id!r}", mismatches)
 
     def append(run_batch: RunBatch) -> Receipt:
         change = _open_run(run_batch, tenant, run_id)

@@ -144,6 +144,8 @@ INSTALLED_APPS = [
     "mozilla_django_oidc",
     "rest_framework",
     "drf_spectacular",
+    # Swagger UI's files for /api/docs/, found by staticfiles like the site's own.
+    "drf_spectacular_sidecar",
     "channels",
     "tenants",
     "billing",
@@ -324,6 +326,14 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # The schema and /api/docs/ are read like the read API: by anyone in OSS, by a member or a key in cloud.
+    "SERVE_PERMISSIONS": REST_FRAMEWORK["DEFAULT_PERMISSION_CLASSES"],
+    # Each path once, as the contract spells it (both spellings are routed: kahn_site.api_routes).
+    "PREPROCESSING_HOOKS": ["kahn_site.api_routes.schema_without_other_spellings"],
+    # Swagger UI from this site's own static files, and no call to the public validator's badge.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
 
 # ---------------------------------------------------------------- cache and ingest rate limits

@@ -4,12 +4,15 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
 from ingest.urls import api_urlpatterns as ingest_api_urlpatterns
+from kahn_site.api_docs import ApiDocsView
+from kahn_site.api_routes import api_path
 from retention.urls import page_urlpatterns as retention_page_urlpatterns
 from runs.urls import api_urlpatterns, page_urlpatterns
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    *api_path("api/v1/schema/", SpectacularAPIView, "api-schema"),
+    *api_path("api/docs/", ApiDocsView, "api-docs"),
     path("api/v1/", include(ingest_api_urlpatterns)),
     path("api/v1/", include(api_urlpatterns)),
     path("", include(retention_page_urlpatterns)),

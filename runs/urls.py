@@ -1,12 +1,14 @@
 from django.urls import path
 
+from kahn_site.api_routes import api_path
 from runs import api, consumers, views
 
 # GET runs/{id}/events, graph and summary are routed by `ingest.urls`: its views extend the read
-# API's (`RunEventsApi`, `RunGraphApi`, `RunSummaryApi`) with the producer's POST and PUT.
+# API's (`RunEventsApi`, `RunGraphApi`, `RunSummaryApi`) with the producer's POST and PUT. Each
+# path also answers without its trailing slash (kahn_site.api_routes).
 api_urlpatterns = [
-    path("runs/", api.RunListApi.as_view(), name="api-runs"),
-    path("runs/<str:run_id>/", api.RunDetailApi.as_view(), name="api-run"),
+    *api_path("runs/", api.RunListApi, "api-runs"),
+    *api_path("runs/<str:run_id>/", api.RunDetailApi, "api-run"),
 ]
 
 page_urlpatterns = [

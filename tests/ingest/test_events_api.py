@@ -171,7 +171,7 @@ def test_nothing_is_accepted_after_run_end(client, local_tenant):
     error = refused(client, "run_flaky", ndjson([late]), status=409, code="run_ended")
     assert error["details"]["next_seq"] == 35
     # ... nor after a run_end earlier in the same batch.
-    refused(client, "other", ndjson([*sample_events("run_clean"), late]), status=409, code="run_ended")
+    refused(client, "run_clean", ndjson([*sample_events("run_clean"), late]), status=409, code="run_ended")
 
 
 def test_schema_errors_are_listed_by_index_and_field(client, started):

@@ -17,15 +17,18 @@ and WSGI workers serve them at several times its rate (tests/bench/bench_ingest_
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 from django.db import connection
 
-from ingest.archive import ArchiveError, archive_import
+from ingest.archive import ArchiveError, ArchiveReport, archive_import
 from kahn_site.checks import require_migrated
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
 
@@ -43,6 +46,38 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORT = 8080
 OSS_HOST = "127.0.0.1"
 CLOUD_HOST = "0.0.0.0"
+# How many changed runs one line of the follower names; a first import of a big archive says how many more.
+RUNS_NAMED = 10
+
+
+def listen_check(host: str, port: int, option: str) -> None:
+    """Refuses, in one sentence, an address this process could not listen on: before it says it serves.
+
+    The probe binds as the servers do (SO_REUSEADDR, so a closed connection's TIME_WAIT does not
+    count), which on Linux still fails where another socket listens.
+    """
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CommandError(f"cannot listen on {host!r}: {exc.strerror}") from None
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    with_make = " (with make: make run PORT=N)" if option == "--port" else ""
+                    raise CommandError(
+                        f"port {port} on {host} is already in use by another program (perhaps another "
+                        f"KAHN Scope): stop it, or serve on another port with {option} N{with_make}."
+                    ) from None
+                if exc.errno == errno.EACCES:
+                    raise CommandError(
+                        f"port {port} on {host} is reserved to privileged programs: serve on a port "
+                        f"above 1023 with {option} N."
+                    ) from None
+                # Anything else (an address family this host lacks, say) is the server's to find.
 
 
 def is_loopback(host: str) -> bool:
@@ -120,17 +155,19 @@ class Command(BaseCommand):
             ]
             os.execve(sys.executable, argv, {**os.environ, "KAHN_MODE": mode})
         require_migrated()
+        listen_check(host, port, "--port")
         if workers:
+            listen_check(host, ws_port, "--ws-port")
             self._serve_with_workers(host, port, ws_port, workers, options["verbosity"])
             return
         follower = None
         if not settings.CLOUD and not options["no_follow"]:
             follower = ArchiveFollower(settings.KAHN_ARCHIVE, options["follow_interval"], self.stdout)
-            follower.start()
         try:
-            self._serve(host, port, options["verbosity"])
+            # The archive is followed once the server listens: what it says comes after the address.
+            self._serve(host, port, options["verbosity"], listening=follower.start if follower else None)
         finally:
-            if follower is not None:
+            if follower is not None and follower.ident is not None:
                 follower.stop()
 
     def _serve_with_workers(self, host: str, port: int, ws_port: int, workers: int, verbosity: int) -> None:
@@ -187,7 +224,7 @@ class Command(BaseCommand):
                 except subprocess.TimeoutExpired:
                     child.kill()
 
-    def _serve(self, host: str, port: int, verbosity: int) -> None:
+    def _serve(self, host: str, port: int, verbosity: int, listening: Callable[[], None] | None) -> None:
         from channels.routing import get_default_application
         from daphne.access import AccessLogGenerator
         from daphne.endpoints import build_endpoint_description_strings
@@ -197,14 +234,28 @@ class Command(BaseCommand):
         # Static files come from the app itself: OSS has no web server in front and no build step.
         application = ASGIStaticFilesHandler(get_default_application())
         shown = f"[{host}]" if ":" in host else host
-        self.stdout.write(f"KAHN Scope ({settings.KAHN_MODE}) on http://{shown}:{port}/  (Ctrl-C stops it)")
-        self.stdout.flush()
-        AdmittingServer(
+
+        def ready() -> None:
+            # Called by daphne once it listens: nothing claims to serve before it does.
+            url = f"http://{shown}:{port}/"
+            self.stdout.write(
+                f"KAHN Scope ({settings.KAHN_MODE}) on {url}  (--port to change; Ctrl-C stops it)"
+            )
+            self.stdout.flush()
+            if listening is not None:
+                listening()
+
+        server = AdmittingServer(
             application=application,
             endpoints=build_endpoint_description_strings(host=host, port=port),
             action_logger=AccessLogGenerator(sys.stdout) if verbosity > 1 else None,
             verbosity=verbosity,
-        ).run()
+            ready_callable=ready,
+        )
+        server.run()
+        if server.abort_start:
+            # Taken between the check and the listen: daphne gave up without serving.
+            raise CommandError(f"could not listen on {host} port {port}: it is in use or not available")
 
 
 class ArchiveFollower(threading.Thread):
@@ -212,7 +263,9 @@ class ArchiveFollower(threading.Thread):
 
     The same import as `ingest_archive --follow`, through the one write path, so what it commits
     reaches this process's sockets. An archive that does not exist yet is waited for, not an error:
-    the server may well start before the first producer does.
+    the server may well start before the first producer does. It speaks only when something changed:
+    runs imported (by name), a new warning, the archive appearing or going, a failure; a pass that
+    found nothing new is silent.
     """
 
     def __init__(self, root: Path, interval: float, stdout: OutputWrapper) -> None:
@@ -224,34 +277,68 @@ class ArchiveFollower(threading.Thread):
 
     def run(self) -> None:
         tenant = Tenant.objects.get(slug=LOCAL_TENANT_SLUG)
-        self.out.write(f"following {self.root} every {self.interval} s (--no-follow turns it off)")
-        waiting = False
+        self.say(
+            f"following the archive {self.root} (KAHN_ARCHIVE) every {self.interval:g} s; "
+            "--no-follow turns it off"
+        )
+        # The last problem said, so that one which lasts is said once, not at every pass.
+        said: str | None = None
         warned: set[str] = set()
         try:
             while not self.stopping.is_set():
                 try:
                     report = archive_import(tenant=tenant, root=self.root)
-                except ArchiveError as missing:
-                    if not waiting:
-                        self.out.write(f"waiting for the archive: {missing}")
-                        waiting = True
-                except Exception:
+                except ArchiveError as unreadable:
+                    if self.root.exists():
+                        problem = f"{unreadable}; waiting for a producer to write there"
+                    else:
+                        problem = (
+                            f"the archive {self.root} does not exist yet: its runs appear here once a "
+                            "producer writes there"
+                        )
+                    if problem != said:
+                        self.say(
+                            f"{problem}. To follow another archive, set KAHN_ARCHIVE=path/to/.kahn/archive "
+                            "(with make: make run ARCHIVE=path/to/.kahn/archive)."
+                        )
+                        said = problem
+                except Exception as failure:
                     # Never the server's end: a bad pass is logged and the next one tries again.
-                    logger.exception("importing %s failed", self.root)
+                    problem = f"{type(failure).__name__}: {failure}"
+                    if problem != said:
+                        logger.exception(
+                            "importing %s failed; trying again every %g s", self.root, self.interval
+                        )
+                        said = problem
                     connection.close()
                 else:
-                    waiting = False
+                    if said is not None:
+                        self.say(f"the archive {self.root} can be read now: following it")
+                        said = None
                     for warning in report.warnings:
                         if warning not in warned:  # a skipped folder is skipped at every pass
                             warned.add(warning)
-                            self.out.write(f"warning: {warning}")
+                            self.say(f"warning: {warning}")
                     if report.runs:
-                        self.out.write(f"imported {report.events} events into {len(report.runs)} runs")
+                        self.say(changed_runs(report))
                 self.stopping.wait(self.interval)
         finally:
             connection.close()
+
+    def say(self, line: str) -> None:
+        self.out.write(line)
+        self.out.flush()
 
     def stop(self) -> None:
         """Lets the pass in flight finish its transaction, then ends the thread."""
         self.stopping.set()
         self.join(timeout=30)
+
+
+def changed_runs(report: ArchiveReport) -> str:
+    """One line naming the runs a pass changed: `imported 58 events into 2 runs: run_a +35, run_b +23`."""
+    named = ", ".join(f"{r.run_id} +{r.events}" for r in report.runs[:RUNS_NAMED])
+    more = len(report.runs) - RUNS_NAMED
+    runs = "1 run" if len(report.runs) == 1 else f"{len(report.runs)} runs"
+    events = "1 event" if report.events == 1 else f"{report.events} events"
+    return f"imported {events} into {runs}: {named}" + (f", and {more} more" if more > 0 else "")
