@@ -311,7 +311,7 @@ def _run_id_mismatch(named: str, run_id: str, line: int, change: RunChange) -> r
     is what the archive is read by), and the event is stored as written."""
     return reduction.Diagnostic(
         "run_id_mismatch",
-        f"run_start names run {printable(named)!r}, but its folder is runs/{run_id}/: "
+        f"run_start names run '{printable(named)}', but its folder is runs/{run_id}/: "
         f"the run is stored as {run_id!r}",
         seq=change.reduction.next_seq,
         line=line,

@@ -270,3 +270,17 @@ def test_follow_prints_a_standing_problem_once_and_a_new_one_when_it_appears(loc
     assert len([w for w in warnings if w.startswith("warning: skipped runs/run.late:")]) == 1
     assert len(warnings) == 3, err
     assert "run_later" in out and "run_last" in out  # the table named the new runs
+
+
+def test_a_mismatched_run_id_is_shown_escaped_and_kept_as_written(local_tenant, tmp_path):
+    root = tmp_path / "archive"
+    write_archive_run(root, "run_folder", events_of("run_folder", named="evil\n\x1b[1mname"))
+    ingest(root)
+    mismatch = Diagnostic.objects.get(code="run_id_mismatch")
+    assert mismatch.message.startswith("run_start names run 'evil\\x0a\\x1b[1mname', but its folder is")
+    assert mismatch.details["run_id"] == "evil\n\x1b[1mname"
+
+
+def test_an_unknown_tenant_is_named_escaped(local_tenant, archive):
+    with pytest.raises(CommandError, match=r"^there is no tenant 'no\\x0a\\x1bpe': create it"):
+        ingest(archive, "--tenant", "no\n\x1bpe")

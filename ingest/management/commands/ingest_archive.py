@@ -74,7 +74,7 @@ class Command(BaseCommand):
             tenant = Tenant.objects.get(slug=options["tenant"])
         except Tenant.DoesNotExist:
             raise CommandError(
-                f"there is no tenant {printable(options['tenant'])!r}: create it with "
+                f"there is no tenant '{printable(options['tenant'])}': create it with "
                 "`manage.py create_tenant`"
             ) from None
         if not options["follow"]:
