@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -26,6 +27,7 @@ from ingest.archive import archive_import
 from runs.models import Diagnostic, Event, Run
 from runs.services import IMPORT_RETRY_FIRST
 from tests.conftest import PROJECT, manage, manage_env, write_archive_run
+from tests.servers import served
 
 pytestmark = pytest.mark.django_db
 
@@ -370,3 +372,23 @@ def test_issue_14_a_line_the_database_cannot_store_costs_its_run_at_most(local_t
     out_again, _ = ingest(archive)
     if not run.import_error:
         assert "nothing new" in out_again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_issue_14_serve_does_not_retry_a_refused_run_every_second(local_tenant, archive, committed_refusal):
+    """`serve` follows the archive in its own process: the refused run is tried once, then waits out
+    its delay, while the server answers and shows the other runs and the refused one's error."""
+    env = manage_env(KAHN_ARCHIVE=str(archive), KAHN_MODE="oss")
+    with served(env, "--follow-interval", "0.1") as server:
+        deadline = time.monotonic() + 60
+        while not Run.objects.filter(run_id="run_hostile", import_failures__gt=0).exists():
+            assert time.monotonic() < deadline, f"serve did not try the run:\n{server.output()}"
+            time.sleep(0.1)
+        time.sleep(1.5)  # fifteen polls at least
+        with urllib.request.urlopen(f"{server.url}/runs/run_hostile/", timeout=10) as page:
+            assert REFUSAL in page.read().decode()
+        output = server.output()
+    assert Run.objects.get(run_id="run_hostile").import_failures == 1
+    assert output.count("could not import runs/run_hostile") == 1, output
+    for run_id in other_runs(archive, "run_hostile"):
+        assert_imported_whole(archive, run_id)
