@@ -67,7 +67,11 @@ class Command(BaseCommand):
         require_migrated()
         root: Path = options["path"] or settings.KAHN_ARCHIVE
         # Where the path came from, for a message about it: the command line, or the setting.
-        self.origin = "" if options["path"] else " (KAHN_ARCHIVE; give a path, or set KAHN_ARCHIVE)"
+        self.origin = (
+            ""
+            if options["path"]
+            else " (from KAHN_ARCHIVE: give a path, or set KAHN_ARCHIVE to the archive root)"
+        )
         if options["interval"] <= 0:
             raise CommandError("--interval must be a positive number of seconds")
         try:
