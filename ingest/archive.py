@@ -9,19 +9,29 @@ from __future__ import annotations
 import gc
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 from django.db.models import Q
+from django.utils import timezone
 
 from retention.selectors import runs_deleted_among
 from runs import reduction
 from runs.models import Run
-from runs.services import RunBatch, RunChange, RunDeletedError, run_batch_write
+from runs.services import (
+    RunBatch,
+    RunChange,
+    RunDeletedError,
+    run_batch_write,
+    run_import_failed,
+    run_import_succeeded,
+)
 from tenants.context import tenant_atomic
 from tenants.models import Tenant
 
@@ -41,6 +51,51 @@ class ImportProgress(Protocol):
 
 class ArchiveError(Exception):
     """The archive cannot be read at all (a fatal error, unlike a bad run or a bad line)."""
+
+
+# What a run id may hold, in words, for the warning about a folder whose name is not one.
+RUN_ID_RULE = "1 to 64 letters, digits, '_' or '-', beginning with a letter or a digit"
+# An import error is shown and printed with its first line, at most this long.
+MAX_IMPORT_ERROR = 500
+
+
+def printable(text: str | os.PathLike[str]) -> str:
+    """`text` with every character a terminal would act on or hide (controls, line and paragraph
+    separators, format characters) written as its escape, so that a folder or run named by a
+    producer cannot move the cursor, end a line or pose as another name. A byte of a file name
+    that is not UTF-8 (kept by Python as a lone surrogate) is shown as that byte, `\\xNN`."""
+    text = os.fspath(text)
+    if text.isprintable():
+        return text
+    shown = []
+    for char in text:
+        code = ord(char)
+        if char.isprintable():
+            shown.append(char)
+        elif 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's escape of an undecodable byte
+            shown.append(f"\\x{code - 0xDC00:02x}")
+        elif code <= 0xFF:
+            shown.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            shown.append(f"\\u{code:04x}")
+        else:
+            shown.append(f"\\U{code:08x}")
+    return "".join(shown)
+
+
+class WarningsOnce:
+    """Which warnings of a poll to print when following an archive: those the previous poll did
+    not give. A problem that stays as it was (a folder with a bad name, a run waiting out its retry)
+    is printed once, not at every poll; one that goes away and comes back is printed again."""
+
+    def __init__(self) -> None:
+        self._given: set[str] = set()
+
+    def fresh(self, warnings: Iterable[str]) -> list[str]:
+        given = list(dict.fromkeys(warnings))
+        fresh = [warning for warning in given if warning not in self._given]
+        self._given = set(given)
+        return fresh
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,62 +124,118 @@ class ArchiveReport:
     scanned: int = 0
     # Runs still in the archive that retention removed: never imported again (SPEC section 9).
     deleted: list[str] = field(default_factory=list)
+    # Runs whose new lines the database refused: nothing of them was stored this time (see
+    # `_import_chunks`); each is named in `warnings` too, with its error.
+    failed: list[str] = field(default_factory=list)
 
     @property
     def events(self) -> int:
         return sum(r.events for r in self.runs)
 
 
-def _regular_file(path: Path) -> os.stat_result | None:
-    """The file's stat, or None when it is absent, or is a symlink (refused: it may leave the archive)."""
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+)
+
+
+def _run_file(folder: str, path: Path, warnings: list[str]) -> os.stat_result | None:
+    """The stat of a run's file when it is a regular file; None, with a warning naming it, when it
+    is a symlink (it may leave the archive), a folder, a FIFO (reading it would wait for a writer)
+    or anything else; None, quietly, when it does not exist."""
+    shown = f"runs/{folder}/{path.name}"
     try:
         info = os.lstat(path)
     except FileNotFoundError:
         return None
-    return info if stat.S_ISREG(info.st_mode) else None
+    except OSError as exc:
+        warnings.append(f"skipped {shown}: it cannot be read ({exc.strerror})")
+        return None
+    if stat.S_ISREG(info.st_mode):
+        return info
+    if stat.S_ISLNK(info.st_mode):
+        warnings.append(f"skipped {shown}: symlinks are not followed")
+        return None
+    kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
+    warnings.append(f"skipped {shown}: it is {kind}, not a regular file")
+    return None
+
+
+def _absolute(path: Path) -> Path:
+    """The path made absolute without resolving symlinks, so that `..` names a real parent."""
+    return Path(os.path.abspath(path))
+
+
+def _check_root(root: Path) -> None:
+    """Raises an ArchiveError saying what to give instead when `root` is not an archive root."""
+    if (root / "runs").is_dir():
+        return
+    shown = printable(root)
+    if not os.path.lexists(root):
+        raise ArchiveError(f"{shown} does not exist")
+    if not root.is_dir():
+        raise ArchiveError(f"{shown} is not a folder: give the archive root, the folder that holds runs/")
+    here = _absolute(root)
+    if any(os.path.lexists(root / name) for name in (LOG, GRAPH, SUMMARY)):
+        if here.parent.name == "runs":
+            raise ArchiveError(
+                f"{shown} is one run's folder, not an archive root: give the archive that holds it, "
+                f"{printable(here.parent.parent)}"
+            )
+        raise ArchiveError(
+            f"{shown} looks like one run's folder, not an archive root: an archive root holds "
+            "runs/<run_id>/transitions.jsonl"
+        )
+    if here.name == "runs":
+        raise ArchiveError(
+            f"{shown} is the runs/ folder of an archive: give the archive root, its parent "
+            f"{printable(here.parent)}"
+        )
+    raise ArchiveError(
+        f"{shown} is not an archive: it has no runs/ folder (an archive root holds "
+        "runs/<run_id>/transitions.jsonl)"
+    )
 
 
 def archive_scan(root: Path) -> tuple[list[RunFolder], list[str]]:
     """The run folders under `root/runs`, and a warning for every entry that was skipped."""
+    _check_root(root)
     runs_dir = root / "runs"
-    if not runs_dir.is_dir():
-        raise ArchiveError(f"{root} is not an archive: it has no runs/ folder")
     folders, warnings = [], []
-    with os.scandir(runs_dir) as entries:
-        for entry in sorted(entries, key=lambda e: e.name):
-            if entry.is_symlink():
-                warnings.append(f"skipped runs/{entry.name}: symlinks are not followed")
-                continue
-            if not entry.is_dir(follow_symlinks=False):
-                continue
-            if not reduction.run_id_valid(entry.name):
-                warnings.append(f"skipped runs/{entry.name}: not a valid run id")
-                continue
-            path = Path(entry.path)
-            log = _regular_file(path / LOG)
-            for name in (LOG, GRAPH, SUMMARY):
-                if (path / name).is_symlink():
-                    warnings.append(f"skipped runs/{entry.name}/{name}: symlinks are not followed")
-            folders.append(
-                RunFolder(
-                    run_id=entry.name,
-                    path=path,
-                    log_size=log.st_size if log else -1,
-                    has_graph=_regular_file(path / GRAPH) is not None,
-                    has_summary=_regular_file(path / SUMMARY) is not None,
-                )
+    try:
+        entries = sorted(os.scandir(runs_dir), key=lambda e: e.name)
+    except OSError as exc:
+        raise ArchiveError(f"{printable(runs_dir)} cannot be read ({exc.strerror})") from None
+    for entry in entries:
+        name = printable(entry.name)
+        if entry.is_symlink():
+            warnings.append(f"skipped runs/{name}: symlinks are not followed")
+            continue
+        if not entry.is_dir(follow_symlinks=False):
+            warnings.append(f"skipped runs/{name}: not a folder (each run is a folder runs/<run_id>/)")
+            continue
+        if not reduction.run_id_valid(entry.name):
+            warnings.append(f"skipped runs/{name}: not a valid run id (a run id is {RUN_ID_RULE})")
+            continue
+        path = Path(entry.path)
+        log = _run_file(entry.name, path / LOG, warnings)
+        if log is None and not os.path.lexists(path / LOG):
+            warnings.append(
+                f"runs/{name} has no {LOG} yet: its events are imported once the producer writes it"
             )
+        folders.append(
+            RunFolder(
+                run_id=entry.name,
+                path=path,
+                log_size=log.st_size if log else -1,
+                has_graph=_run_file(entry.name, path / GRAPH, warnings) is not None,
+                has_summary=_run_file(entry.name, path / SUMMARY, warnings) is not None,
+            )
+        )
     return folders, warnings
-
-
-def _needs_import(folder: RunFolder, stored: tuple[int, bool, bool, bool] | None) -> bool:
-    """Whether the folder holds anything not yet imported, judged from sizes alone (no reads)."""
-    if stored is None:
-        return folder.log_size >= 0 or folder.has_graph
-    size_seen, has_graph, has_summary, shrank = stored
-    if folder.log_size >= 0 and folder.log_size != size_seen and not shrank:
-        return True
-    return (folder.has_graph and not has_graph) or (folder.has_summary and not has_summary)
 
 
 def _chunks(folders: list[RunFolder], offsets: dict[str, int]) -> Iterator[list[RunFolder]]:
@@ -140,10 +251,21 @@ def _chunks(folders: list[RunFolder], offsets: dict[str, int]) -> Iterator[list[
         yield chunk
 
 
+def _open_regular(path: Path) -> BinaryIO:
+    """The file opened for reading, only if it is still a regular file: the scan saw one, but a
+    producer may have put a FIFO (whose open would wait for a writer) or a symlink in its place."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path.name} is no longer a regular file")
+    return os.fdopen(fd, "rb")
+
+
 def _read_json(path: Path) -> Any:
     """A small JSON file, or a ValueError saying why not (a partial write is retried next time)."""
     try:
-        return orjson.loads(path.read_bytes())
+        with _open_regular(path) as file:
+            return orjson.loads(file.read())
     except (OSError, orjson.JSONDecodeError) as exc:
         raise ValueError(f"{path.name} is not readable JSON ({exc})") from exc
 
@@ -153,6 +275,7 @@ def _valid_events(
 ) -> Iterator[tuple[dict[str, Any], str]]:
     """The events of complete log lines with their JSON text; a bad line becomes a diagnostic."""
     loads, validate, limit = orjson.loads, reduction.validate_event, reduction.MAX_EVENT_BYTES
+    run_id = change.run.run_id
     for number, raw in enumerate(lines, start=first_line):
         if len(raw) > limit:
             problem = f"the line is {len(raw)} bytes; one event is at most {limit}"
@@ -164,19 +287,36 @@ def _valid_events(
             else:
                 errors = validate(event)
                 if not errors and not reduction.json_has_nul(raw, event):
+                    if event["event"] == "run_start" and event["run_id"] != run_id:
+                        change.diagnose(_run_id_mismatch(event["run_id"], run_id, number, change))
                     yield event, raw.decode()
                     continue
                 problem = "; ".join(f"{e.field or 'event'}: {e.message}" for e in errors) or (
                     "the event contains a NUL character"
                 )
+        # An excerpt to show: a NUL byte (no JSON, so no event) cannot be stored in PostgreSQL text.
+        text = raw[:200].decode("utf-8", "replace").replace("\x00", "\ufffd")
         change.diagnose(
             reduction.Diagnostic(
                 "malformed_line",
                 f"line {number} skipped: {problem}",
                 line=number,
-                details={"reason": problem, "text": raw[:200].decode("utf-8", "replace")},
+                details={"reason": problem, "text": text},
             )
         )
+
+
+def _run_id_mismatch(named: str, run_id: str, line: int, change: RunChange) -> reduction.Diagnostic:
+    """The folder's name and its log's `run_start` disagree: the folder's name is the run's id (it
+    is what the archive is read by), and the event is stored as written."""
+    return reduction.Diagnostic(
+        "run_id_mismatch",
+        f"run_start names run '{printable(named)}', but its folder is runs/{run_id}/: "
+        f"the run is stored as {run_id!r}",
+        seq=change.reduction.next_seq,
+        line=line,
+        details={"run_id": named, "folder": run_id},
+    )
 
 
 def _import_run(change: RunChange, folder: RunFolder, warnings: list[str]) -> int:
@@ -190,11 +330,11 @@ def _import_run(change: RunChange, folder: RunFolder, warnings: list[str]) -> in
                 raise ValueError(f"graph.json breaks the schema: {problems[0].field}: {problems[0].message}")
             change.set_graph(graph)
         except ValueError as exc:
-            warnings.append(f"{folder.run_id}: {exc}; not imported, tried again next time")
+            warnings.append(f"{folder.run_id}: {printable(str(exc))}; not imported, tried again next time")
 
     read = 0
     if folder.log_size >= 0 and not run.log_shrank:
-        with open(folder.path / LOG, "rb") as log:
+        with _open_regular(folder.path / LOG) as log:
             size = os.fstat(log.fileno()).st_size
             run.log_size_seen = size
             change.progress_changed = True
@@ -228,48 +368,88 @@ def _import_run(change: RunChange, folder: RunFolder, warnings: list[str]) -> in
                 raise ValueError("summary.json is not a JSON object")
             change.set_summary(summary)
         except ValueError as exc:
-            warnings.append(f"{folder.run_id}: {exc}; not imported, tried again next time")
+            warnings.append(f"{folder.run_id}: {printable(str(exc))}; not imported, tried again next time")
     return read
 
 
-def archive_import(*, tenant: Tenant, root: Path, progress: ImportProgress | None = None) -> ArchiveReport:
-    """Imports everything new under `root` for `tenant`: new runs, appended lines, late files."""
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """What the database holds of a run, as the import decides what to read."""
+
+    offset: int
+    size_seen: int
+    has_graph: bool
+    has_summary: bool
+    shrank: bool
+    import_error: str
+    retry_at: datetime | None
+
+
+def archive_import(
+    *, tenant: Tenant, root: Path, progress: ImportProgress | None = None, retry_now: bool = False
+) -> ArchiveReport:
+    """Imports everything new under `root` for `tenant`: new runs, appended lines, late files.
+
+    A run whose last import failed is tried again once its retry time has come (a follower polls
+    every second and must not fail the same way at each poll), or at once with `retry_now` (a
+    person running the import by hand).
+    """
     folders, warnings = archive_scan(root)
     report = ArchiveReport(warnings=warnings, scanned=len(folders))
+    now = timezone.now()
     with tenant_atomic(tenant):
-        stored, deleted = {}, set()
-        for run_id, offset, size_seen, has_graph, has_summary, shrank, deleted_at in (
+        stored: dict[str, _Stored] = {}
+        deleted: set[str] = set()
+        for run_id, deleted_at, *values in (
             Run.objects.including_deleted()
             .filter(tenant=tenant)
             .annotate(has_graph=Q(graph__isnull=False), has_summary=Q(summary__isnull=False))
             .values_list(
                 "run_id",
+                "deleted_at",
                 "log_offset",
                 "log_size_seen",
                 "has_graph",
                 "has_summary",
                 "log_shrank",
-                "deleted_at",
+                "import_error",
+                "import_retry_at",
             )
         ):
-            stored[run_id] = (offset, (size_seen, has_graph, has_summary, shrank))
+            stored[run_id] = _Stored(*values)
             if deleted_at is not None:
                 deleted.add(run_id)
         # A run with no row was never imported, or was hard-deleted: its retention record says which.
         new = [f.run_id for f in folders if f.run_id not in stored]
         deleted.update(runs_deleted_among(tenant=tenant, run_ids=new) if new else ())
     report.deleted = [f.run_id for f in folders if f.run_id in deleted]
-    todo = [
-        f
-        for f in folders
-        if f.run_id not in deleted and _needs_import(f, stored[f.run_id][1] if f.run_id in stored else None)
-    ]
-    offsets = {run_id: values[0] for run_id, values in stored.items()}
+    todo = []
+    for folder in folders:
+        known = stored.get(folder.run_id)
+        if folder.run_id in deleted or not _needs_import(folder, known):
+            continue
+        waiting = known is not None and known.import_error and known.retry_at and known.retry_at > now
+        if waiting and not retry_now:
+            # Still waiting out its retry: the warning it gave stands, word for word (see WarningsOnce).
+            report.failed.append(folder.run_id)
+            report.warnings.append(_failure_warning(folder.run_id, known.import_error))
+            continue
+        todo.append(folder)
+    offsets = {run_id: known.offset for run_id, known in stored.items()}
     if progress is not None:
         progress.start(sum(max(f.log_size - offsets.get(f.run_id, 0), 0) for f in todo))
     with _collector_paused():
         _import_chunks(tenant, todo, offsets, report, progress)
     return report
+
+
+def _needs_import(folder: RunFolder, stored: _Stored | None) -> bool:
+    """Whether the folder holds anything not yet imported, judged from sizes alone (no reads)."""
+    if stored is None:
+        return folder.log_size >= 0 or folder.has_graph
+    if folder.log_size >= 0 and folder.log_size != stored.size_seen and not stored.shrank:
+        return True
+    return (folder.has_graph and not stored.has_graph) or (folder.has_summary and not stored.has_summary)
 
 
 @contextmanager
@@ -297,26 +477,79 @@ def _import_chunks(
     report: ArchiveReport,
     progress: ImportProgress | None,
 ) -> None:
+    """Imports the runs a chunk at a time, each chunk in one transaction; a chunk the database
+    refuses is imported again a run at a time, so that only the run it refused is lost.
+
+    Whatever the validation lets through should be storable; when it is not (a value past a
+    column's range, a trigger or a constraint an operator added), the refusal comes from the
+    database, in the middle of a COPY that carries every run of the chunk. Retrying alone costs
+    nothing while nothing fails, and one transaction per run of that chunk when something does.
+    A run that fails alone is recorded as failed (`run_import_failed`), with the error its page
+    shows. Recording it is the test of the database itself: if that fails too, the database is
+    gone, and the import ends with that error.
+    """
     for chunk in _chunks(todo, offsets):
-
-        def import_chunk(batch: RunBatch, chunk: list[RunFolder] = chunk) -> None:
-            changes = batch.open(f.run_id for f in chunk)
-            for folder in chunk:
-                read = _import_run(changes[folder.run_id], folder, report.warnings)
-                if progress is not None:
-                    progress.advance(read)
-
-        while True:
+        try:
+            _import_together(tenant, chunk, report, progress)
+            continue
+        except Exception as exc:  # any refusal, whatever raised it (see above)
+            if len(chunk) == 1:
+                _import_failed(tenant, chunk[0].run_id, exc, report)
+                continue
+        for folder in chunk:
             try:
-                _, changes = run_batch_write(tenant=tenant, write=import_chunk)
-                break
-            except RunDeletedError as exc:
-                # Retention deleted the run since the scan: the chunk is written again without it.
-                report.deleted.append(exc.run_id)
-                chunk[:] = [f for f in chunk if f.run_id != exc.run_id]
+                _import_together(tenant, [folder], report, progress)
+            except Exception as exc:
+                _import_failed(tenant, folder.run_id, exc, report)
+
+
+def _import_together(
+    tenant: Tenant, chunk: list[RunFolder], report: ArchiveReport, progress: ImportProgress | None
+) -> None:
+    """Imports these runs in one transaction; the report learns of them once it has committed."""
+    chunk = list(chunk)
+    while chunk:
+        warnings: list[str] = []
+        try:
+            read, changes = run_batch_write(
+                tenant=tenant, write=partial(_write_runs, tenant, chunk, warnings)
+            )
+        except RunDeletedError as exc:
+            # Retention deleted the run since the scan: the chunk is written again without it.
+            report.deleted.append(exc.run_id)
+            chunk = [f for f in chunk if f.run_id != exc.run_id]
+            continue
+        report.warnings.extend(warnings)
+        if progress is not None:
+            progress.advance(read)
         for change in changes:
             if change.news:
                 run_import = RunImport(change.run.run_id, events=change.appended, run=change.run)
                 for diagnostic in change.diagnostics:
                     run_import.diagnostics[diagnostic.severity] += 1
                 report.runs.append(run_import)
+        return
+
+
+def _write_runs(tenant: Tenant, chunk: list[RunFolder], warnings: list[str], batch: RunBatch) -> int:
+    """Adds what the folders hold to their runs in `batch`; returns the bytes read."""
+    changes = batch.open(f.run_id for f in chunk)
+    run_import_succeeded(
+        tenant=tenant, runs=[change.run for change in changes.values() if change.run.import_error]
+    )
+    return sum(_import_run(changes[folder.run_id], folder, warnings) for folder in chunk)
+
+
+def _import_failed(tenant: Tenant, run_id: str, exc: Exception, report: ArchiveReport) -> None:
+    lines = str(exc).strip().splitlines()
+    error = printable(f"{type(exc).__name__}: {lines[0] if lines else 'no message'}")[:MAX_IMPORT_ERROR]
+    run_import_failed(tenant=tenant, run_id=run_id, error=error, now=timezone.now())
+    report.failed.append(run_id)
+    report.warnings.append(_failure_warning(run_id, error))
+
+
+def _failure_warning(run_id: str, error: str) -> str:
+    return (
+        f"could not import runs/{run_id}: {error}. Nothing new of this run was stored; its page shows "
+        "the error, and the import tries it again later"
+    )

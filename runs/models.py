@@ -87,6 +87,13 @@ class Run(models.Model):
     log_size_seen = models.BigIntegerField(default=0)
     log_lines = models.PositiveIntegerField(default=0)
     log_shrank = models.BooleanField(default=False)
+    # The archive import's last failure for this run: something the validation let through that the
+    # database refused. Nothing of that attempt was stored; it is shown on the run's page and tried
+    # again after a delay that doubles with each failure. Cleared by the next import that succeeds.
+    # Database defaults too: the write path inserts run rows by hand, naming only the columns it owns.
+    import_error = models.TextField(blank=True, default="", db_default="")
+    import_failures = models.PositiveIntegerField(default=0, db_default=0)
+    import_retry_at = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)

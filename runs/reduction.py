@@ -35,6 +35,7 @@ SEVERITY = {
     "invalid_transition": "warning",
     "unknown_node": "warning",
     "summary_mismatch": "warning",
+    "run_id_mismatch": "warning",
     "died_mid_attempt": "info",
     "unknown_event": "info",
 }

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -696,6 +696,48 @@ def _allocate_run_ids(count: int) -> list[int]:
 
 def _datetime(value: str | None) -> datetime | None:
     return reduction.parse_ts(value) if value is not None else None
+
+
+# A run the archive import could not store is tried again after this delay, doubled with each
+# failure in a row up to the longest: a follower polls every second, and a run the database refuses
+# once is refused again until someone changes the database or the run.
+IMPORT_RETRY_FIRST = timedelta(seconds=10)
+IMPORT_RETRY_LONGEST = timedelta(hours=1)
+
+
+def import_retry_delay(failures: int) -> timedelta:
+    """How long to wait before trying again a run whose import failed `failures` times in a row."""
+    return min(IMPORT_RETRY_FIRST * 2 ** min(max(failures - 1, 0), 16), IMPORT_RETRY_LONGEST)
+
+
+def run_import_failed(*, tenant: Tenant, run_id: str, error: str, now: datetime) -> datetime:
+    """Records on the run that importing it failed with `error` (nothing of that attempt was
+    stored), creating its row if it has none yet, so that its page says why it is not there; returns
+    when it is tried again. Its own transaction: the one that failed was rolled back."""
+    with tenant_atomic(tenant):
+        _lock_run_creation(tenant, [run_id])
+        run = Run.objects.including_deleted().select_for_update().filter(run_id=run_id).first()
+        failures = (run.import_failures if run is not None else 0) + 1
+        retry_at = now + import_retry_delay(failures)
+        if run is None:
+            Run.objects.create(
+                tenant=tenant, run_id=run_id, import_error=error, import_failures=1, import_retry_at=retry_at
+            )
+        else:
+            run.import_error, run.import_failures, run.import_retry_at = error, failures, retry_at
+            run.save(update_fields=["import_error", "import_failures", "import_retry_at"])
+    return retry_at
+
+
+def run_import_succeeded(*, tenant: Tenant, runs: list[Run]) -> None:
+    """Clears the import error of runs whose import now goes through (in the batch that imports
+    them, before its events stream: the connection is then busy)."""
+    if runs:
+        Run.objects.including_deleted().filter(tenant=tenant, pk__in=[run.pk for run in runs]).update(
+            import_error="", import_failures=0, import_retry_at=None
+        )
+        for run in runs:
+            run.import_error, run.import_failures, run.import_retry_at = "", 0, None
 
 
 def run_batch_write(*, tenant: Tenant, write: Callable[[RunBatch], T]) -> tuple[T, list[RunChange]]:

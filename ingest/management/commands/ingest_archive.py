@@ -7,10 +7,11 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 from tqdm import tqdm
 
-from ingest.archive import ArchiveError, ArchiveReport, archive_import
+from ingest.archive import ArchiveError, ArchiveReport, WarningsOnce, archive_import, printable
 from kahn_site.checks import require_migrated
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
 
@@ -52,42 +53,64 @@ class Command(BaseCommand):
         parser.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --follow")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            self._handle(**options)
+        except (OperationalError, InterfaceError) as exc:
+            # No database, or it went away: fatal, and said in one sentence (a run the database
+            # refuses is not fatal: the import goes on without it, see ingest.archive).
+            lines = str(exc).strip().splitlines()
+            raise CommandError(
+                f"the database cannot be reached: {printable(lines[0] if lines else type(exc).__name__)}"
+            ) from None
+
+    def _handle(self, **options: Any) -> None:
         require_migrated()
         root: Path = options["path"] or settings.KAHN_ARCHIVE
+        # Where the path came from, for a message about it: the command line, or the setting.
+        self.origin = (
+            ""
+            if options["path"]
+            else " (from KAHN_ARCHIVE: give a path, or set KAHN_ARCHIVE to the archive root)"
+        )
         if options["interval"] <= 0:
             raise CommandError("--interval must be a positive number of seconds")
         try:
             tenant = Tenant.objects.get(slug=options["tenant"])
         except Tenant.DoesNotExist:
             raise CommandError(
-                f"there is no tenant {options['tenant']!r}: create it with `manage.py create_tenant`"
+                f"there is no tenant '{printable(options['tenant'])}': create it with "
+                "`manage.py create_tenant`"
             ) from None
         if not options["follow"]:
-            self._import(tenant, root, quiet_when_unchanged=False)
+            # A person asked for this import: runs whose last import failed are tried again now.
+            self._import(tenant, root, warnings=None, retry_now=True)
             return
 
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             # A signal lets the transaction in flight finish, then the loop ends: nothing half-written.
             signal.signal(signum, lambda *_: stop.set())
-        self.stdout.write(f"following {root} every {options['interval']} s; Ctrl-C stops")
+        self.stdout.write(f"following {printable(root)} every {options['interval']} s; Ctrl-C stops")
+        warnings = WarningsOnce()
         while not stop.is_set():
-            self._import(tenant, root, quiet_when_unchanged=True)
+            self._import(tenant, root, warnings=warnings, retry_now=False)
             stop.wait(options["interval"])
         self.stdout.write("stopped following")
 
-    def _import(self, tenant: Tenant, root: Path, *, quiet_when_unchanged: bool) -> None:
+    def _import(self, tenant: Tenant, root: Path, *, warnings: WarningsOnce | None, retry_now: bool) -> None:
+        """One import. With `warnings` (following), quiet unless something changed, and a warning
+        the previous poll gave is not given again."""
         progress = TqdmProgress()
         started = time.perf_counter()
         try:
-            report = archive_import(tenant=tenant, root=root, progress=progress)
+            report = archive_import(tenant=tenant, root=root, progress=progress, retry_now=retry_now)
         except ArchiveError as exc:
-            raise CommandError(str(exc)) from None
+            raise CommandError(f"{exc}{self.origin}") from None
         finally:
             progress.close()
-        for warning in report.warnings:
+        for warning in report.warnings if warnings is None else warnings.fresh(report.warnings):
             self.stderr.write(self.style.WARNING(f"warning: {warning}"))
-        if quiet_when_unchanged and not report.runs:
+        if warnings is not None and not report.runs:
             return
         if report.deleted:
             shown = ", ".join(report.deleted[:TABLE_ROWS]) + (
@@ -104,6 +127,14 @@ class Command(BaseCommand):
             f"imported {report.events} events into {len(report.runs)} runs "
             f"({report.scanned} in the archive) in {seconds:.2f} s{rate}"
         )
+        if report.failed:
+            shown = ", ".join(report.failed[:TABLE_ROWS]) + (" …" if len(report.failed) > TABLE_ROWS else "")
+            self.stdout.write(
+                self.style.WARNING(
+                    f"could not import {len(report.failed)} run{'s' if len(report.failed) > 1 else ''}: "
+                    f"{shown} (the warnings above say why; every other run was imported)"
+                )
+            )
 
     def _table(self, report: ArchiveReport) -> None:
         if not report.runs:
