@@ -37,7 +37,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 from django.db import connection
 
-from ingest.archive import ArchiveError, ArchiveReport, archive_import
+from ingest.archive import ArchiveError, ArchiveReport, WarningsOnce, archive_import
 from kahn_site.checks import require_migrated
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
 
@@ -283,7 +283,7 @@ class ArchiveFollower(threading.Thread):
         )
         # The last problem said, so that one which lasts is said once, not at every pass.
         said: str | None = None
-        warned: set[str] = set()
+        warnings = WarningsOnce()
         try:
             while not self.stopping.is_set():
                 try:
@@ -315,10 +315,8 @@ class ArchiveFollower(threading.Thread):
                     if said is not None:
                         self.say(f"the archive {self.root} can be read now: following it")
                         said = None
-                    for warning in report.warnings:
-                        if warning not in warned:  # a skipped folder is skipped at every pass
-                            warned.add(warning)
-                            self.say(f"warning: {warning}")
+                    for warning in warnings.fresh(report.warnings):
+                        self.say(f"warning: {warning}")
                     if report.runs:
                         self.say(changed_runs(report))
                 self.stopping.wait(self.interval)
