@@ -323,6 +323,8 @@ def test_ctrl_c_stops_a_live_producer_and_leaves_the_run_unfinished(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a background job: SIGINT ignored on entry, as CI and `make test &` start it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     log = tmp_path / "runs" / "run_stopped" / "transitions.jsonl"
     try:
@@ -333,7 +335,12 @@ def test_ctrl_c_stops_a_live_producer_and_leaves_the_run_unfinished(tmp_path):
         assert log.exists(), "the producer wrote nothing"
     finally:
         producer.send_signal(signal.SIGINT)
-        out, err = producer.communicate(timeout=30)
+        try:
+            out, err = producer.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            producer.kill()  # never left behind, whatever failed
+            producer.communicate()
+            raise
     assert producer.returncode == 0, err
     assert out.splitlines()[-1] == (
         "stopped: run run_stopped is left unfinished (no summary.json), as a crashed producer leaves it"

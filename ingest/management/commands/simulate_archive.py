@@ -84,8 +84,12 @@ class Command(BaseCommand):
             edges = synthetic_edges(options["nodes"], random.Random(options["seed"]))
         run_id = options["live"]
         interval = 1.0 if options["interval"] is None else options["interval"]
-        # A terminal's Ctrl-C and a service manager's SIGTERM both end the producer like a crash.
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        # Ctrl-C and a service manager's SIGTERM both end the producer like a crash; set here, as a
+        # process started in the background inherits SIGINT ignored.
+        previous = {
+            signum: signal.signal(signum, signal.default_int_handler)
+            for signum in (signal.SIGINT, signal.SIGTERM)
+        }
         written = 0
 
         def show(event: dict[str, Any]) -> None:
@@ -115,7 +119,8 @@ class Command(BaseCommand):
             )
             return
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         summary = run.summary or {}
         self.stdout.write(
             f"run {run_id} ended: {summary['outcome']}, {summary['total_attempts']} attempts, "
