@@ -1,9 +1,12 @@
 """OIDC sign-in (mozilla-django-oidc): a login is matched to a user by the provider's `sub`.
 
 The email is a display field, not the key: it can change at the provider, and two providers'
-accounts can share one. The only time an email matters is a user's first sign-in, when it may claim
-a user made for it in advance (`manage.py create_tenant --owner EMAIL`) — and only if the provider
-says the email is verified and that user has no identity yet.
+accounts can share one. An email names a person only when the provider reports
+`email_verified: true` (SPEC section 8): only then is it stored as the user's address, and only then
+may a first sign-in claim the user made for it in advance, with the memberships it holds (an owner
+slot named by `manage.py create_tenant --owner EMAIL`, or an invitation from the Members page).
+Since every stored address of a signed-in user was verified, an owner slot or an invitation for an
+address goes to its verified holder only (`tenants.services.user_for_email`).
 """
 
 from __future__ import annotations
@@ -71,8 +74,8 @@ class TenantOIDCBackend(OIDCAuthenticationBackend):
 
     def invited_user(self, claims: dict[str, Any]) -> AbstractBaseUser | None:
         """The one user made in advance for this verified email, still without an identity."""
-        email = claims.get("email")
-        if not email or claims.get("email_verified") is not True:
+        email = verified_email(claims)
+        if not email:
             return None
         candidates = list(self.UserModel.objects.filter(email__iexact=email, identity__isnull=True)[:2])
         return candidates[0] if len(candidates) == 1 else None
@@ -80,13 +83,17 @@ class TenantOIDCBackend(OIDCAuthenticationBackend):
     def new_user(self, claims: dict[str, Any]) -> AbstractBaseUser:
         # A stable username that reveals nothing: the sub may be an email at some providers.
         digest = hashlib.sha256(claims["sub"].encode()).hexdigest()[:24]
-        return self.UserModel.objects.create_user(username=f"oidc_{digest}", email=claims.get("email") or "")
+        return self.UserModel.objects.create_user(username=f"oidc_{digest}", email=verified_email(claims))
 
     def update_display_fields(self, user: AbstractBaseUser, claims: dict[str, Any]) -> None:
-        """What the provider says now about the person's email and name; claims it omits change nothing."""
+        """What the provider says now about the person's email and name; claims it omits change nothing.
+
+        An email the provider does not verify clears the stored one: the provider no longer vouches
+        for any address of this person, and a stored address would claim owner slots and invitations.
+        """
         shown: dict[str, str] = {}
         if claims.get("email"):
-            shown["email"] = claims["email"]
+            shown["email"] = verified_email(claims)
         if claims.get("given_name") or claims.get("family_name"):
             shown["first_name"] = str(claims.get("given_name") or "")[:150]
             shown["last_name"] = str(claims.get("family_name") or "")[:150]
@@ -97,3 +104,13 @@ class TenantOIDCBackend(OIDCAuthenticationBackend):
             setattr(user, name, shown[name])
         if changed:
             user.save(update_fields=changed)
+
+
+def verified_email(claims: dict[str, Any]) -> str:
+    """The claims' email if the provider says it is verified (the JSON `true`, nothing looser), else ''."""
+    email = claims.get("email")
+    if not isinstance(email, str) or claims.get("email_verified") is not True:
+        return ""
+    email = email.strip()
+    # Longer than the column holds: cut short it would name another address, so none is stored.
+    return email if len(email) <= 254 else ""

@@ -7,7 +7,7 @@ middlewares do for a request; settings choose which function runs (`KAHN_SOCKET_
 - Cloud: the API key sent as `Authorization: Bearer <key>` on the handshake, else the session's
   user, acting for the tenant chosen as for a page (`X-Organization`, then the session's choice,
   then the first membership). Anything else is refused with close code 4401 (4403 for a user who is
-  not a member of the organization asked for, or of any).
+  not a member of the organization asked for, or of any, and for a key without the scope `read`).
 
 A socket ends when its credential does. Signing out and revoking a key close the credential's
 sockets at once, through its group (`kahn_site.live.credential_group_for_*`); and every open socket
@@ -34,7 +34,7 @@ from kahn_site.live import (
 )
 from tenants.context import tenant_atomic
 from tenants.middleware import ORGANIZATION_HEADER, SESSION_TENANT_KEY
-from tenants.models import LOCAL_TENANT_SLUG, ApiKey, Tenant
+from tenants.models import LOCAL_TENANT_SLUG, ApiKey, ApiKeyScope, Tenant
 from tenants.selectors import NotAMember, membership_list_for_user, tenant_chosen_for_user
 from tenants.services import api_key_authenticate
 
@@ -85,6 +85,11 @@ def cloud_socket_identity(scope: dict[str, Any]) -> SocketIdentity | SocketRefus
         if api_key is None:
             # The same answer for a malformed, unknown, revoked or expired key, as over HTTP.
             return SocketRefusal(SOCKET_UNAUTHENTICATED, "the API key is not valid")
+        if not api_key.allows(ApiKeyScope.READ):
+            # As over HTTP: 403 insufficient_scope (here 4403, its code in the reason).
+            return SocketRefusal(
+                SOCKET_FORBIDDEN, "insufficient_scope: live updates need an API key with the scope read"
+            )
         return SocketIdentity(tenant=api_key.tenant, api_key_id=api_key.pk)
 
     user = scope.get("user")
