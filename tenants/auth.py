@@ -23,6 +23,7 @@ from django.db import transaction
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 
 from tenants.models import Identity
+from tenants.services import user_claim_waiting_memberships
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ class TenantOIDCBackend(OIDCAuthenticationBackend):
                 user = self.invited_user(claims) or self.new_user(claims)
                 Identity.objects.create(user=user, sub=sub)
             self.update_display_fields(user, claims)
+            email = verified_email(claims)
+            if email:
+                user_claim_waiting_memberships(user=user, verified_email=email)
         return user
 
     def retrieve_matching_jwk(self, token: str) -> jwt.PyJWK:

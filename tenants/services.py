@@ -32,6 +32,7 @@ from tenants.models import (
     Role,
     Tenant,
 )
+from tenants.selectors import membership_list_for_user
 
 
 class TenancyError(ValueError):
@@ -101,6 +102,31 @@ def tenant_create(
             tenant=tenant, email=owner_email, role=Role.OWNER, by=None, actor="manage.py create_tenant"
         )
     return tenant
+
+
+def user_claim_waiting_memberships(*, user: AbstractBaseUser, verified_email: str) -> None:
+    """Memberships waiting for `verified_email` become `user`'s, who just signed in with it verified.
+
+    They wait on a user made for the address who never signed in (`user_for_email`); a first
+    sign-in takes that user over whole (`tenants.auth`), but someone who had signed in before with
+    no verified address (or, before this was checked, with one that was never verified) finds them
+    here. Where both hold a membership of one tenant, the stronger role is kept.
+    """
+    User = get_user_model()
+    waiting = User.objects.filter(email__iexact=verified_email, identity__isnull=True).exclude(pk=user.pk)
+    strength = {Role.OWNER: 0, Role.ADMIN: 1, Role.MEMBER: 2}
+    for placeholder in waiting:
+        for membership in membership_list_for_user(user_id=placeholder.pk):
+            with tenant_atomic(membership.tenant):
+                mine = Membership.objects.filter(tenant=membership.tenant, user=user).first()
+                if mine is None:
+                    Membership.objects.filter(pk=membership.pk).update(user=user)
+                    continue
+                if strength.get(membership.role, 3) < strength.get(mine.role, 3):
+                    Membership.objects.filter(pk=mine.pk).update(role=membership.role)
+                Membership.objects.filter(pk=membership.pk).delete()
+        # Nothing of it is left in any tenant: it was only ever a name for the address.
+        placeholder.delete()
 
 
 def membership_create(*, tenant: Tenant, user: AbstractBaseUser, role: str = Role.MEMBER) -> Membership:
