@@ -113,7 +113,12 @@ def user_claim_waiting_memberships(*, user: AbstractBaseUser, verified_email: st
     here. Where both hold a membership of one tenant, the stronger role is kept.
     """
     User = get_user_model()
-    waiting = User.objects.filter(email__iexact=verified_email, identity__isnull=True).exclude(pk=user.pk)
+    waiting = (
+        User.objects.filter(email__iexact=verified_email, identity__isnull=True)
+        .exclude(pk=user.pk)
+        # Staff rights are an operator's grant to one user: an address does not carry them across.
+        .filter(is_staff=False, is_superuser=False)
+    )
     strength = {Role.OWNER: 0, Role.ADMIN: 1, Role.MEMBER: 2}
     for placeholder in waiting:
         for membership in membership_list_for_user(user_id=placeholder.pk):

@@ -161,6 +161,27 @@ def test_an_email_the_provider_stops_verifying_is_forgotten_and_claims_nothing(w
     assert get_user_model().objects.filter(email__iexact=CAROL).count() == 1
 
 
+def test_memberships_waiting_for_an_address_join_its_verified_holders_own(world, provider, scope_url):
+    from tenants.services import membership_create
+
+    # Carol first signs in with her address unverified: a user of her own, nothing of what waits
+    # for carol@example.com (member of acme, admin of globex, on the user made for the address).
+    provider.set_user("carol-sub", email="carol@example.com", email_verified=False)
+    carol = Browser(scope_url)
+    assert "No workspace yet" in carol.sign_in("carol-sub").text
+    mine = user_of("carol-sub")
+    assert mine != world.carol
+    membership_create(tenant=world.acme, user=mine, role="admin")  # given to her own user meanwhile
+
+    provider.set_user("carol-sub", email="carol@example.com", email_verified=True)
+    carol = Browser(scope_url)
+    carol.sign_in("carol-sub")
+    # Where both held a membership the stronger role stays; the rest is hers; the stand-in is gone.
+    assert memberships_of(mine) == [("acme", "admin"), ("globex", "admin")]
+    assert not get_user_model().objects.filter(pk=world.carol.pk).exists()
+    assert sees_workspace(carol, scope_url, "globex") and manages(carol, "acme")
+
+
 # ---------------------------------------------------------------- invitations from the Members page
 
 
