@@ -29,7 +29,7 @@ from kahn_site.live import SOCKET_UNAUTHENTICATED, credential_group_for_session,
 from tenants import selectors, services
 from tenants.context import tenant_current
 from tenants.middleware import SESSION_TENANT_KEY
-from tenants.models import ApiKeyScope, Role
+from tenants.models import ApiKeyScope, Membership, Role
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,6 @@ class ApiKeyCreateForm(forms.Form):
         help_text="optional; the key stops working at 00:00 UTC that day (to rotate with an overlap)",
         widget=forms.DateInput({"type": "date"}),
     )
-
     scopes = forms.MultipleChoiceField(
         required=False,
         label="Scopes",
@@ -322,7 +321,7 @@ def members(request: HttpRequest) -> HttpResponse:
     return redirect("members")
 
 
-def _membership_or_404(membership_id: int) -> Any:
+def _membership_or_404(membership_id: int) -> Membership:
     membership = selectors.membership_get(tenant=tenant_current(), membership_id=membership_id)
     if membership is None:
         # Another workspace's member is answered exactly like one that does not exist.
