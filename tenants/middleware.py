@@ -21,6 +21,7 @@ from django.urls import reverse
 
 from tenants.context import NoTenantError, request_transaction, tenant_bound
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
+from tenants.permissions import READ
 from tenants.selectors import NotAMember, membership_list_for_user, tenant_chosen_for_user
 from tenants.services import api_key_find, api_key_mark_used
 
@@ -81,6 +82,10 @@ class CloudTenantMiddleware(_TenantMiddleware):
             api_key = api_key_find(credentials.strip(), bind_tenant=True)
             if api_key is None:
                 return _invalid_api_key()
+            if not request.path.startswith(API_PREFIX) and not api_key.allows(READ):
+                # The API's views check scopes themselves (tenants.permissions.HasScope); a page
+                # only shows runs, so a key reaches one only if it may read them.
+                return _insufficient_scope("pages show runs, and this API key may not read them (scope read)")
             request.api_key = api_key
             return api_key.tenant
 
@@ -131,6 +136,11 @@ def _invalid_api_key() -> HttpResponse:
         }
     }
     return JsonResponse(body, status=401, headers={"WWW-Authenticate": 'Bearer realm="kahn"'})
+
+
+def _insufficient_scope(message: str) -> HttpResponse:
+    body = {"error": {"code": "insufficient_scope", "message": message, "details": {"needed": READ}}}
+    return JsonResponse(body, status=403)
 
 
 def _forbidden(request: HttpRequest, message: str) -> HttpResponse:

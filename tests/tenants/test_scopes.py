@@ -243,3 +243,15 @@ def test_the_keys_page_refuses_an_unknown_scope_by_name(cloud, world):
     assert "Select a valid choice. admin is not one of the available choices." in response.text
     with tenant_scope(world.acme):
         assert not ApiKey.objects.exists()
+
+
+@pytest.mark.parametrize(("scopes", "writes", "reads"), COMBINATIONS)
+def test_pages_show_runs_to_a_key_only_if_it_may_read(cloud, world, scopes, writes, reads):
+    run_record(world.acme, "acme_nightly")
+    _, key = api_key_create(tenant=world.acme, name="ci", scopes=scopes)
+    for path, shown in (("/", "acme_nightly"), ("/runs/acme_nightly/", "acme_nightly"), ("/nodes/", "build")):
+        response = cloud.get(path, **bearer(key))
+        if reads:
+            assert response.status_code == 200 and shown in response.text, path
+        else:
+            assert "may not read them" in refused_for_scope(response, "read")
