@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import re
 from html import unescape
+from io import StringIO
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from tenants.context import tenant_scope
-from tenants.models import Identity, Membership, MembershipChange, Role
-from tenants.services import membership_create
+from tenants.models import Identity, Membership, MembershipChange, Role, Tenant
+from tenants.services import api_key_create, membership_create
 
 MEMBERS = "/members/"
 
@@ -90,8 +93,6 @@ def test_a_member_is_refused_the_page_and_every_change(cloud, world):
 
 
 def test_signed_out_visitors_and_api_keys_get_no_page(cloud, world):
-    from tenants.services import api_key_create
-
     assert "/oidc/authenticate/" in cloud.get(MEMBERS)["Location"]
     _, key = api_key_create(tenant=world.acme, name="ci")
     response = cloud.post(
@@ -265,3 +266,17 @@ def test_another_workspaces_membership_is_not_found(cloud, world):
     assert remove(cloud, bob).status_code == 404
     assert cloud.post("/members/999999/remove/").status_code == 404
     assert roles_in(world.globex)["bob@example.com"] == "owner"
+
+
+# ---------------------------------------------------------------- the operator's owner slot
+
+
+def test_create_tenant_records_its_owner_slot_and_refuses_an_owner_that_is_no_address(db):
+    with pytest.raises(CommandError, match="'alice at acme' is not an email address"):
+        call_command("create_tenant", "acme", "--owner", "alice at acme", stdout=StringIO())
+    assert not Tenant.objects.filter(slug="acme").exists()  # nothing half-made
+
+    call_command("create_tenant", "acme", "--owner", "alice@acme.example", stdout=StringIO())
+    acme = Tenant.objects.get(slug="acme")
+    assert roles_in(acme) == {"alice@acme.example": "owner"}
+    assert changes_in(acme) == [("manage.py create_tenant", "invited", "alice@acme.example", "", "owner")]
