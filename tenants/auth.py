@@ -3,10 +3,11 @@
 The email is a display field, not the key: it can change at the provider, and two providers'
 accounts can share one. An email names a person only when the provider reports
 `email_verified: true` (SPEC section 8): only then is it stored as the user's address, and only then
-may a first sign-in claim the user made for it in advance, with the memberships it holds (an owner
-slot named by `manage.py create_tenant --owner EMAIL`, or an invitation from the Members page).
-Since every stored address of a signed-in user was verified, an owner slot or an invitation for an
-address goes to its verified holder only (`tenants.services.user_for_email`).
+does a sign-in claim what waits for the address (an owner slot named by `manage.py create_tenant
+--owner EMAIL`, or an invitation from the Members page, held by a user made for it): a first sign-in
+takes that user over, a later one takes its memberships (`user_claim_waiting_memberships`). Since
+every stored address of a signed-in user was verified, an owner slot or an invitation for an address
+goes to its verified holder only (`tenants.services.user_for_email`).
 """
 
 from __future__ import annotations
