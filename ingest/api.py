@@ -24,6 +24,7 @@ from kahn_site.api_errors import ApiError
 from runs.api import ERRORS, RUN_ID, ErrorSerializer, RunEventsApi, RunGraphApi, RunSummaryApi
 from runs.reduction import run_id_valid
 from tenants.context import tenant_current
+from tenants.permissions import INGEST
 
 
 class InvalidRunId(ApiError):
@@ -75,6 +76,9 @@ class IngestThrottled:
 
 
 class RunEventsEndpoint(IngestThrottled, RunEventsApi):
+    # Writes need an API key with the ingest scope; a browser session never writes (tenants.permissions).
+    key_scopes = {"POST": INGEST}
+
     @extend_schema(
         operation_id="runs_events_create",
         parameters=[RUN_ID],
@@ -135,6 +139,8 @@ Written = inline_serializer(
 
 
 class RunGraphEndpoint(IngestThrottled, RunGraphApi):
+    key_scopes = {"PUT": INGEST}
+
     @extend_schema(
         operation_id="runs_graph_update",
         parameters=[RUN_ID],
@@ -147,6 +153,8 @@ class RunGraphEndpoint(IngestThrottled, RunGraphApi):
 
 
 class RunSummaryEndpoint(IngestThrottled, RunSummaryApi):
+    key_scopes = {"PUT": INGEST}
+
     @extend_schema(
         operation_id="runs_summary_update",
         parameters=[RUN_ID],

@@ -313,10 +313,11 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "tenants.authentication.ApiKeyAuthentication",
         "tenants.access_tokens.AccessTokenAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        "tenants.authentication.SessionAuthentication",
     ],
-    # No view runs without a current tenant (tenants.permissions): a new view cannot forget it.
-    "DEFAULT_PERMISSION_CLASSES": ["tenants.permissions.HasTenant"],
+    # No view runs without a current tenant, and an API key only within its scopes
+    # (tenants.permissions): a new view cannot forget either.
+    "DEFAULT_PERMISSION_CLASSES": ["tenants.permissions.HasTenant", "tenants.permissions.HasScope"],
 }
 SPECTACULAR_SETTINGS = {
     # The schema says what a client must send: nothing in OSS, a key or a session in cloud.

@@ -15,18 +15,20 @@ from rest_framework.views import APIView
 
 from tenants.context import tenant_current
 from tenants.models import Tenant
-from tenants.permissions import HasTenant
+from tenants.permissions import HasScope, HasTenant
 
 
 class TenantAPIView(APIView):
-    permission_classes = [HasTenant]
+    permission_classes = [HasTenant, HasScope]
     tenant: Tenant
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if HasTenant not in cls.permission_classes:
-            # Extra permissions are welcome; dropping this one would open the view to no tenant.
-            raise TypeError(f"{cls.__name__}.permission_classes must keep HasTenant")
+        for needed in (HasTenant, HasScope):
+            if needed not in cls.permission_classes:
+                # Extra permissions are welcome; dropping one of these would open the view to no
+                # tenant, or to any API key.
+                raise TypeError(f"{cls.__name__}.permission_classes must keep {needed.__name__}")
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)

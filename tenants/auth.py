@@ -1,9 +1,13 @@
 """OIDC sign-in (mozilla-django-oidc): a login is matched to a user by the provider's `sub`.
 
 The email is a display field, not the key: it can change at the provider, and two providers'
-accounts can share one. The only time an email matters is a user's first sign-in, when it may claim
-a user made for it in advance (`manage.py create_tenant --owner EMAIL`) — and only if the provider
-says the email is verified and that user has no identity yet.
+accounts can share one. An email names a person only when the provider reports
+`email_verified: true` (SPEC section 8): only then is it stored as the user's address, and only then
+does a sign-in claim what waits for the address (an owner slot named by `manage.py create_tenant
+--owner EMAIL`, or an invitation from the Members page, held by a user made for it): a first sign-in
+takes that user over, a later one takes its memberships (`user_claim_waiting_memberships`). Since
+every stored address of a signed-in user was verified, an owner slot or an invitation for an address
+goes to its verified holder only (`tenants.services.user_for_email`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from django.db import transaction
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 
 from tenants.models import Identity
+from tenants.services import user_claim_waiting_memberships
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,9 @@ class TenantOIDCBackend(OIDCAuthenticationBackend):
                 user = self.invited_user(claims) or self.new_user(claims)
                 Identity.objects.create(user=user, sub=sub)
             self.update_display_fields(user, claims)
+            email = verified_email(claims)
+            if email:
+                user_claim_waiting_memberships(user=user, verified_email=email)
         return user
 
     def retrieve_matching_jwk(self, token: str) -> jwt.PyJWK:
@@ -71,8 +79,8 @@ class TenantOIDCBackend(OIDCAuthenticationBackend):
 
     def invited_user(self, claims: dict[str, Any]) -> AbstractBaseUser | None:
         """The one user made in advance for this verified email, still without an identity."""
-        email = claims.get("email")
-        if not email or claims.get("email_verified") is not True:
+        email = verified_email(claims)
+        if not email:
             return None
         candidates = list(self.UserModel.objects.filter(email__iexact=email, identity__isnull=True)[:2])
         return candidates[0] if len(candidates) == 1 else None
@@ -80,13 +88,17 @@ class TenantOIDCBackend(OIDCAuthenticationBackend):
     def new_user(self, claims: dict[str, Any]) -> AbstractBaseUser:
         # A stable username that reveals nothing: the sub may be an email at some providers.
         digest = hashlib.sha256(claims["sub"].encode()).hexdigest()[:24]
-        return self.UserModel.objects.create_user(username=f"oidc_{digest}", email=claims.get("email") or "")
+        return self.UserModel.objects.create_user(username=f"oidc_{digest}", email=verified_email(claims))
 
     def update_display_fields(self, user: AbstractBaseUser, claims: dict[str, Any]) -> None:
-        """What the provider says now about the person's email and name; claims it omits change nothing."""
+        """What the provider says now about the person's email and name; claims it omits change nothing.
+
+        An email the provider does not verify clears the stored one: the provider no longer vouches
+        for any address of this person, and a stored address would claim owner slots and invitations.
+        """
         shown: dict[str, str] = {}
         if claims.get("email"):
-            shown["email"] = claims["email"]
+            shown["email"] = verified_email(claims)
         if claims.get("given_name") or claims.get("family_name"):
             shown["first_name"] = str(claims.get("given_name") or "")[:150]
             shown["last_name"] = str(claims.get("family_name") or "")[:150]
@@ -97,3 +109,13 @@ class TenantOIDCBackend(OIDCAuthenticationBackend):
             setattr(user, name, shown[name])
         if changed:
             user.save(update_fields=changed)
+
+
+def verified_email(claims: dict[str, Any]) -> str:
+    """The claims' email if the provider says it is verified (the JSON `true`, nothing looser), else ''."""
+    email = claims.get("email")
+    if not isinstance(email, str) or claims.get("email_verified") is not True:
+        return ""
+    email = email.strip()
+    # Longer than the column holds: cut short it would name another address, so none is stored.
+    return email if len(email) <= 254 else ""

@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser
+from drf_spectacular.authentication import SessionScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import authentication
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
@@ -35,3 +37,22 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
             "scheme": "bearer",
             "description": "an API key, kahn_live_sk_<prefix>_<secret>",
         }
+
+
+class SessionAuthentication(authentication.SessionAuthentication):
+    """DRF's session authentication, its CSRF check made on Django's request, not DRF's.
+
+    DRF hands the check its own request, whose `POST` parses the body with the API's parsers: an
+    NDJSON write from a session then failed as 415 before anyone asked whether a session may write
+    at all. Django's request reads a form body only, so the `X-CSRFToken` header decides, whatever
+    the body, and the session's write reaches its real answer (403 `insufficient_scope`).
+    """
+
+    def enforce_csrf(self, request: Request) -> None:
+        super().enforce_csrf(request._request)
+
+
+class SessionAuthenticationScheme(SessionScheme):
+    """How the OpenAPI schema names the session: as DRF's, which this one is apart from its CSRF check."""
+
+    target_class = SessionAuthentication

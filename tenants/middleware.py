@@ -33,6 +33,7 @@ from tenants.access_tokens import (
 )
 from tenants.context import NoTenantError, request_transaction, tenant_bound
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
+from tenants.permissions import READ
 from tenants.selectors import NotAMember, membership_list_for_user, tenant_chosen_for_user
 from tenants.services import api_key_find, api_key_mark_used
 
@@ -116,6 +117,10 @@ class CloudTenantMiddleware(_TenantMiddleware):
             api_key = api_key_find(bearer, bind_tenant=True)
             if api_key is None:
                 return _invalid_api_key()
+            if not request.path.startswith(API_PREFIX) and not api_key.allows(READ):
+                # The API's views check scopes themselves (tenants.permissions.HasScope); a page
+                # only shows runs, so a key reaches one only if it may read them.
+                return _insufficient_scope("pages show runs, and this API key may not read them (scope read)")
             request.api_key = api_key
             return api_key.tenant
 
@@ -239,10 +244,19 @@ def _access_token_refusal(request: HttpRequest, token: str) -> HttpResponse | No
 
 
 def _api_error(
-    status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    *,
+    details: dict[str, object] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> HttpResponse:
-    body = {"error": {"code": code, "message": message, "details": {}}}
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
     return JsonResponse(body, status=status, headers=headers)
+
+
+def _insufficient_scope(message: str) -> HttpResponse:
+    return _api_error(403, "insufficient_scope", message, details={"needed": READ})
 
 
 def _forbidden(request: HttpRequest, message: str) -> HttpResponse:

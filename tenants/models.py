@@ -87,8 +87,38 @@ class Membership(models.Model):
 
     @property
     def manages_tenant(self) -> bool:
-        """Owners and admins change the workspace itself (its API keys); members read its runs."""
+        """Owners and admins change the workspace itself (its API keys, its members); members read
+        its runs."""
         return self.role in (Role.OWNER, Role.ADMIN)
+
+
+class MembershipChangeAction(models.TextChoices):
+    INVITED = "invited", "invited"
+    ROLE_CHANGED = "role_changed", "changed the role of"
+    REMOVED = "removed", "removed"
+
+
+class MembershipChange(models.Model):
+    """One change to who is in a tenant, kept for its owners: who did what to whom, and when.
+
+    Names are kept as text, as they were at the time: the record outlives the people in it.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="membership_changes")
+    at = models.DateTimeField(default=timezone.now)
+    actor = models.CharField(max_length=300, help_text="who made the change: a user, or a command")
+    action = models.CharField(max_length=20, choices=MembershipChangeAction.choices)
+    subject = models.CharField(max_length=300, help_text="whose membership changed")
+    from_role = models.CharField(max_length=10, choices=Role.choices, blank=True)
+    to_role = models.CharField(max_length=10, choices=Role.choices, blank=True)
+
+    objects: TenantScopedManager["MembershipChange"] = TenantScopedManager()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.actor}: {self.action} {self.subject} in {self.tenant_id}"
 
 
 class Identity(models.Model):
@@ -124,6 +154,18 @@ class StaffAccess(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor} in {self.tenant_slug}: {self.reason}"
+
+
+class ApiKeyScope(models.TextChoices):
+    """What a key may do (SPEC section 8): write runs, or read the read API and `/ws/live`."""
+
+    INGEST = "ingest", "ingest: send runs"
+    READ = "read", "read: the read API and live updates"
+
+
+# Stored as one space-separated, sorted word list, as OAuth writes scopes; a key has at least one.
+API_KEY_SCOPES_ALL = " ".join(sorted(ApiKeyScope.values))
+API_KEY_SCOPES_STORED = ["ingest", "read", "ingest read"]
 
 
 class ApiKeyManager(TenantScopedManager["ApiKey"]):
@@ -209,14 +251,25 @@ class ApiKey(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True, help_text="written at most once a minute")
     revoked_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True, help_text="for rotation with overlap")
+    scopes = models.CharField(
+        max_length=32,
+        default=API_KEY_SCOPES_ALL,
+        help_text="what the key may do, space-separated: ingest, read",
+    )
 
     objects = ApiKeyManager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(scopes__in=API_KEY_SCOPES_STORED), name="api_key_scopes_known")
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} (…{self.last4})"
 
     def is_active_at(self, now: datetime) -> bool:
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes.split()

@@ -1,9 +1,9 @@
-"""Reads of tenancy itself: which tenants a user may act for, and a tenant's API keys."""
+"""Reads of tenancy itself: which tenants a user may act for, a tenant's members and API keys."""
 
 from __future__ import annotations
 
 from tenants.context import USER_SETTING, pre_tenant_lookup
-from tenants.models import ApiKey, Membership, Tenant
+from tenants.models import ApiKey, Membership, MembershipChange, Role, Tenant
 
 
 class NotAMember(LookupError):
@@ -51,3 +51,20 @@ def api_key_list(*, tenant: Tenant) -> list[ApiKey]:
 def api_key_get(*, tenant: Tenant, key_id: int) -> ApiKey | None:
     """One key of the tenant; None for a key of another tenant, exactly as for no key at all."""
     return ApiKey.objects.filter(tenant=tenant, pk=key_id).select_related("tenant").first()
+
+
+def membership_list(*, tenant: Tenant) -> list[Membership]:
+    """The tenant's members, owners first, with their users and login identities (none yet: invited)."""
+    order = {Role.OWNER: 0, Role.ADMIN: 1, Role.MEMBER: 2}
+    memberships = Membership.objects.filter(tenant=tenant).select_related("user", "user__identity")
+    return sorted(memberships, key=lambda m: (order.get(m.role, 3), m.created_at, m.pk))
+
+
+def membership_get(*, tenant: Tenant, membership_id: int) -> Membership | None:
+    """One membership of the tenant; None for another tenant's, exactly as for none at all."""
+    return Membership.objects.filter(tenant=tenant, pk=membership_id).select_related("tenant", "user").first()
+
+
+def membership_change_list(*, tenant: Tenant, limit: int = 50) -> list[MembershipChange]:
+    """The tenant's latest changes to its members, newest first."""
+    return list(MembershipChange.objects.filter(tenant=tenant)[:limit])

@@ -51,7 +51,7 @@ from tenants.access_tokens import (
 )
 from tenants.context import tenant_atomic
 from tenants.middleware import ORGANIZATION_HEADER, SESSION_TENANT_KEY
-from tenants.models import LOCAL_TENANT_SLUG, ApiKey, Tenant
+from tenants.models import LOCAL_TENANT_SLUG, ApiKey, ApiKeyScope, Tenant
 from tenants.selectors import NotAMember, membership_list_for_user, tenant_chosen_for_user
 from tenants.services import api_key_authenticate
 
@@ -113,6 +113,11 @@ def cloud_socket_identity(scope: dict[str, Any]) -> SocketIdentity | SocketRefus
         if api_key is None:
             # The same answer for a malformed, unknown, revoked or expired key, as over HTTP.
             return SocketRefusal(SOCKET_UNAUTHENTICATED, "the API key is not valid")
+        if not api_key.allows(ApiKeyScope.READ):
+            # As over HTTP: 403 insufficient_scope (here 4403, its code in the reason).
+            return SocketRefusal(
+                SOCKET_FORBIDDEN, "insufficient_scope: live updates need an API key with the scope read"
+            )
         return SocketIdentity(tenant=api_key.tenant, api_key_id=api_key.pk)
 
     user = scope.get("user")

@@ -1,5 +1,5 @@
-"""Cloud-mode URLs: OIDC sign-in, the workspace pages and its API keys, and the admin's sign-in
-through OIDC."""
+"""Cloud-mode URLs: OIDC sign-in, the workspace pages, its API keys and members, and the admin's
+sign-in through OIDC."""
 
 from django.urls import include, path
 
@@ -17,4 +17,7 @@ urlpatterns = [
     path("signed-out/", views.signed_out, name="signed_out"),
     path("keys/", views.api_keys, name="api_keys"),
     path("keys/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
+    path("members/", views.members, name="members"),
+    path("members/<int:membership_id>/role/", views.member_role, name="member_role"),
+    path("members/<int:membership_id>/remove/", views.member_remove, name="member_remove"),
 ]

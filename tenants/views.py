@@ -1,5 +1,5 @@
 """Cloud pages of tenancy: the workspace switcher, "no workspace yet", sign-in recovery, sign-out,
-and the workspace's API keys (owners and admins)."""
+and the workspace's API keys and members (owners and admins)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from kahn_site.live import SOCKET_UNAUTHENTICATED, credential_group_for_session,
 from tenants import selectors, services
 from tenants.context import tenant_current
 from tenants.middleware import SESSION_TENANT_KEY
+from tenants.models import ApiKeyScope, Membership, Role
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,14 @@ def tenant_managers_only(view: Callable[..., HttpResponse]) -> Callable[..., Htt
     return guarded
 
 
+def _refusal_status(refusal: services.TenancyError) -> int:
+    if isinstance(refusal, services.NotAllowed):
+        return 403
+    if isinstance(refusal, services.LastOwner):
+        return 409
+    return 400
+
+
 class ApiKeyCreateForm(forms.Form):
     name = forms.CharField(
         max_length=100,
@@ -168,6 +177,13 @@ class ApiKeyCreateForm(forms.Form):
         label="Expires on",
         help_text="optional; the key stops working at 00:00 UTC that day (to rotate with an overlap)",
         widget=forms.DateInput({"type": "date"}),
+    )
+    scopes = forms.MultipleChoiceField(
+        required=False,
+        label="Scopes",
+        choices=ApiKeyScope.choices,
+        help_text="what the key may do; none ticked means both",
+        widget=forms.CheckboxSelectMultiple,
     )
 
     def clean_expires_on(self) -> date | None:
@@ -202,6 +218,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
                 name=form.cleaned_data["name"],
                 created_by=request.user,
                 expires_at=form.expires_at(),
+                scopes=form.cleaned_data["scopes"],
             )
         except services.TenancyError as exc:
             refusal = str(exc)
@@ -243,3 +260,103 @@ def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
     else:
         messages.success(request, f"Revoked {api_key.name} (…{api_key.last4}): its next request is refused.")
     return redirect("api_keys")
+
+
+# ---------------------------------------------------------------- members (owners and admins)
+
+
+class MemberInviteForm(forms.Form):
+    email = forms.EmailField(
+        max_length=254,
+        label="Email",
+        help_text="they join at their first sign-in with this address, verified by the sign-in provider",
+        widget=forms.EmailInput({"autocomplete": "off"}),
+    )
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER, label="Role")
+
+
+def _members_page(
+    request: HttpRequest,
+    *,
+    form: MemberInviteForm | None = None,
+    refusal: str | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    tenant = tenant_current()
+    memberships = selectors.membership_list(tenant=tenant)
+    for membership in memberships:
+        # A user with no login identity was invited by email and has not signed in yet.
+        membership.signed_in = hasattr(membership.user, "identity")
+    context = {
+        "nav": "members",
+        "form": form or MemberInviteForm(),
+        "refusal": refusal,
+        "memberships": memberships,
+        "owners": sum(1 for m in memberships if m.role == Role.OWNER),
+        "roles": Role.choices,
+        "changes": selectors.membership_change_list(tenant=tenant),
+    }
+    return render(request, "tenants/members.html", context, status=status)
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+@tenant_managers_only
+def members(request: HttpRequest) -> HttpResponse:
+    """The workspace's members and their roles, what changed, and a form to invite someone."""
+    if request.method != "POST":
+        return _members_page(request)
+    form = MemberInviteForm(request.POST)
+    if not form.is_valid():
+        return _members_page(request, form=form, status=400)
+    email, role = form.cleaned_data["email"], form.cleaned_data["role"]
+    try:
+        services.membership_invite(tenant=tenant_current(), email=email, role=role, by=request.membership)
+    except services.TenancyError as refusal:
+        return _members_page(request, form=form, refusal=str(refusal), status=_refusal_status(refusal))
+    messages.success(
+        request,
+        f"Invited {email} as {role}: they join at their first verified sign-in, or now if they have one.",
+    )
+    return redirect("members")
+
+
+def _membership_or_404(membership_id: int) -> Membership:
+    membership = selectors.membership_get(tenant=tenant_current(), membership_id=membership_id)
+    if membership is None:
+        # Another workspace's member is answered exactly like one that does not exist.
+        raise Http404("There is no such member in this workspace.")
+    return membership
+
+
+def _back_to_members(request: HttpRequest, *, still_manages: bool) -> HttpResponse:
+    # Someone who just took themselves off the page (removed, or now a member) goes to the runs.
+    return redirect("members" if still_manages else "history")
+
+
+@require_POST
+@tenant_managers_only
+def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
+    membership = _membership_or_404(membership_id)
+    role = request.POST.get("role", "")
+    try:
+        changed = services.membership_change_role(membership=membership, role=role, by=request.membership)
+    except services.TenancyError as refusal:
+        return _members_page(request, refusal=str(refusal), status=_refusal_status(refusal))
+    messages.success(request, f"{services.person_label(changed.user)} is now {changed.role}.")
+    mine = changed.pk == request.membership.pk
+    return _back_to_members(request, still_manages=not mine or changed.manages_tenant)
+
+
+@require_POST
+@tenant_managers_only
+def member_remove(request: HttpRequest, membership_id: int) -> HttpResponse:
+    membership = _membership_or_404(membership_id)
+    try:
+        services.membership_remove(membership=membership, by=request.membership)
+    except services.TenancyError as refusal:
+        return _members_page(request, refusal=str(refusal), status=_refusal_status(refusal))
+    messages.success(
+        request, f"Removed {services.person_label(membership.user)} from {membership.tenant.name}."
+    )
+    return _back_to_members(request, still_manages=membership.pk != request.membership.pk)

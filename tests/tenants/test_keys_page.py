@@ -41,7 +41,7 @@ def revoke_url(api_key: ApiKey) -> str:
     return f"/keys/{api_key.pk}/revoke/"
 
 
-COLUMNS = ("name", "key", "state", "created", "last used", "expires", "revoke")
+COLUMNS = ("name", "key", "scopes", "state", "created", "last used", "expires", "revoke")
 
 
 def listed(page: str, api_key: ApiKey) -> dict[str, str]:

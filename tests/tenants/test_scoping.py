@@ -21,7 +21,7 @@ from tenants.context import (
     tenant_task,
 )
 from tenants.models import Membership, Tenant
-from tenants.permissions import HasTenant
+from tenants.permissions import HasScope, HasTenant
 
 
 @pytest.mark.parametrize("model", [Run, Event, Diagnostic, RunNode, Membership])
@@ -99,16 +99,21 @@ def test_the_base_api_view_runs_for_the_current_tenant(world_runs):
     assert (response.status_code, response.data) == (200, {"tenant": "globex", "runs": 1})
 
 
-def test_a_subclass_cannot_drop_the_tenant_check():
+def test_a_subclass_cannot_drop_the_tenant_check_or_the_key_scopes():
     with pytest.raises(TypeError, match="HasTenant"):
 
         class Careless(TenantAPIView):
             permission_classes = [IsAuthenticated]
 
-    class Careful(TenantAPIView):
-        permission_classes = [IsAuthenticated, HasTenant]
+    with pytest.raises(TypeError, match="HasScope"):
 
-    assert Careful.permission_classes[-1] is HasTenant
+        class AnyKey(TenantAPIView):
+            permission_classes = [IsAuthenticated, HasTenant]
+
+    class Careful(TenantAPIView):
+        permission_classes = [IsAuthenticated, HasTenant, HasScope]
+
+    assert Careful.permission_classes[1:] == [HasTenant, HasScope]
 
 
 # ---------------------------------------------------------------- a request is one unit of work

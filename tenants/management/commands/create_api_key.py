@@ -4,7 +4,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from tenants.models import Tenant
+from tenants.models import ApiKeyScope, Tenant
 from tenants.services import TenancyError, api_key_create
 
 
@@ -15,6 +15,15 @@ class Command(BaseCommand):
         parser.add_argument("slug", help="the tenant")
         parser.add_argument("--name", default="producer", help="what the key is for")
         parser.add_argument("--expires-in-days", type=int, help="for rotation: the key stops working then")
+        parser.add_argument(
+            "--scope",
+            action="append",
+            dest="scopes",
+            default=[],
+            choices=ApiKeyScope.values,
+            help="what the key may do: ingest (send runs), read (the read API and /ws/live); "
+            "repeat for both; none given means both",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -26,10 +35,13 @@ class Command(BaseCommand):
             raise CommandError("--expires-in-days must be a positive number of days")
         expires_at = timezone.now() + timedelta(days=days) if days else None
         try:
-            api_key, key = api_key_create(tenant=tenant, name=options["name"], expires_at=expires_at)
+            api_key, key = api_key_create(
+                tenant=tenant, name=options["name"], expires_at=expires_at, scopes=options["scopes"]
+            )
         except TenancyError as exc:
             raise CommandError(str(exc)) from None
         self.stderr.write(
-            f"API key {api_key.pk} ({api_key.name}) for {tenant.slug}: shown this once, keep it safe"
+            f"API key {api_key.pk} ({api_key.name}, scopes {api_key.scopes.replace(' ', ', ')}) "
+            f"for {tenant.slug}: shown this once, keep it safe"
         )
         self.stdout.write(key)
