@@ -7,7 +7,7 @@ query goes through `runs.selectors` with the current tenant.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django import forms
@@ -78,8 +78,11 @@ class HistoryFilterForm(forms.Form):
             node=data.get("node") or None,
             failed_node=data.get("failed_node") or None,
             started_after=datetime.combine(start, time.min, UTC) if start else None,
-            # The "to" day is included: runs started before the next midnight.
-            started_before=datetime.combine(end + timedelta(days=1), time.min, UTC) if end else None,
+            # The "to" day is included: runs started before the next midnight. No time is stored
+            # past the last day of 9999 (SPEC section 2), so that day bounds nothing.
+            started_before=(
+                datetime.combine(end + timedelta(days=1), time.min, UTC) if end and end < date.max else None
+            ),
         )
 
 
