@@ -9,7 +9,7 @@ then walks the whole event schema, extremes included, through the API and throug
 import itertools
 import json
 from base64 import b64encode
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from io import StringIO
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -185,6 +185,21 @@ def test_a_ts_offset_of_23_59_is_stored_as_its_utc_instant(client, local_tenant)
     assert event.ts == datetime(2026, 11, 19, 10, 1, tzinfo=UTC)
     assert event.payload["ts"] == "2026-11-20T10:00:00.000+23:59"  # kept as sent
     assert_reads_answer(client, "run_offset")
+
+
+def test_an_import_of_thousands_of_events_stores_each_ts_as_its_utc_instant(local_tenant, tmp_path):
+    """Past a thousand rows the events stream into a COPY on PostgreSQL: the same instants."""
+    offsets = ["+23:59", "-23:59", "Z", "z", "+05:30"]
+    events = [run_start("run_copy")] + [
+        {"ts": f"2026-11-20T10:00:00.000{offsets[i % 5]}", "event": "note", "i": i} for i in range(1500)
+    ]
+    write_archive_run(tmp_path, "run_copy", events)
+    import_archive(tmp_path)
+    stored = list(Event.objects.filter(run__run_id="run_copy").order_by("seq").values_list("ts", flat=True))
+    base = datetime(2026, 11, 20, 10, tzinfo=UTC)
+    shifts = {"+23:59": -1439, "-23:59": 1439, "Z": 0, "z": 0, "+05:30": -330}
+    assert len(stored) == 1501
+    assert stored[1:] == [base + timedelta(minutes=shifts[offsets[i % 5]]) for i in range(1500)]
 
 
 @pytest.mark.parametrize(
