@@ -653,11 +653,13 @@ TIMESTAMPS = st.one_of(
     ),
     TEXT,
 )
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | NUMBERS | TEXT,
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(TEXT, children, max_size=3),
-    max_leaves=8,
-)
+
+
+def json_containers(children: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(children, max_size=3) | st.dictionaries(TEXT, children, max_size=3)
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | NUMBERS | TEXT, json_containers, max_leaves=8)
 # Deep nesting, either side of the bound, and large values that stay under the event size limit.
 UNKNOWN_FIELDS = st.one_of(
     JSON_VALUES,
