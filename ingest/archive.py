@@ -324,6 +324,11 @@ def _import_run(change: RunChange, folder: RunFolder, warnings: list[str]) -> in
     run = change.run
     if folder.has_graph and run.graph is None:
         try:
+            size = os.lstat(folder.path / GRAPH).st_size
+            if size > reduction.MAX_GRAPH_BYTES:
+                raise ValueError(
+                    f"graph.json is {size} bytes, over the {reduction.MAX_GRAPH_BYTES} a graph may be"
+                )
             graph = _read_json(folder.path / GRAPH)
             problems = reduction.validate_graph(graph)
             if problems:
@@ -366,6 +371,8 @@ def _import_run(change: RunChange, folder: RunFolder, warnings: list[str]) -> in
             summary = _read_json(folder.path / SUMMARY)
             if not isinstance(summary, dict):
                 raise ValueError("summary.json is not a JSON object")
+            if reduction.json_too_deep(summary):
+                raise ValueError(f"summary.json nests more than {reduction.MAX_JSON_DEPTH} levels")
             change.set_summary(summary)
         except ValueError as exc:
             warnings.append(f"{folder.run_id}: {printable(str(exc))}; not imported, tried again next time")

@@ -105,6 +105,16 @@ def _loads(raw: bytes, index: int | None) -> Any:
         raise InvalidBody(f"{where} {reason}", [_problem(index, "", reason)]) from None
 
 
+def _dumped(item: Any, index: int) -> bytes:
+    """One event of a JSON array as text, to measure and store. orjson writes at most 254 levels:
+    an event nested deeper breaks the schema's bound (`reduction.MAX_JSON_DEPTH`) anyway."""
+    try:
+        return orjson.dumps(item)
+    except orjson.JSONEncodeError:
+        message = f"must not nest more than {reduction.MAX_JSON_DEPTH} levels of objects and lists"
+        raise InvalidBody(f"event {index} is nested too deeply", [_problem(index, "", message)]) from None
+
+
 def events_parse(body: bytes, content_type: str) -> EventBatch:
     """The events of a request body (NDJSON or a JSON array), or the contract's error for it."""
     media_type = _media_type(content_type)
@@ -129,7 +139,7 @@ def events_parse(body: bytes, content_type: str) -> EventBatch:
             raise InvalidBody(
                 "an application/json body is an array of events", [_problem(None, "", "not an array")]
             )
-        raws = [orjson.dumps(item) for item in items]
+        raws = [_dumped(item, index) for index, item in enumerate(items)]
     if not items:
         raise InvalidBody("the batch holds no events", [_problem(None, "", "no events")])
     if len(items) > MAX_BATCH_EVENTS:
@@ -152,8 +162,9 @@ def events_parse(body: bytes, content_type: str) -> EventBatch:
         if is_object and "seq" in item:
             item = dict(item)
             seq = item.pop("seq")
-            if type(seq) is not int or seq < 0:
-                problems.append(_problem(index, "seq", "must be an integer >= 0"))
+            problem = reduction.seq_problem(seq)
+            if problem is not None:
+                problems.append(_problem(index, "seq", problem))
             seqs.append(seq)
         found = validate(item)
         if found:
@@ -285,6 +296,9 @@ def run_put_document(*, tenant: Tenant, run_id: str, kind: str, document: dict[s
         problems = reduction.validate_graph(document)
         if problems:
             raise InvalidBody("the graph is invalid", [_problem(None, p.field, p.message) for p in problems])
+    elif reduction.json_too_deep(document):
+        message = f"must not nest more than {reduction.MAX_JSON_DEPTH} levels of objects and lists"
+        raise InvalidBody(f"the {kind} is nested too deeply", [_problem(None, "", message)])
     if reduction.json_has_nul(orjson.dumps(document), document):
         raise InvalidBody(
             f"the {kind} must not contain NUL characters", [_problem(None, "", "NUL character")]

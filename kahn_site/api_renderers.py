@@ -16,4 +16,9 @@ class OrjsonRenderer(JSONRenderer):
         if data is None:
             return b""
         # Types orjson does not know (Decimal, lazy strings, …) go through DRF's own encoder.
-        return orjson.dumps(data, default=_fallback.default, option=orjson.OPT_NON_STR_KEYS)
+        try:
+            return orjson.dumps(data, default=_fallback.default, option=orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError:
+            # An integer past 64 bits, which a producer's unknown field may hold (PostgreSQL's
+            # jsonb even gives back 1e300 as one): DRF's own renderer writes any JSON value.
+            return super().render(data, accepted_media_type, renderer_context)

@@ -31,7 +31,7 @@ from retention.api import run_deleted_error
 from runs import selectors
 from runs.models import Run
 from runs.pagination import RunCursorPagination
-from runs.reduction import run_id_valid
+from runs.reduction import MAX_SEQ, run_id_valid
 from tenants.context import tenant_current
 
 MAX_EVENTS_PER_PAGE = 1000
@@ -288,7 +288,7 @@ class RunEventsApi(APIView):
             required=False,
             default=-1,
             min_value=-1,
-            max_value=2**31 - 1,
+            max_value=MAX_SEQ,
             help_text="events with a greater seq",
         )
         limit = serializers.IntegerField(

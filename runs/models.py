@@ -63,8 +63,9 @@ class Run(models.Model):
     done = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
     blocked = models.PositiveIntegerField(default=0)
-    total_attempts = models.PositiveIntegerField(default=0)
-    flake_retries = models.PositiveIntegerField(default=0)
+    # Sums of attempts, each up to 2**31 - 1 (SPEC section 2): two nodes can outgrow 32 bits.
+    total_attempts = models.PositiveBigIntegerField(default=0)
+    flake_retries = models.PositiveBigIntegerField(default=0)
     exit_code = models.IntegerField(null=True, blank=True)
     failed_nodes = models.JSONField(default=list)
     node_attempts = models.JSONField(default=dict)
@@ -72,11 +73,12 @@ class Run(models.Model):
     last_event_at = models.DateTimeField(null=True, blank=True)
 
     # Stored diagnostics by severity; `died_mid_attempt` is added when read, as it depends on time.
-    errors = models.PositiveIntegerField(default=0)
-    warnings = models.PositiveIntegerField(default=0)
-    infos = models.PositiveIntegerField(default=0)
+    # Like seqs and line numbers, they count up to 2**63 - 1 (SPEC section 2).
+    errors = models.PositiveBigIntegerField(default=0)
+    warnings = models.PositiveBigIntegerField(default=0)
+    infos = models.PositiveBigIntegerField(default=0)
 
-    next_seq = models.PositiveIntegerField(default=0, help_text="events stored; the next event's seq")
+    next_seq = models.PositiveBigIntegerField(default=0, help_text="events stored; the next event's seq")
     reduction_state = models.JSONField(default=dict)
     graph = models.JSONField(null=True, blank=True)
     summary = models.JSONField(null=True, blank=True, help_text="the producer's summary.json, if any")
@@ -85,7 +87,7 @@ class Run(models.Model):
     # the file's size when last read (it differs from the offset while a last line is unfinished).
     log_offset = models.BigIntegerField(default=0)
     log_size_seen = models.BigIntegerField(default=0)
-    log_lines = models.PositiveIntegerField(default=0)
+    log_lines = models.PositiveBigIntegerField(default=0)
     log_shrank = models.BooleanField(default=False)
     # The archive import's last failure for this run: something the validation let through that the
     # database refused. Nothing of that attempt was stored; it is shown on the run's page and tried
@@ -149,7 +151,7 @@ class Event(models.Model):
     run = models.ForeignKey(
         Run, on_delete=models.CASCADE, db_index=False, db_constraint=False, related_name="events"
     )
-    seq = models.PositiveIntegerField()
+    seq = models.PositiveBigIntegerField()  # 0 to 2**63 - 1 (SPEC section 2)
     tenant = models.ForeignKey(
         Tenant, on_delete=models.PROTECT, db_index=False, db_constraint=False, related_name="+"
     )
@@ -175,8 +177,8 @@ class Diagnostic(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, db_index=False, related_name="+")
     code = models.CharField(max_length=40)
     severity = models.CharField(max_length=10, choices=Severity.choices)
-    seq = models.PositiveIntegerField(null=True, blank=True)
-    line = models.PositiveIntegerField(null=True, blank=True)
+    seq = models.PositiveBigIntegerField(null=True, blank=True)
+    line = models.PositiveBigIntegerField(null=True, blank=True)
     message = models.TextField()
     details = models.JSONField(default=dict)
     created_at = models.DateTimeField(default=timezone.now)

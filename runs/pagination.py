@@ -9,7 +9,7 @@ schema come from DRF.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db.models import QuerySet
@@ -98,6 +98,12 @@ class RunCursorPagination(CursorPagination):
             raise self._invalid() from exc
         if (position.started and position.started.tzinfo is None) or not 0 <= position.id < 2**63:
             raise self._invalid()
+        if position.started is not None:
+            # A hand-made cursor's offset may carry its time out of the years a database holds.
+            try:
+                position = RunPosition(started=position.started.astimezone(UTC), id=position.id)
+            except OverflowError as exc:
+                raise self._invalid() from exc
         return position
 
     def _invalid(self) -> InvalidQuery:

@@ -16,6 +16,8 @@ from runs.timeline import Timeline
 
 # DAG: boxes in columns by dependency depth, left to right.
 NODE_W, NODE_H = 172, 44
+# A graph may have 100,000 dependencies (SPEC section 2); a page draws at most this many of them.
+MAX_DRAWN_EDGES = 3000
 COLUMN_GAP, ROW_GAP = 64, 18
 DAG_PAD = 12
 LABEL_CHARS = 22
@@ -75,6 +77,8 @@ class DagPicture:
     height: int
     nodes: list[DagNode]
     edges: list[DagEdge]
+    # Dependencies between drawn nodes left out past MAX_DRAWN_EDGES.
+    undrawn_edges: int = 0
     node_w: int = NODE_W
     node_h: int = NODE_H
 
@@ -120,10 +124,14 @@ def dag_picture(
                 title=f"{node_id}: {states[node_id]}, {_attempts_text(attempts[node_id])}{extra}",
             )
         )
-    edges = []
+    edges: list[DagEdge] = []
+    undrawn_edges = 0
     for node_id in order:
         for dep in timeline.nodes[node_id].deps:
             if dep not in positions:
+                continue
+            if len(edges) >= MAX_DRAWN_EDGES:
+                undrawn_edges += 1
                 continue
             (x1, y1), (x2, y2) = positions[dep], positions[node_id]
             x1, y1, y2 = x1 + NODE_W, y1 + NODE_H // 2, y2 + NODE_H // 2
@@ -135,7 +143,7 @@ def dag_picture(
     height = DAG_PAD * 2 + tallest * (NODE_H + ROW_GAP) - ROW_GAP
     # Blocking edges last, so they are drawn over the others.
     edges.sort(key=lambda e: e.blocking)
-    return DagPicture(width, height, nodes, edges)
+    return DagPicture(width, height, nodes, edges, undrawn_edges=undrawn_edges)
 
 
 def _attempts_text(attempts: int) -> str:

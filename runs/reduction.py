@@ -8,15 +8,28 @@ costs O(N), never a re-read of the M already stored.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 # One serialized event is at most PIPE_BUF bytes: the producer's appends are atomic up to that size.
 MAX_EVENT_BYTES = 4096
+
+# The bounds of SPEC section 2: whatever the schema accepts, both databases store and every read
+# gives back. Attempts and exit codes fit a 32-bit integer column, seqs a 64-bit one.
+MAX_ATTEMPT = 2**31 - 1
+MIN_EXIT_CODE, MAX_EXIT_CODE = -(2**31), 2**31 - 1
+MAX_DURATION_S = 10**9
+MAX_SEQ = 2**63 - 1
+MAX_GRAPH_NODES = 10_000
+MAX_GRAPH_EDGES = 100_000
+MAX_GRAPH_BYTES = 8 * 1024 * 1024
+# How deeply an event, a graph or a summary may nest. orjson writes at most 254 levels and
+# Python's json reads fewer than 1,000: this leaves room for the envelopes the API and the live
+# socket wrap around an event, and no producer needs more.
+MAX_JSON_DEPTH = 128
 
 NODE_STATES = ("pending", "running", "done", "failed", "blocked")
 # A run id (SPEC section 2). Always `fullmatch`: with `match`, "$" would accept a trailing newline.
@@ -106,28 +119,43 @@ def _holds_nul(value: Any) -> bool:
 
 
 def parse_ts(value: str) -> datetime:
-    """An RFC 3339 timestamp with a zone (``Z`` or an offset); naive times are refused."""
-    if not _RFC3339.fullmatch(value):
-        raise ValueError("not RFC 3339")
-    parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        raise ValueError("no time zone")
-    return parsed
+    """An RFC 3339 timestamp with a zone (``Z``, ``z`` or an offset up to ±23:59), as its UTC
+    instant; a ValueError when it is not one, or when that instant falls outside years 1 to 9999."""
+    instant = ts_utc(value)
+    if instant is None:
+        raise ValueError(f"not an RFC 3339 timestamp in years 1-9999 UTC: {value!r}")
+    return instant
 
 
-# RFC 3339 only (not every ISO 8601 form Python accepts), so that PostgreSQL parses every ts we
-# accept; fromisoformat then rejects impossible dates such as month 13.
-_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:[Zz]|[+-]\d\d:\d\d)")
+# RFC 3339 only (not every ISO 8601 form Python accepts), so that what is accepted is what the
+# contract says; fromisoformat then rejects impossible dates such as month 13.
+_RFC3339 = re.compile(
+    r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:[Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)"
+)
 
 
 @lru_cache(maxsize=8192)
-def _valid_ts(value: str) -> bool:
-    # Many events of a run share a timestamp: remembering recent answers saves most of the parsing.
+def ts_utc(value: str) -> datetime | None:
+    """The UTC instant of a timestamp, or None when it is not valid (see `parse_ts`).
+
+    The instant, not the text, is what is stored: PostgreSQL refuses offsets past ±15:59, and an
+    offset may carry a time of year 1 or 9999 out of the range both databases and Python hold.
+    Many events of a run share a timestamp: remembering recent answers saves most of the parsing.
+    """
+    if not _RFC3339.fullmatch(value):
+        return None
     try:
-        parse_ts(value)
-    except ValueError:
-        return False
-    return True
+        # Python 3.11 reads neither a lowercase "z" nor a lowercase "t" (RFC 3339 allows both).
+        parsed = datetime.fromisoformat(value.upper())
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
+@lru_cache(maxsize=8192)
+def ts_utc_text(value: str) -> str:
+    """The UTC instant of a valid timestamp as RFC 3339 text, for PostgreSQL to store."""
+    return parse_ts(value).isoformat()
 
 
 _STATES = frozenset(NODE_STATES)
@@ -137,11 +165,17 @@ def _bad_str(value: Any) -> bool:
     return type(value) is not str or not value or "\x00" in value
 
 
+# C0 controls, DEL and C1 controls: a node id names a node on pages, in URLs and in filters.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _bad_node(value: Any) -> bool:
-    return _bad_str(value) or len(value) > MAX_NODE_ID
+    return type(value) is not str or not 0 < len(value) <= MAX_NODE_ID or _CONTROL.search(value) is not None
 
 
-_NODE_RULE = f"must be a non-empty string of at most {MAX_NODE_ID} characters, without NUL"
+_NODE_RULE = f"must be a string of 1 to {MAX_NODE_ID} characters, without control characters"
+_ATTEMPT_RULE = f"must be an integer from 0 to {MAX_ATTEMPT}"
+_EXIT_CODE_RULE = f"must be an integer from {MIN_EXIT_CODE} to {MAX_EXIT_CODE}"
 
 
 def _bad_state(value: Any) -> bool:
@@ -149,34 +183,42 @@ def _bad_state(value: Any) -> bool:
     return type(value) is not str or value not in _STATES
 
 
-def _bad_count(value: Any) -> bool:
+def _bad_attempt(value: Any) -> bool:
     # `type(...) is int` refuses booleans, which are ints to isinstance.
-    return type(value) is not int or value < 0
+    return type(value) is not int or not 0 <= value <= MAX_ATTEMPT
+
+
+def _bad_exit_code(value: Any) -> bool:
+    return type(value) is not int or not MIN_EXIT_CODE <= value <= MAX_EXIT_CODE
+
+
+def seq_problem(value: Any) -> str | None:
+    """Why a producer's `seq` is refused, or None (SPEC section 2: 0 to 2**63 - 1)."""
+    if type(value) is not int or not 0 <= value <= MAX_SEQ:
+        return f"must be an integer from 0 to {MAX_SEQ}"
+    return None
 
 
 def _check_transition(event: dict, errors: list[FieldError]) -> None:
-    if _bad_node(event.get("node")):
-        errors.append(FieldError("node", _NODE_RULE))
     if _bad_state(event.get("from")):
         errors.append(FieldError("from", f"must be one of {', '.join(NODE_STATES)}"))
     if _bad_state(event.get("to")):
         errors.append(FieldError("to", f"must be one of {', '.join(NODE_STATES)}"))
-    if _bad_count(event.get("attempt")):
-        errors.append(FieldError("attempt", "must be an integer >= 0"))
+    if _bad_attempt(event.get("attempt")):
+        errors.append(FieldError("attempt", _ATTEMPT_RULE))
 
 
 def _check_node_attempt(event: dict, errors: list[FieldError]) -> None:
-    if _bad_node(event.get("node")):
-        errors.append(FieldError("node", _NODE_RULE))
-    if _bad_count(event.get("attempt")):
-        errors.append(FieldError("attempt", "must be an integer >= 0"))
+    if _bad_attempt(event.get("attempt")):
+        errors.append(FieldError("attempt", _ATTEMPT_RULE))
     if type(event.get("ok")) is not bool:
         errors.append(FieldError("ok", "must be true or false"))
     duration = event.get("duration_s")
-    if type(duration) not in (int, float) or not math.isfinite(duration) or duration < 0:
-        errors.append(FieldError("duration_s", "must be a number of seconds >= 0"))
-    if type(event.get("exit_code")) is not int:
-        errors.append(FieldError("exit_code", "must be an integer"))
+    if type(duration) not in (int, float) or not 0 <= duration <= MAX_DURATION_S:
+        # NaN fails the comparison too; orjson reads no infinity.
+        errors.append(FieldError("duration_s", f"must be a number of seconds from 0 to {MAX_DURATION_S}"))
+    if _bad_exit_code(event.get("exit_code")):
+        errors.append(FieldError("exit_code", _EXIT_CODE_RULE))
     if event.get("error") is not None and type(event["error"]) is not str:
         errors.append(FieldError("error", "must be a string when present"))
 
@@ -191,9 +233,12 @@ def _check_run_start(event: dict, errors: list[FieldError]) -> None:
 
 
 def _check_run_end(event: dict, errors: list[FieldError]) -> None:
-    if type(event.get("exit_code")) is not int:
-        errors.append(FieldError("exit_code", "must be an integer"))
+    if _bad_exit_code(event.get("exit_code")):
+        errors.append(FieldError("exit_code", _EXIT_CODE_RULE))
 
+
+# Kinds that must name a node; on any other kind a `node` field is optional, but a node id too.
+_NODE_EVENTS = frozenset(("transition", "node_attempt"))
 
 _CHECKS = {
     "transition": _check_transition,
@@ -203,15 +248,43 @@ _CHECKS = {
 }
 
 
+def json_too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a parsed JSON value nests more than `limit` levels (the value itself is level 1).
+
+    Walked without recursion, and only into objects and lists: an event of plain fields costs a
+    glance at each of its values.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if type(item) is dict else item if type(item) is list else ()
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+_TOO_DEEP = f"must not nest more than {MAX_JSON_DEPTH} levels of objects and lists"
+
+
 def validate_graph(graph: Any, prefix: str = "") -> list[FieldError]:
-    """``{"version": 1, "nodes": [{"id": "a", "deps": []}, ...]}``; extra fields are kept."""
+    """``{"version": 1, "nodes": [{"id": "a", "deps": []}, ...]}``; extra fields are kept.
+
+    At most MAX_GRAPH_NODES nodes and MAX_GRAPH_EDGES dependencies: what a run page draws in
+    bounded time."""
     if not isinstance(graph, dict):
         return [FieldError(prefix or "graph", "must be an object")]
     nodes = graph.get("nodes")
     if not isinstance(nodes, list):
         return [FieldError(f"{prefix}nodes", "must be a list of nodes")]
+    if len(nodes) > MAX_GRAPH_NODES:
+        found = f"has {len(nodes)} nodes; a graph has at most {MAX_GRAPH_NODES}"
+        return [FieldError(f"{prefix}nodes", found)]
     errors: list[FieldError] = []
     seen: set[str] = set()
+    edges = 0
     for i, node in enumerate(nodes):
         where = f"{prefix}nodes[{i}]"
         if not isinstance(node, dict):
@@ -226,23 +299,38 @@ def validate_graph(graph: Any, prefix: str = "") -> list[FieldError]:
             seen.add(node_id)
         deps = node.get("deps", [])
         if not isinstance(deps, list) or any(_bad_node(d) for d in deps):
-            errors.append(FieldError(f"{where}.deps", "must be a list of node ids"))
+            errors.append(FieldError(f"{where}.deps", f"must be a list of node ids ({_NODE_RULE})"))
+        else:
+            edges += len(deps)
+        if len(errors) >= 20:
+            break  # enough to say what is wrong; a huge graph could list thousands
+    if edges > MAX_GRAPH_EDGES:
+        errors.append(
+            FieldError(f"{prefix}nodes", f"has {edges} dependencies; a graph has at most {MAX_GRAPH_EDGES}")
+        )
+    if not errors and json_too_deep(graph):
+        errors.append(FieldError(prefix or "graph", _TOO_DEEP))
     return errors
 
 
 def validate_event(event: Any) -> list[FieldError]:
     """Why ``event`` breaks the event schema (SPEC section 2); an empty list means it is valid.
 
-    Unknown extra fields are allowed, and so are unknown ``event`` kinds (they need ``ts`` only).
-    This runs once per imported or posted event: it is written for speed.
+    Unknown extra fields are allowed, and so are unknown ``event`` kinds (they need ``ts`` only);
+    a ``node`` field, on an event of any kind, is a node id. This runs once per imported or posted
+    event: it is written for speed.
     """
     if type(event) is not dict:
         return [FieldError("", "an event must be a JSON object")]
     errors: list[FieldError] = []
     ts = event.get("ts")
-    if type(ts) is not str or not _valid_ts(ts):
+    if type(ts) is not str or ts_utc(ts) is None:
         errors.append(
-            FieldError("ts", "must be an RFC 3339 timestamp with a zone, such as 2026-11-20T10:00:00.000Z")
+            FieldError(
+                "ts",
+                "must be an RFC 3339 timestamp with Z or an offset up to ±23:59, such as "
+                "2026-11-20T10:00:00.000Z, whose UTC time falls in years 1 to 9999",
+            )
         )
     kind = event.get("event")
     if _bad_str(kind) or len(kind) > MAX_EVENT_KIND:
@@ -252,9 +340,15 @@ def validate_event(event: Any) -> list[FieldError]:
             )
         )
         return errors
+    if (kind in _NODE_EVENTS or "node" in event) and _bad_node(event.get("node")):
+        errors.append(FieldError("node", _NODE_RULE))
     check = _CHECKS.get(kind)
     if check is not None:
         check(event, errors)
+    for value in event.values():
+        if (type(value) is dict or type(value) is list) and json_too_deep(event):
+            errors.append(FieldError("", _TOO_DEEP))
+            break
     return errors
 
 

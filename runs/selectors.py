@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Sum
+from django.db.models import Count, Exists, F, FloatField, OuterRef, Q, QuerySet, Sum
 from django.db.models.fields.json import KT
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from runs.models import Diagnostic, Event, Run, RunNode
@@ -353,7 +353,10 @@ def node_stats(*, tenant: Tenant, last_runs: int) -> list[NodeStats]:
             failed=Count("id", filter=Q(state="failed")),
             flaked=Count("id", filter=Q(state="done", attempts__gt=1)),
             blocked=Count("id", filter=Q(state="blocked")),
-            total_attempts=Coalesce(Sum("attempts"), 0),
+            # Summed as a float, which cannot overflow: attempts are at most 2**31 - 1 (SPEC
+            # section 2), so the sum of a thousand runs is exact, but SQLite's integer SUM fails
+            # outright on rows an earlier version stored unbounded.
+            total_attempts=Coalesce(Sum(Cast("attempts", FloatField())), 0.0),
         )
     )
     stats = [
@@ -364,7 +367,7 @@ def node_stats(*, tenant: Tenant, last_runs: int) -> list[NodeStats]:
             failed=row["failed"],
             flaked=row["flaked"],
             blocked=row["blocked"],
-            attempts=row["total_attempts"],
+            attempts=int(row["total_attempts"]),
         )
         for row in rows
     ]

@@ -74,21 +74,36 @@ class Timeline:
     event_times: list[tuple[int, datetime]]
 
     def depth(self) -> dict[str, int]:
-        """Each node's layer: 0 for nodes with no dependencies, else one more than its deepest dep."""
+        """Each node's layer: 0 for nodes with no dependencies, else one more than its deepest dep.
+
+        Walked with a stack, not recursion: a chain as long as a graph may be (10,000 nodes) is
+        deeper than Python's recursion limit. A cycle (a malformed graph) or an unknown dep ends
+        the walk along that path.
+        """
         depth: dict[str, int] = {}
-
-        def visit(node_id: str, path: frozenset[str]) -> int:
-            if node_id in depth:
-                return depth[node_id]
-            node = self.nodes.get(node_id)
-            # A cycle (a malformed graph) or an unknown dep ends the walk rather than recursing forever.
-            deps = [d for d in node.deps if d in self.nodes and d not in path] if node else []
-            depth[node_id] = 1 + max((visit(d, path | {node_id}) for d in deps), default=-1)
-            return depth[node_id]
-
-        for node_id in self.nodes:
-            visit(node_id, frozenset())
+        for root in self.nodes:
+            if root in depth:
+                continue
+            on_path = {root}
+            stack = [(root, iter(self._deps_of(root)))]
+            while stack:
+                node_id, deps = stack[-1]
+                dep = next(deps, None)
+                if dep is None:
+                    stack.pop()
+                    on_path.discard(node_id)
+                    depth[node_id] = 1 + max(
+                        (depth[d] for d in self._deps_of(node_id) if d in depth and d not in on_path),
+                        default=-1,
+                    )
+                elif dep not in depth and dep not in on_path:
+                    on_path.add(dep)
+                    stack.append((dep, iter(self._deps_of(dep))))
         return depth
+
+    def _deps_of(self, node_id: str) -> list[str]:
+        node = self.nodes.get(node_id)
+        return [d for d in node.deps if d in self.nodes] if node else []
 
     def blocking_edges(self, states: dict[str, str]) -> set[tuple[str, str]]:
         """Edges (dep, node) a blocked node waited on, traced back to the failed nodes behind it."""
@@ -170,7 +185,7 @@ def _record(
     if attempt is None:
         # A record with no `to: running` before it: its start is known only from its duration.
         duration = payload.get("duration_s") or 0
-        attempt = Attempt(node.node_id, number, seq, ts - timedelta(seconds=duration))
+        attempt = Attempt(node.node_id, number, seq, _before(ts, duration))
         node.attempts.append(attempt)
     attempt.recorded = True
     attempt.end_seq, attempt.end = seq, ts
@@ -178,6 +193,15 @@ def _record(
     attempt.ok = payload.get("ok")
     attempt.exit_code = payload.get("exit_code")
     attempt.error = payload.get("error")
+
+
+def _before(ts: datetime, seconds: float) -> datetime:
+    """`seconds` before `ts`, or the first representable instant: a long attempt recorded early in
+    year 1 began before any time Python holds."""
+    try:
+        return ts - timedelta(seconds=seconds)
+    except OverflowError:
+        return datetime.min.replace(tzinfo=ts.tzinfo)
 
 
 def attempt_as_dict(attempt: Attempt) -> dict[str, Any]:

@@ -1,7 +1,18 @@
-from django.urls import path
+from django.urls import path, register_converter
+from django.urls.converters import PathConverter
 
 from kahn_site.api_routes import api_path
 from runs import api, consumers, views
+
+
+class NodeIdConverter(PathConverter):
+    """Any node id, line breaks included: the schema refuses control characters in node ids now,
+    but a database may hold ones stored before, and their links must still resolve."""
+
+    regex = "(?s:.+)"
+
+
+register_converter(NodeIdConverter, "node_id")
 
 # GET runs/{id}/events, graph and summary are routed by `ingest.urls`: its views extend the read
 # API's (`RunEventsApi`, `RunGraphApi`, `RunSummaryApi`) with the producer's POST and PUT. Each
@@ -15,7 +26,7 @@ page_urlpatterns = [
     path("", views.run_history, name="history"),
     path("runs/<str:run_id>/", views.run_page, name="run"),
     path("nodes/", views.node_index, name="nodes"),
-    path("nodes/<path:node_id>/", views.node_page, name="node"),
+    path("nodes/<node_id:node_id>/", views.node_page, name="node"),
 ]
 
 # /ws/live: live events and rows (SPEC section 7), routed by kahn_site.asgi.

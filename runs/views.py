@@ -7,7 +7,7 @@ query goes through `runs.selectors` with the current tenant.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django import forms
@@ -28,6 +28,7 @@ from runs.timeline import NodeTimeline, build_timeline
 from tenants.context import tenant_current
 
 EVENTS_PER_PAGE = 100
+MAX_DRAWN_NODES = 300
 # Where the pages' live updates come from (kahn_site.asgi routes it; SPEC section 7).
 LIVE_SOCKET_PATH = "/ws/live"
 NODE_RUN_CHOICES = (20, 50, 100, 200)
@@ -78,8 +79,11 @@ class HistoryFilterForm(forms.Form):
             node=data.get("node") or None,
             failed_node=data.get("failed_node") or None,
             started_after=datetime.combine(start, time.min, UTC) if start else None,
-            # The "to" day is included: runs started before the next midnight.
-            started_before=datetime.combine(end + timedelta(days=1), time.min, UTC) if end else None,
+            # The "to" day is included: runs started before the next midnight. No time is stored
+            # past the last day of 9999 (SPEC section 2), so that day bounds nothing.
+            started_before=(
+                datetime.combine(end + timedelta(days=1), time.min, UTC) if end and end < date.max else None
+            ),
         )
 
 
@@ -164,14 +168,17 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         found = summary_mismatch(run.summary, reduction.row())
         mismatch = found.details["fields"] if found else None
 
-    gantt = gantt_picture(timeline, order, states, at)
+    drawn = drawn_nodes(order, timeline)
+    gantt = gantt_picture(timeline, drawn, states, at)
     context = {
         "nav": "runs",
         "run": run,
         "at": at,
         "last_seq": timeline.last_seq,
         "at_label": _event_label(events, at if at is not None else timeline.last_seq),
-        "dag": dag_picture(timeline, order, states, attempts),
+        "dag": dag_picture(timeline, drawn, states, attempts),
+        "node_count": len(order),
+        "undrawn": len(order) - len(drawn),
         "gantt": gantt,
         "replay": {
             "lastSeq": timeline.last_seq,
@@ -196,6 +203,25 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         },
     }
     return render(request, "runs/run.html", context)
+
+
+def drawn_nodes(order: list[str], timeline: Any) -> list[str]:
+    """The nodes the pictures draw: all of them, up to MAX_DRAWN_NODES; past that, the ones that
+    moved first (they tell the run's story), then the rest, in graph order.
+
+    A graph may have 10,000 nodes and 100,000 dependencies (SPEC section 2): drawn whole, as SVG,
+    its page would be tens of megabytes and take minutes to render. Drawing huge graphs well is
+    another matter; here the page stays bounded and says what it left out.
+    """
+    if len(order) <= MAX_DRAWN_NODES:
+        return order
+    moved = [
+        node_id for node_id in order if timeline.nodes[node_id].changes or timeline.nodes[node_id].attempts
+    ]
+    if len(moved) >= MAX_DRAWN_NODES:
+        return moved[:MAX_DRAWN_NODES]
+    chosen = set(moved)
+    return (moved + [node_id for node_id in order if node_id not in chosen])[:MAX_DRAWN_NODES]
 
 
 def _replay_position(request: HttpRequest, last_seq: int) -> int | None:

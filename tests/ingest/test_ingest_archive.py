@@ -226,7 +226,7 @@ def test_bad_lines_become_diagnostics_and_the_rest_is_imported(local_tenant, sam
     assert str(MAX_EVENT_BYTES) in reasons[6]
     assert "NUL" in reasons[7]
     assert "not JSON" in reasons[8] and "not JSON" in reasons[9]
-    assert reasons[10].startswith("node: must be a non-empty string of at most 200")
+    assert reasons[10].startswith("node: must be a string of 1 to 200 characters")
     assert run.next_seq == len(lines)
     assert run.outcome == "clean"
 
