@@ -142,6 +142,10 @@ def test_every_oss_page_loads_under_the_policy(oss_url, page):
         visit(page, f"{oss_url}{path}")
 
     visit(page, f"{oss_url}/retention/")
+    # The API documentation: Swagger UI's own script draws every operation under the same policy.
+    visit(page, f"{oss_url}/api/docs/")
+    expect(page.locator(".opblock").first).to_be_visible(timeout=PATIENCE_MS)
+    check_still_clean(page, "the API documentation, drawn")
     # OSS has no sign-in of its own; Django admin's login page is still there, under the policy.
     visit(page, f"{oss_url}/admin/login/")
     visit(page, f"{oss_url}/runs/run_nowhere/", status=404)
@@ -251,6 +255,14 @@ def test_every_cloud_page_loads_under_the_policy(cloud_url, people, page):
     page.get_by_role("button", name=re.compile("Revoke")).click()
     expect(page.locator("table.keys tbody")).to_contain_text("revoked")
     check_still_clean(page, "a key revoked")
+    visit(page, f"{url}/members/")
+    page.get_by_label("Email").fill("dave@acme.example")
+    page.get_by_role("button", name="Invite").click()
+    expect(page.locator("main")).to_contain_text("dave@acme.example")
+    check_still_clean(page, "a member invited")
+    visit(page, f"{url}/api/docs/")
+    expect(page.locator(".opblock").first).to_be_visible(timeout=PATIENCE_MS)
+    check_still_clean(page, "the API documentation, drawn")
     visit(page, f"{url}/runs/nothing_here/", status=404)
     # A person who is not staff asks for the admin.
     visit(page, f"{url}/admin/login/?next=/admin/", status=403)

@@ -190,7 +190,7 @@ def test_make_run_serves_on_port_and_follows_archive(transactional_db, local_ten
             start_new_session=True,
         )
     try:
-        server = Served(url=f"http://127.0.0.1:{port}", log=log.open())
+        server = Served(url=f"http://127.0.0.1:{port}", log=log.open(), pid=make.pid)
         output = wait_for(server, "run_late +3")
         with urllib.request.urlopen(f"{server.url}/api/v1/runs/", timeout=10) as response:
             rows = json.loads(response.read())["results"]
