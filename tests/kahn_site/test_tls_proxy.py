@@ -37,6 +37,7 @@ def cookies_set(response: requests.Response) -> dict[str, SimpleCookie]:
 # ---------------------------------------------------------------- OSS: HSTS and the policy
 
 
+@pytest.mark.database_agnostic
 @pytest.mark.parametrize(
     ("env", "hsts"),
     [

@@ -68,6 +68,7 @@ def wait_for(server: Served, text: str) -> str:
 # ---------------------------------------------------------------- a port in use
 
 
+@pytest.mark.database_agnostic
 @pytest.mark.django_db
 def test_a_port_in_use_is_one_sentence_and_a_failing_exit_before_anything_claims_to_serve(tmp_path):
     with port_taken() as port:
@@ -108,6 +109,7 @@ def test_cloud_says_so_too_with_or_without_http_workers(service_role, workers, t
 # ---------------------------------------------------------------- following the archive
 
 
+@pytest.mark.database_agnostic
 def test_a_missing_archive_is_said_once_and_following_names_only_the_runs_that_changed(
     transactional_db, local_tenant, tmp_path
 ):
@@ -138,6 +140,7 @@ def test_a_missing_archive_is_said_once_and_following_names_only_the_runs_that_c
     ], output
 
 
+@pytest.mark.database_agnostic
 def test_a_folder_that_is_not_an_archive_yet_is_said_once_too(transactional_db, local_tenant, tmp_path):
     with served(manage_env(KAHN_ARCHIVE=str(tmp_path)), "--follow-interval", str(INTERVAL)) as server:
         wait_for(server, "KAHN_ARCHIVE=")
@@ -149,6 +152,7 @@ def test_a_folder_that_is_not_an_archive_yet_is_said_once_too(transactional_db, 
     assert "waiting for a producer to write there" in said[0]
 
 
+@pytest.mark.database_agnostic
 def test_a_first_pass_over_many_runs_names_ten_and_counts_the_rest(transactional_db, local_tenant, tmp_path):
     archive = tmp_path / "archive"
     for number in range(12):
@@ -163,6 +167,7 @@ def test_a_first_pass_over_many_runs_names_ten_and_counts_the_rest(transactional
 # ---------------------------------------------------------------- make run
 
 
+@pytest.mark.database_agnostic
 def test_make_run_serves_on_port_and_follows_archive(transactional_db, local_tenant, tmp_path):
     archive = tmp_path / "my archive"
     write_archive_run(archive, "run_late", EVENTS)
