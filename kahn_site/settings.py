@@ -244,8 +244,8 @@ if CLOUD:
     OIDC_USE_PKCE = True
     # Seconds for each call to the provider; a sign-in never hangs on it.
     OIDC_TIMEOUT = env.float("OIDC_TIMEOUT", default=10)
-    # Users are matched by `sub` (tenants.auth); the callback view is tenants.urls'.
-    AUTHENTICATION_BACKENDS = ["tenants.auth.TenantOIDCBackend"]
+    # Users are matched by `sub` (tenants.oidc); the callback view is tenants.urls'.
+    AUTHENTICATION_BACKENDS = ["tenants.oidc.TenantOIDCBackend"]
     LOGIN_URL = "oidc_authentication_init"
     LOGIN_REDIRECT_URL = "/"
     LOGOUT_REDIRECT_URL = "signed_out"
@@ -311,9 +311,9 @@ REST_FRAMEWORK = {
     # has no sign-in, and its one tenant passes the permission below, so nothing there ever asks
     # for credentials.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "tenants.authentication.ApiKeyAuthentication",
+        "tenants.api_authentication.ApiKeyAuthentication",
         "tenants.access_tokens.AccessTokenAuthentication",
-        "tenants.authentication.SessionAuthentication",
+        "tenants.api_authentication.SessionAuthentication",
     ],
     # No view runs without a current tenant, and an API key only within its scopes
     # (tenants.permissions): a new view cannot forget either.

@@ -20,7 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.models import Plan
-from kahn_site.live import SOCKET_UNAUTHENTICATED, credential_group_for_api_key, live_close_sockets
+from kahn_site.live_fanout import SOCKET_UNAUTHENTICATED, credential_group_for_api_key, live_close_sockets
 from tenants.context import tenant_atomic
 from tenants.models import (
     KEY_PREFIX_ALPHABET,
@@ -65,8 +65,8 @@ def user_for_email(*, email: str) -> AbstractBaseUser:
     """The user with this email, or a new one who will be claimed at their first sign-in.
 
     A new user has no login identity yet: the first OIDC sign-in with this email, verified by the
-    provider, binds the provider's `sub` to it (`tenants.auth`). A user who has signed in holds a
-    stored email only if their provider verified it (`tenants.auth.verified_email`), so an address
+    provider, binds the provider's `sub` to it (`tenants.oidc`). A user who has signed in holds a
+    stored email only if their provider verified it (`tenants.oidc.verified_email`), so an address
     someone merely typed at their provider matches no one here.
     """
     User = get_user_model()
@@ -108,7 +108,7 @@ def user_claim_waiting_memberships(*, user: AbstractBaseUser, verified_email: st
     """Memberships waiting for `verified_email` become `user`'s, who just signed in with it verified.
 
     They wait on a user made for the address who never signed in (`user_for_email`); a first
-    sign-in takes that user over whole (`tenants.auth`), but someone who had signed in before with
+    sign-in takes that user over whole (`tenants.oidc`), but someone who had signed in before with
     no verified address (or, before this was checked, with one that was never verified) finds them
     here. Where both hold a membership of one tenant, the stronger role is kept.
     """
@@ -188,7 +188,7 @@ def membership_invite(
     *, tenant: Tenant, email: str, role: str, by: Membership | None, actor: str | None = None
 ) -> Membership:
     """Gives the person with this email a membership: a user who signed in with it verified gets
-    it now; anyone else gets it at their first sign-in with it verified (`tenants.auth`).
+    it now; anyone else gets it at their first sign-in with it verified (`tenants.oidc`).
 
     `actor` names an operator's command; a person acting is named from `by`."""
     email = email.strip()

@@ -302,7 +302,7 @@ def test_the_service_role_cannot_turn_row_level_security_off(world_runs, as_serv
 def test_cloud_settings_of_the_tests_name_a_real_backend():
     # The in-process cloud settings must load: a typo here would make every cloud test vacuous.
     assert apps.get_app_config("tenants")
-    assert CLOUD_SETTINGS["AUTHENTICATION_BACKENDS"] == ["tenants.auth.TenantOIDCBackend"]
+    assert CLOUD_SETTINGS["AUTHENTICATION_BACKENDS"] == ["tenants.oidc.TenantOIDCBackend"]
 
 
 def test_the_admin_enters_a_tenant_through_the_staff_path(world_runs, local_tenant, as_service, client):
