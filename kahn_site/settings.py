@@ -152,6 +152,8 @@ INSTALLED_APPS = [
     "runs",
     "ingest",
     "retention",
+    # The site itself: its `serve` command, which puts the apps above together in one process.
+    "kahn_site",
 ]
 
 MIDDLEWARE = [
