@@ -356,7 +356,6 @@ if CLOUD:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 KAHN_RATE_LIMITS = env.bool("KAHN_RATE_LIMITS", default=CLOUD)
-RATELIMIT_USE_CACHE = "default"
 
 # ---------------------------------------------------------------- Celery: the retention jobs
 # Redis at REDIS_URL is the broker and keeps results; without it (OSS) tasks have nowhere to go,
