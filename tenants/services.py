@@ -125,11 +125,13 @@ def user_claim_waiting_memberships(*, user: AbstractBaseUser, verified_email: st
             with tenant_atomic(membership.tenant):
                 mine = Membership.objects.filter(tenant=membership.tenant, user=user).first()
                 if mine is None:
-                    Membership.objects.filter(pk=membership.pk).update(user=user)
+                    Membership.objects.filter(tenant=membership.tenant, pk=membership.pk).update(user=user)
                     continue
                 if strength.get(membership.role, 3) < strength.get(mine.role, 3):
-                    Membership.objects.filter(pk=mine.pk).update(role=membership.role)
-                Membership.objects.filter(pk=membership.pk).delete()
+                    Membership.objects.filter(tenant=membership.tenant, pk=mine.pk).update(
+                        role=membership.role
+                    )
+                Membership.objects.filter(tenant=membership.tenant, pk=membership.pk).delete()
         # Nothing of it is left in any tenant: it was only ever a name for the address.
         placeholder.delete()
 
@@ -219,7 +221,7 @@ def membership_change_role(*, membership: Membership, role: str, by: Membership)
     tenant = membership.tenant
     with tenant_atomic(tenant):
         owners = _owners_locked(tenant)
-        current = Membership.objects.select_related("user").get(pk=membership.pk)
+        current = Membership.objects.select_related("user").get(tenant=tenant, pk=membership.pk)
         _check_may_manage(by=by, roles=[current.role, role])
         if current.role == role:
             return current
@@ -227,7 +229,7 @@ def membership_change_role(*, membership: Membership, role: str, by: Membership)
             raise LastOwner(
                 f"{person_label(current.user)} is the last owner of {tenant.slug}: make another owner first"
             )
-        Membership.objects.filter(pk=current.pk).update(role=role)
+        Membership.objects.filter(tenant=tenant, pk=current.pk).update(role=role)
         _record(
             tenant=tenant,
             actor=person_label(by.user),
@@ -246,7 +248,7 @@ def membership_remove(*, membership: Membership, by: Membership) -> None:
     tenant = membership.tenant
     with tenant_atomic(tenant):
         owners = _owners_locked(tenant)
-        current = Membership.objects.select_related("user").filter(pk=membership.pk).first()
+        current = Membership.objects.select_related("user").filter(tenant=tenant, pk=membership.pk).first()
         if current is None:
             return  # already removed, by another request
         _check_may_manage(by=by, roles=[current.role])
@@ -329,7 +331,7 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
     with tenant_atomic(api_key.tenant):
         if api_key.revoked_at is None:
             api_key.revoked_at = timezone.now()
-            ApiKey.objects.filter(pk=api_key.pk).update(revoked_at=api_key.revoked_at)
+            ApiKey.objects.filter(tenant=api_key.tenant, pk=api_key.pk).update(revoked_at=api_key.revoked_at)
             transaction.on_commit(
                 partial(
                     live_close_sockets,
@@ -369,7 +371,7 @@ def api_key_mark_used(api_key: ApiKey) -> None:
     now = timezone.now()
     if api_key.last_used_at is None or now - api_key.last_used_at >= LAST_USED_RESOLUTION:
         with tenant_atomic(api_key.tenant):
-            ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+            ApiKey.objects.filter(tenant=api_key.tenant, pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
 
 
