@@ -15,8 +15,8 @@ code and in the database together, in exactly these ways:
   is then a `tenant_atomic` unit of work;
 - everything else (commands, tasks, imports, the staff path): `tenant_atomic`.
 
-`tenant_scope` sets the tenant in code only: the two above build on it, and tests read with it
-where the database does not check (SQLite, or the migrating role).
+`tenant_scope` sets the tenant in code only: `RequestTransaction.bind` and `tenant_atomic` build on
+it, and tests read with it where the database does not check (SQLite, or the migrating role).
 """
 
 from __future__ import annotations
