@@ -1,8 +1,19 @@
-"""Per-tenant ingest rate limits (SPEC section 9), counted by django-ratelimit in the shared cache.
+"""Per-tenant ingest rate limits (SPEC section 9), counted in the shared cache.
 
 The limit is the tenant's plan's `ingest_requests_per_minute`, read on every request, so a plan edited
 in admin applies to the next request. The counts live in the Django cache, which is Redis in cloud
 mode: every replica spends from the same budget.
+
+A window is a fixed minute, each tenant's starting at a second of its own so that tenants' windows
+do not all reset at once. Its count is kept under a key naming the window, never the plan's rate:
+an edited plan moves the limit, not the count, and nobody gets past both limits in one window.
+
+A window accepts at most the plan's limit, whatever the plan was earlier in it. A request spends
+first and a refused one gives back what it spent, so the count is what was accepted: a producer
+retrying while limited does not push its own reset further, and a raised limit lets exactly the
+difference through. On Redis the spending, the check and the refund are one script
+(`kahn_site.redis_cache.RedisCache.incr_within`): one round trip, and two replicas racing for the
+last place cannot both take it.
 
 When the cache cannot be reached the limit fails open: the request is served and a warning logged.
 A producer's events are what this service exists to keep, and the database still holds each run's
@@ -12,89 +23,85 @@ lock; a limiter outage must not turn into lost runs across every tenant.
 from __future__ import annotations
 
 import logging
+import time
+import zlib
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
-from django_ratelimit import core as ratelimit_core
-from django_ratelimit.core import get_usage
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
+from kahn_site.redis_cache import RedisCache
 from tenants.context import tenant_current
 
 logger = logging.getLogger(__name__)
 
-GROUP = "kahn-ingest"
 WRITE_METHODS = ("POST", "PUT")
-# django-ratelimit names its counter after the rate it is given: counting under the plan's own rate
-# would start a fresh count whenever the plan changes, letting a tenant past both limits in one window.
-# The counter is kept under this fixed rate, of which only the period matters (the window: a minute);
-# the plan's limit is compared with the count here, so an edited plan moves the limit, not the count.
-WINDOW_RATE = "1/m"
+WINDOW_SECONDS = 60
+# A window's counter outlives its window by this much, so that it cannot expire while counted.
+EXPIRY_MARGIN_SECONDS = 5
+_USAGE = "kahn.ratelimit"
 
 
-def _tenant_key(group: str, request: Any) -> str:
-    return str(tenant_current().pk)
+@dataclass(frozen=True)
+class WindowUsage:
+    limit: int
+    count: int  # what the window accepted, this request included if it was
+    time_left: int  # seconds until the window ends
 
 
-def _window_spend(request: Request) -> dict[str, Any] | None:
-    """Counts the request in its tenant's window and returns the window's usage: two round trips
-    (django-ratelimit adds the window's counter, then increments it)."""
-    return get_usage(request, group=GROUP, key=_tenant_key, rate=WINDOW_RATE, increment=True)
+def _window_end(tenant_pk: int, now: float) -> int:
+    """When the tenant's current window ends (an epoch second): a fixed minute, shifted by a
+    per-tenant offset."""
+    second = int(now)
+    offset = zlib.crc32(str(tenant_pk).encode()) % WINDOW_SECONDS
+    end = second - second % WINDOW_SECONDS + offset
+    return end + WINDOW_SECONDS if end < second else end
 
 
-def _window_of(request: Request) -> int:
-    """The window django-ratelimit spends from now, by its own helper (django-ratelimit counts up
-    only, and a refund needs the counter's name; hence the pin to its minor version)."""
-    _, period = ratelimit_core._split_rate(WINDOW_RATE)
-    return ratelimit_core._get_window(_tenant_key(GROUP, request), period)
-
-
-def _window_refund(request: Request, window: int) -> None:
-    """Gives back what a refused request spent in `window`, so its count is what it accepted."""
-    tenant = _tenant_key(GROUP, request)
-    counter = ratelimit_core._make_cache_key(GROUP, window, WINDOW_RATE, tenant, ratelimit_core.ALL)
-    caches[getattr(settings, "RATELIMIT_USE_CACHE", "default")].decr(counter)
+def _spend(key: str, limit: int, timeout: int) -> tuple[int, bool]:
+    """Counts one request under `key` unless that passes `limit`: (the count, whether it counted)."""
+    cache = caches["default"]
+    if isinstance(cache, RedisCache):
+        return cache.incr_within(key, limit=limit, timeout=timeout)
+    # Any other cache (OSS with limits turned on: one process's memory): the same steps, one call
+    # each; the same answers, as nothing else spends from a process's own memory meanwhile.
+    cache.add(key, 0, timeout)
+    count = cache.incr(key)
+    if count <= limit:
+        return count, True
+    try:
+        count = cache.decr(key)
+    except Exception:
+        logger.warning("a refused request's rate limit count was not given back", exc_info=True)
+    return count, False
 
 
 class TenantIngestRateThrottle(BaseThrottle):
     """A DRF throttle on the producer's writes: over the plan's rate, `429 rate_limited` with
-    `Retry-After`; every counted response carries `X-RateLimit-Limit/-Remaining/-Reset`.
-
-    A window accepts at most the plan's limit, whatever the plan was earlier in it. A request spends
-    first and a refused one gives back what it spent, so the count is what was accepted: a producer
-    retrying while limited does not push its own reset further, and a raised limit lets exactly the
-    difference through.
-    """
+    `Retry-After`; every counted response carries `X-RateLimit-Limit/-Remaining/-Reset`."""
 
     def allow_request(self, request: Request, view: Any) -> bool:
         if not settings.KAHN_RATE_LIMITS or request.method not in WRITE_METHODS:
             return True
-        limit = tenant_current().plan.ingest_requests_per_minute
+        tenant = tenant_current()
+        limit = tenant.plan.ingest_requests_per_minute
+        now = time.time()
+        end = _window_end(tenant.pk, now)
+        time_left = end - int(now)
         try:
-            window = _window_of(request)
-            usage = _window_spend(request)
+            count, allowed = _spend(
+                f"ratelimit:ingest:{tenant.pk}:{end}", limit, time_left + EXPIRY_MARGIN_SECONDS
+            )
         except Exception:
             logger.warning(
                 "ingest rate limit not applied: the rate limit cache is unreachable", exc_info=True
             )
             return True
-        if usage is None:
-            return True
-        allowed = usage["count"] <= limit
-        # Two replicas may both take the last place; the count after spending says which of them
-        # got it, and the other gives its place back. Only to the window it spent from: if a new
-        # window began meanwhile, which one it spent from is unknown, and it keeps its count
-        # rather than lift the next window's limit.
-        if not allowed and _window_of(request) == window:
-            try:
-                _window_refund(request, window)
-                usage = {**usage, "count": usage["count"] - 1}
-            except Exception:
-                logger.warning("a refused request's rate limit count was not given back", exc_info=True)
-        request.META["kahn.ratelimit"] = {**usage, "limit": limit}
-        self.time_left = max(int(usage["time_left"]), 1)
+        request.META[_USAGE] = WindowUsage(limit=limit, count=count, time_left=time_left)
+        self.time_left = max(time_left, 1)
         return allowed
 
     def wait(self) -> float:
@@ -102,11 +109,11 @@ class TenantIngestRateThrottle(BaseThrottle):
 
 
 def ratelimit_headers(request: Request) -> dict[str, str]:
-    usage = request.META.get("kahn.ratelimit")
-    if not usage:
+    usage: WindowUsage | None = request.META.get(_USAGE)
+    if usage is None:
         return {}
     return {
-        "X-RateLimit-Limit": str(usage["limit"]),
-        "X-RateLimit-Remaining": str(max(usage["limit"] - usage["count"], 0)),
-        "X-RateLimit-Reset": str(max(int(usage["time_left"]), 0)),
+        "X-RateLimit-Limit": str(usage.limit),
+        "X-RateLimit-Remaining": str(max(usage.limit - usage.count, 0)),
+        "X-RateLimit-Reset": str(max(usage.time_left, 0)),
     }

@@ -15,7 +15,7 @@ import orjson
 from rest_framework import status
 
 from kahn_site.api_errors import ApiError, RunDeleted
-from retention.api import run_deleted_error
+from retention.errors import run_deleted_error
 from runs import reduction
 from runs.models import Event
 from runs.services import RunBatch, RunChange, RunDeletedError, run_batch_write

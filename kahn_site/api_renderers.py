@@ -1,4 +1,5 @@
-"""The API's JSON renderer: DRF's output, encoded by orjson (several times faster than json)."""
+"""The API's JSON renderer: DRF's output, encoded by orjson, the faster encoder, rather than the
+standard library's json."""
 
 from typing import Any
 

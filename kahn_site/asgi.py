@@ -21,7 +21,7 @@ django_application = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from kahn_site.live import live_publisher  # noqa: E402
+from kahn_site.live_fanout import live_publisher  # noqa: E402
 from runs.urls import websocket_urlpatterns  # noqa: E402
 from tenants.sockets import SiteOriginValidator  # noqa: E402
 

@@ -1,6 +1,6 @@
 """The channel layers of the two modes (chosen in settings), each able to say which groups have members.
 
-The publisher (`kahn_site.live`) asks before it builds a message: a bulk import that nobody watches
+The publisher (`kahn_site.live_fanout`) asks before it builds a message: a bulk import that nobody watches
 then costs one question per flush, not one serialised message per run.
 """
 

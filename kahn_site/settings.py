@@ -152,6 +152,8 @@ INSTALLED_APPS = [
     "runs",
     "ingest",
     "retention",
+    # The site itself: its `serve` command, which puts the apps above together in one process.
+    "kahn_site",
 ]
 
 MIDDLEWARE = [
@@ -244,8 +246,8 @@ if CLOUD:
     OIDC_USE_PKCE = True
     # Seconds for each call to the provider; a sign-in never hangs on it.
     OIDC_TIMEOUT = env.float("OIDC_TIMEOUT", default=10)
-    # Users are matched by `sub` (tenants.auth); the callback view is tenants.urls'.
-    AUTHENTICATION_BACKENDS = ["tenants.auth.TenantOIDCBackend"]
+    # Users are matched by `sub` (tenants.oidc); the callback view is tenants.urls'.
+    AUTHENTICATION_BACKENDS = ["tenants.oidc.TenantOIDCBackend"]
     LOGIN_URL = "oidc_authentication_init"
     LOGIN_REDIRECT_URL = "/"
     LOGOUT_REDIRECT_URL = "signed_out"
@@ -311,9 +313,9 @@ REST_FRAMEWORK = {
     # has no sign-in, and its one tenant passes the permission below, so nothing there ever asks
     # for credentials.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "tenants.authentication.ApiKeyAuthentication",
+        "tenants.api_authentication.ApiKeyAuthentication",
         "tenants.access_tokens.AccessTokenAuthentication",
-        "tenants.authentication.SessionAuthentication",
+        "tenants.api_authentication.SessionAuthentication",
     ],
     # No view runs without a current tenant, and an API key only within its scopes
     # (tenants.permissions): a new view cannot forget either.
@@ -354,7 +356,6 @@ if CLOUD:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 KAHN_RATE_LIMITS = env.bool("KAHN_RATE_LIMITS", default=CLOUD)
-RATELIMIT_USE_CACHE = "default"
 
 # ---------------------------------------------------------------- Celery: the retention jobs
 # Redis at REDIS_URL is the broker and keeps results; without it (OSS) tasks have nowhere to go,

@@ -27,7 +27,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from kahn_site.api_errors import ApiError, InvalidQuery, RunNotFound
-from retention.api import run_deleted_error
+from retention.errors import run_deleted_error
 from runs import selectors
 from runs.models import Run
 from runs.pagination import RunCursorPagination

@@ -5,7 +5,7 @@ Client → server: `{"action": "subscribe" | "unsubscribe", "run_id": "...", "af
 `subscribed` / `unsubscribed` once a (un)subscription is in effect (`subscribed` carries
 `next_seq`, the seq of the next event the socket will send for the run).
 
-Live messages reach sockets through the process's relay (`kahn_site.live.LiveRelay`), not through
+Live messages reach sockets through the process's relay (`kahn_site.live_fanout.LiveRelay`), not through
 channels of their own. Each run subscription keeps the seq it sends next:
 
 - Gapless resume: a subscription joins the run's group first, then sends what the database holds
@@ -33,7 +33,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
-from kahn_site.live import SOCKET_UNAUTHENTICATED, live_relay
+from kahn_site.live_fanout import SOCKET_UNAUTHENTICATED, live_relay
 from runs.live import event_text, live_run_group, live_runs_group
 from runs.reduction import run_id_valid
 from runs.selectors import run_events_after, run_stored_next_seq

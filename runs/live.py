@@ -3,7 +3,7 @@ subscribers, and its new row for the tenant's history subscribers.
 
 `live_publish_changes` is the write path's hook (`runs.services.run_batch_write`), called after
 commit for the ingest API and the archive importer alike. It only notes what changed; the
-publisher (`kahn_site.live`) builds a message only for groups somebody listens to.
+publisher (`kahn_site.live_fanout`) builds a message only for groups somebody listens to.
 
 Group names are made here, from the tenant's primary key and a run id the caller already checked:
 never from anything a client sends.
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import orjson
 from django.utils import timezone
 
-from kahn_site.live import live_publisher
+from kahn_site.live_fanout import live_publisher
 from runs.api import RunListApi
 from runs.models import Run
 from runs.reduction import RunReduction

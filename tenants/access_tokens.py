@@ -9,7 +9,7 @@ token is not an API key, on the read API and `/ws/live`.
   every replica shares it) for the token's remaining life, at most 60 s: a token revoked at the
   provider stops working within that.
 
-The token's `sub` is the user, as at sign-in (tenants.auth); the tenant is then chosen as for a
+The token's `sub` is the user, as at sign-in (tenants.oidc); the tenant is then chosen as for a
 session. A token only reads: the tenant middleware refuses it anything else, before any view runs.
 Tokens are accepted when `OIDC_OP_ISSUER` and `OIDC_API_AUDIENCE` are set; until then every bearer
 credential is an API key.
@@ -93,7 +93,7 @@ def access_token_verify(token: str) -> AccessToken:
 
 
 def user_for_access_token(access_token: AccessToken) -> AbstractBaseUser | None:
-    """The active user the token's `sub` signed in as, or None: identity is by `sub` (tenants.auth)."""
+    """The active user the token's `sub` signed in as, or None: identity is by `sub` (tenants.oidc)."""
     identity = Identity.objects.select_related("user").filter(sub=access_token.sub).first()
     if identity is None or not identity.user.is_active:
         return None

@@ -2,33 +2,43 @@
 
 A tenant's memberships, runs and retention records are its own rows, under row-level security: the
 tenant page enters the tenant through the staff path (`tenants.staff`), which records the visit, to
-show or save them. The page also shows the tenant's usage against its plan, and its soft-deleted
-runs, each with a way to restore it (`retention.services.retention_restore`).
+show or save them. Other apps add their panels to the page from their own admin modules
+(`tenant_page_panel`): billing the tenant's usage against its plan, retention its soft-deleted runs
+with a way to restore each.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.admin.utils import unquote
-from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.urls import URLPattern, path, reverse
-from django.utils.html import format_html, format_html_join
+from django.urls import URLPattern
 
-from billing.selectors import tenant_usage
-from retention import selectors as retention_selectors
-from retention.services import RestoreRefused, retention_restore
-from runs.models import Run
 from tenants.models import Identity, Membership, StaffAccess, Tenant
 from tenants.staff import staff_actor, staff_tenant_access
 
-# Soft-deleted runs and retention records listed on a tenant's page; the tenant's own retention
-# page (/retention/) has them all.
-RETENTION_SHOWN = 25
+# What the apps above tenants show on a tenant's page, each added by that app's own admin module
+# (Django's admin imports every app's before serving): tenants imports none of them.
+TenantPanel = Callable[[Tenant], str]
+_panels: list[TenantPanel] = []
+_panel_urls: list[Callable[[TenantAdmin], list[URLPattern]]] = []
+
+
+def tenant_page_panel(panel: TenantPanel) -> TenantPanel:
+    """Adds a read-only panel to every tenant's page: `panel(tenant)` is rendered inside the staff
+    path, with the tenant bound; on the page of a tenant not yet saved it gets one with no pk."""
+    _panels.append(panel)
+    return panel
+
+
+def tenant_page_urls(urls: Callable[[TenantAdmin], list[URLPattern]]) -> None:
+    """Adds admin URLs under a tenant's page (`/admin/tenants/tenant/<pk>/...`), for a panel's links."""
+    _panel_urls.append(urls)
 
 
 class MembershipInline(admin.TabularInline):
@@ -51,7 +61,6 @@ class TenantAdmin(admin.ModelAdmin):
     search_fields = ("slug", "name", "key_prefix")
     list_filter = ("plan",)
     inlines = (MembershipInline,)
-    readonly_fields = ("usage", "deleted_runs")
 
     def changeform_view(
         self,
@@ -71,97 +80,12 @@ class TenantAdmin(admin.ModelAdmin):
                 response.render()
             return response
 
-    @admin.display(description="usage")
-    def usage(self, tenant: Tenant) -> str:
-        if tenant.pk is None:
-            return "-"
-        usage = tenant_usage(tenant=tenant)
-        plan = usage.plan
-        oldest = f"{usage.oldest_activity:%Y-%m-%d}" if usage.oldest_activity else "-"
-        return format_html(
-            "<table><tbody>"
-            "<tr><th>runs kept</th><td>{}</td><td>oldest last active {}; plan keeps {} days</td></tr>"
-            "<tr><th>runs soft-deleted</th><td>{}</td><td>restorable for {} days</td></tr>"
-            "<tr><th>events</th><td>{}</td><td>in the runs kept</td></tr>"
-            "<tr><th>API keys</th><td>{} of {}</td><td>active, of the plan's most</td></tr>"
-            "<tr><th>ingest</th><td>{}</td><td>requests a minute, the plan's limit</td></tr>"
-            "</tbody></table>",
-            f"{usage.runs:,}",
-            oldest,
-            plan.retention_days,
-            f"{usage.runs_soft_deleted:,}",
-            plan.hard_delete_after_days,
-            f"{usage.events:,}",
-            usage.api_keys_active,
-            plan.max_api_keys,
-            plan.ingest_requests_per_minute,
-        )
-
-    @admin.display(description="soft-deleted runs")
-    def deleted_runs(self, tenant: Tenant) -> str:
-        if tenant.pk is None:
-            return "-"
-        runs = list(retention_selectors.soft_deleted_runs(tenant=tenant)[:RETENTION_SHOWN])
-        if not runs:
-            return "none: every run is kept, or gone for good (see the tenant's retention page)"
-        rows = format_html_join(
-            "",
-            '<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td><a href="{}">restore…</a></td></tr>',
-            (
-                (
-                    run.run_id,
-                    f"soft-deleted {run.deleted_at:%Y-%m-%d %H:%M} UTC",
-                    f"{run.next_seq:,} events",
-                    reverse("admin:tenants_tenant_restore_run", args=[tenant.pk, run.run_id]),
-                )
-                for run in runs
-            ),
-        )
-        return format_html("<table><tbody>{}</tbody></table>", rows)
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[Any, ...]:
+        return (*super().get_readonly_fields(request, obj), *_panels)
 
     def get_urls(self) -> list[URLPattern]:
-        restore = path(
-            "<path:object_id>/restore/<str:run_id>/",
-            self.admin_site.admin_view(self.restore_run_view),
-            name="tenants_tenant_restore_run",
-        )
-        return [restore, *super().get_urls()]
-
-    def restore_run_view(self, request: HttpRequest, object_id: str, run_id: str) -> HttpResponse:
-        """Asks, then restores a soft-deleted run (a POST), which writes a retention record."""
-        tenant = self.get_object(request, unquote(object_id))
-        if tenant is None:
-            raise Http404("no such tenant")
-        if not self.has_change_permission(request, tenant):
-            raise PermissionDenied
-        change_url = reverse("admin:tenants_tenant_change", args=[tenant.pk])
-        actor = staff_actor(request.user)
-        if request.method == "POST":
-            try:
-                record = retention_restore(tenant=tenant, run_id=run_id, actor=actor)
-            except RestoreRefused as exc:
-                self.message_user(request, str(exc), messages.ERROR)
-            else:
-                self.message_user(request, f"Run {run_id} is restored: {record.reason}.", messages.SUCCESS)
-            return HttpResponseRedirect(change_url)
-        with staff_tenant_access(tenant=tenant, actor=actor, reason=f"admin: restore run {run_id}?"):
-            run = Run.objects.including_deleted().filter(tenant=tenant, run_id=run_id).first()
-            deletion = retention_selectors.run_deletion(tenant=tenant, run_id=run_id)
-        if run is None or run.deleted_at is None or deletion is None:
-            self.message_user(
-                request, f"Run {run_id} is not soft-deleted: nothing to restore.", messages.ERROR
-            )
-            return HttpResponseRedirect(change_url)
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "title": f"Restore run {run_id}?",
-            "tenant": tenant,
-            "run": run,
-            "deletion": deletion,
-            "change_url": change_url,
-        }
-        return TemplateResponse(request, "admin/retention/restore_run.html", context)
+        added = [pattern for urls in _panel_urls for pattern in urls(self)]
+        return [*added, *super().get_urls()]
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         # A new tenant's first members are written inside it, like any of its rows.

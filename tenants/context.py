@@ -1,23 +1,31 @@
-"""The current tenant: one ContextVar, set for a request, a socket or a task, and cleared after.
+"""The current tenant: one ContextVar, set while a request, a socket's unit of work or a command
+acts for one tenant, and cleared after.
 
 Everything that reads or writes tenant data asks `tenant_current()`, which raises rather than
 guess: scoping fails closed.
 
 On PostgreSQL the tenant is also bound in the database, for row-level security: `kahn.tenant_id`
 is set with `set_config(..., true)`, which lasts until the end of the transaction, so a pooled or
-persistent connection never carries one tenant into the next transaction. Code that reads or writes
-tenant data therefore runs inside a transaction that set it: `tenant_atomic` for a unit of work,
-`request_transaction` with `tenant_bound` for a whole request (the tenant middlewares), `tenant_task`
-for a Celery task.
+persistent connection never carries one tenant into the next transaction. A tenant is bound in
+code and in the database together, in exactly these ways:
+
+- a request: the tenant middlewares (`tenants.middleware`), through `request_transaction`, the
+  whole request as one unit of work (`RequestTransaction.bind`);
+- a socket: `tenants.sockets` decides its tenant once, at the handshake; each of the socket's reads
+  is then a `tenant_atomic` unit of work;
+- everything else (commands, tasks, imports, the staff path): `tenant_atomic`.
+
+`tenant_scope` sets the tenant in code only: `RequestTransaction.bind` and `tenant_atomic` build on
+it, and tests read with it where the database does not check (SQLite, or the migrating role).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections, transaction
 
@@ -33,13 +41,11 @@ API_KEY_HASH_SETTING = "kahn.api_key_hash"
 API_KEY_ID_SETTING = "kahn.api_key_id"
 
 _current_tenant: ContextVar[Tenant | None] = ContextVar("kahn_current_tenant", default=None)
-# The tenant an enclosing `tenant_atomic` or `tenant_bound` holds bound in the database, and on
+# The tenant an enclosing `tenant_atomic` or request holds bound in the database, and on
 # which connection, for as long as that block lasts.
 _tenant_bound_in_database: ContextVar[tuple[int, Any] | None] = ContextVar("kahn_tenant_bound", default=None)
 # The transaction block a request opened (`request_transaction`), while the request runs.
 _request_block: ContextVar[Any] = ContextVar("kahn_request_block", default=None)
-
-R = TypeVar("R")
 
 
 class NoTenantError(RuntimeError):
@@ -127,20 +133,49 @@ def tenant_atomic(tenant: Tenant, *, using: str = "default", savepoint: bool = T
         yield tenant
 
 
+@dataclass(frozen=True)
+class RequestTransaction:
+    """A request's unit of work (`request_transaction`); `atomic`: whether it is a transaction."""
+
+    atomic: bool
+    using: str = "default"
+
+    @contextmanager
+    def bind(self, tenant: Tenant | None, *, bound_by_key_lookup: bool = False) -> Iterator[None]:
+        """Acts for `tenant` for the rest of the request (or for no tenant yet): in code, and on
+        PostgreSQL for row-level security. No savepoint of its own: a request pays for none.
+
+        `bound_by_key_lookup`: the request's API key was read by the statement that also bound its
+        tenant (`tenants.services.api_key_find(bind_tenant=True)`), so only the code learns of it
+        here: a producer's request binds its tenant with no round trip of its own.
+        """
+        if tenant is None:
+            yield
+            return
+        outer = tenant_current_or_none()
+        binding = (
+            _tenant_known_bound(tenant, self.using)
+            if bound_by_key_lookup
+            else _tenant_in_database(tenant, outer, self.using)
+        )
+        with tenant_scope(tenant), binding:
+            yield
+
+
 @contextmanager
-def request_transaction(*, using: str = "default") -> Iterator[bool]:
+def request_transaction(*, using: str = "default") -> Iterator[RequestTransaction]:
     """A whole request as one unit of work: on PostgreSQL one transaction (requests are atomic), in
-    which the tenant is found and then bound (`tenant_bound`); on SQLite none, as there is no
-    row-level security to bind, and a transaction per page would hold SQLite's one write lock while
-    the page renders. Yields whether it opened a transaction.
+    which the tenant is found and then bound (`RequestTransaction.bind`); on SQLite none, as there is
+    no row-level security to bind, and a transaction per page would hold SQLite's one write lock
+    while the page renders. For the tenant middlewares only.
     """
     if connections[using].vendor != "postgresql":
-        yield False
+        yield RequestTransaction(atomic=False, using=using)
         return
     with transaction.atomic(using=using):
         token = _request_block.set(connections[using].atomic_blocks[-1])
         try:
-            yield True
+            yield RequestTransaction(atomic=True, using=using)
         finally:
             _request_block.reset(token)
 
@@ -150,27 +185,6 @@ def directly_in_request_transaction(*, using: str = "default") -> bool:
     directly in it needs no savepoint, as an error answer rolls the whole request back."""
     blocks = connections[using].atomic_blocks
     return bool(blocks) and blocks[-1] is _request_block.get()
-
-
-@contextmanager
-def tenant_bound(
-    tenant: Tenant | None, *, using: str = "default", bound_in_database: bool = False
-) -> Iterator[None]:
-    """Acts for `tenant` for the rest of the enclosing transaction (or for no tenant yet): in code,
-    and on PostgreSQL for row-level security. No savepoint of its own: a request pays for none.
-
-    `bound_in_database`: the transaction's own statement already bound `tenant` (a producer's API
-    key binds its tenant in the statement that reads it), so only the code learns of it here.
-    """
-    if tenant is None:
-        yield
-        return
-    outer = tenant_current_or_none()
-    binding = (
-        _tenant_known_bound(tenant, using) if bound_in_database else _tenant_in_database(tenant, outer, using)
-    )
-    with tenant_scope(tenant), binding:
-        yield
 
 
 @contextmanager
@@ -201,21 +215,3 @@ def pre_tenant_lookup(setting: str, value: str, *, using: str = "default") -> It
         database_setting(setting, value, restore="", using=using),
     ):
         yield
-
-
-def tenant_task(func: Callable[..., R]) -> Callable[..., R]:
-    """For a Celery task acting for one tenant: call it with `tenant_id=`; it receives `tenant=`.
-
-    The task runs as one `tenant_atomic` unit of work and the tenant is cleared afterwards, so the
-    worker's next task starts with none: a task that forgets this decorator sees no tenant data.
-    """
-
-    @functools.wraps(func)
-    def run_for_tenant(*args: Any, tenant_id: int, **kwargs: Any) -> R:
-        from tenants.models import Tenant
-
-        tenant = Tenant.objects.get(pk=tenant_id)
-        with tenant_atomic(tenant):
-            return func(*args, tenant=tenant, **kwargs)
-
-    return run_for_tenant

@@ -31,7 +31,7 @@ from tenants.access_tokens import (
     is_access_token,
     user_for_access_token,
 )
-from tenants.context import NoTenantError, request_transaction, tenant_bound
+from tenants.context import NoTenantError, request_transaction
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
 from tenants.permissions import READ
 from tenants.selectors import NotAMember, membership_list_for_user, tenant_chosen_for_user
@@ -59,7 +59,7 @@ class _TenantMiddleware:
         request.tenant = None
         request.memberships = []
         request.membership = None
-        with request_transaction() as atomic:
+        with request_transaction() as unit:
             chosen = self.choose_tenant(request)
             if isinstance(chosen, HttpResponse):
                 return chosen
@@ -67,9 +67,9 @@ class _TenantMiddleware:
             if chosen is not None:
                 # The user's role in the chosen tenant; an API key is no one's membership.
                 request.membership = next((m for m in request.memberships if m.tenant_id == chosen.pk), None)
-            with tenant_bound(chosen, bound_in_database=getattr(request, "api_key", None) is not None):
+            with unit.bind(chosen, bound_by_key_lookup=getattr(request, "api_key", None) is not None):
                 response = self.get_response(request)
-            if atomic and response.status_code >= 400:
+            if unit.atomic and response.status_code >= 400:
                 # A request answered with an error writes nothing: what a view wrote before it
                 # refused (or failed) is rolled back with the request.
                 transaction.set_rollback(True)
@@ -113,7 +113,7 @@ class CloudTenantMiddleware(_TenantMiddleware):
 
         bearer = _bearer(request)
         if bearer is not None:
-            # The key's lookup binds its tenant in the database too (see `tenant_bound`).
+            # The key's lookup binds its tenant in the database too (`RequestTransaction.bind`).
             api_key = api_key_find(bearer, bind_tenant=True)
             if api_key is None:
                 return _invalid_api_key()
@@ -156,7 +156,7 @@ class CloudTenantMiddleware(_TenantMiddleware):
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         """A view that needs a tenant, reached without one: sign in, or the "no workspace yet" page."""
-        # API views refuse before this point (tenants.api.HasTenant) and answer in their own shape.
+        # API views refuse before this point (tenants.permissions.HasTenant) and answer in their own shape.
         if not isinstance(exception, NoTenantError) or request.path.startswith(API_PREFIX):
             return None
         if not request.user.is_authenticated:

@@ -20,7 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.models import Plan
-from kahn_site.live import SOCKET_UNAUTHENTICATED, credential_group_for_api_key, live_close_sockets
+from kahn_site.live_fanout import SOCKET_UNAUTHENTICATED, credential_group_for_api_key, live_close_sockets
 from tenants.context import tenant_atomic
 from tenants.models import (
     KEY_PREFIX_ALPHABET,
@@ -65,8 +65,8 @@ def user_for_email(*, email: str) -> AbstractBaseUser:
     """The user with this email, or a new one who will be claimed at their first sign-in.
 
     A new user has no login identity yet: the first OIDC sign-in with this email, verified by the
-    provider, binds the provider's `sub` to it (`tenants.auth`). A user who has signed in holds a
-    stored email only if their provider verified it (`tenants.auth.verified_email`), so an address
+    provider, binds the provider's `sub` to it (`tenants.oidc`). A user who has signed in holds a
+    stored email only if their provider verified it (`tenants.oidc.verified_email`), so an address
     someone merely typed at their provider matches no one here.
     """
     User = get_user_model()
@@ -108,7 +108,7 @@ def user_claim_waiting_memberships(*, user: AbstractBaseUser, verified_email: st
     """Memberships waiting for `verified_email` become `user`'s, who just signed in with it verified.
 
     They wait on a user made for the address who never signed in (`user_for_email`); a first
-    sign-in takes that user over whole (`tenants.auth`), but someone who had signed in before with
+    sign-in takes that user over whole (`tenants.oidc`), but someone who had signed in before with
     no verified address (or, before this was checked, with one that was never verified) finds them
     here. Where both hold a membership of one tenant, the stronger role is kept.
     """
@@ -125,11 +125,13 @@ def user_claim_waiting_memberships(*, user: AbstractBaseUser, verified_email: st
             with tenant_atomic(membership.tenant):
                 mine = Membership.objects.filter(tenant=membership.tenant, user=user).first()
                 if mine is None:
-                    Membership.objects.filter(pk=membership.pk).update(user=user)
+                    Membership.objects.filter(tenant=membership.tenant, pk=membership.pk).update(user=user)
                     continue
                 if strength.get(membership.role, 3) < strength.get(mine.role, 3):
-                    Membership.objects.filter(pk=mine.pk).update(role=membership.role)
-                Membership.objects.filter(pk=membership.pk).delete()
+                    Membership.objects.filter(tenant=membership.tenant, pk=mine.pk).update(
+                        role=membership.role
+                    )
+                Membership.objects.filter(tenant=membership.tenant, pk=membership.pk).delete()
         # Nothing of it is left in any tenant: it was only ever a name for the address.
         placeholder.delete()
 
@@ -188,7 +190,7 @@ def membership_invite(
     *, tenant: Tenant, email: str, role: str, by: Membership | None, actor: str | None = None
 ) -> Membership:
     """Gives the person with this email a membership: a user who signed in with it verified gets
-    it now; anyone else gets it at their first sign-in with it verified (`tenants.auth`).
+    it now; anyone else gets it at their first sign-in with it verified (`tenants.oidc`).
 
     `actor` names an operator's command; a person acting is named from `by`."""
     email = email.strip()
@@ -219,7 +221,7 @@ def membership_change_role(*, membership: Membership, role: str, by: Membership)
     tenant = membership.tenant
     with tenant_atomic(tenant):
         owners = _owners_locked(tenant)
-        current = Membership.objects.select_related("user").get(pk=membership.pk)
+        current = Membership.objects.select_related("user").get(tenant=tenant, pk=membership.pk)
         _check_may_manage(by=by, roles=[current.role, role])
         if current.role == role:
             return current
@@ -227,7 +229,7 @@ def membership_change_role(*, membership: Membership, role: str, by: Membership)
             raise LastOwner(
                 f"{person_label(current.user)} is the last owner of {tenant.slug}: make another owner first"
             )
-        Membership.objects.filter(pk=current.pk).update(role=role)
+        Membership.objects.filter(tenant=tenant, pk=current.pk).update(role=role)
         _record(
             tenant=tenant,
             actor=person_label(by.user),
@@ -246,7 +248,7 @@ def membership_remove(*, membership: Membership, by: Membership) -> None:
     tenant = membership.tenant
     with tenant_atomic(tenant):
         owners = _owners_locked(tenant)
-        current = Membership.objects.select_related("user").filter(pk=membership.pk).first()
+        current = Membership.objects.select_related("user").filter(tenant=tenant, pk=membership.pk).first()
         if current is None:
             return  # already removed, by another request
         _check_may_manage(by=by, roles=[current.role])
@@ -329,7 +331,7 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
     with tenant_atomic(api_key.tenant):
         if api_key.revoked_at is None:
             api_key.revoked_at = timezone.now()
-            ApiKey.objects.filter(pk=api_key.pk).update(revoked_at=api_key.revoked_at)
+            ApiKey.objects.filter(tenant=api_key.tenant, pk=api_key.pk).update(revoked_at=api_key.revoked_at)
             transaction.on_commit(
                 partial(
                     live_close_sockets,
@@ -369,7 +371,7 @@ def api_key_mark_used(api_key: ApiKey) -> None:
     now = timezone.now()
     if api_key.last_used_at is None or now - api_key.last_used_at >= LAST_USED_RESOLUTION:
         with tenant_atomic(api_key.tenant):
-            ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+            ApiKey.objects.filter(tenant=api_key.tenant, pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
 
 

@@ -15,7 +15,7 @@ ride on the browser's cookie and does not come from one of the site's own origin
 sends its credential in `Authorization` needs no `Origin`, as no cookie speaks for it.
 
 A socket ends when its credential does. Signing out and revoking a key close the credential's
-sockets at once, through its group (`kahn_site.live.credential_group_for_*`); and every open socket
+sockets at once, through its group (`kahn_site.live_fanout.credential_group_for_*`); and every open socket
 checks its credential again every KAHN_LIVE_RECHECK_SECONDS (`socket_identity_still_valid`) for
 what has no moment of its own: a session that expires, a key past its expiry, a membership removed.
 """
@@ -35,7 +35,7 @@ from django.http import HttpRequest
 from django.http.request import split_domain_port, validate_host
 from django.utils import timezone
 
-from kahn_site.live import (
+from kahn_site.live_fanout import (
     SOCKET_FORBIDDEN,
     SOCKET_UNAUTHENTICATED,
     SOCKET_UNAVAILABLE,

@@ -25,7 +25,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCLogoutView
 
-from kahn_site.live import SOCKET_UNAUTHENTICATED, credential_group_for_session, live_close_sockets
+from kahn_site.live_fanout import SOCKET_UNAUTHENTICATED, credential_group_for_session, live_close_sockets
 from tenants import selectors, services
 from tenants.context import tenant_current
 from tenants.middleware import SESSION_TENANT_KEY

@@ -191,7 +191,7 @@ class CloudPeople:
 
 def session_of(user) -> str:
     client = Client()
-    client.force_login(user, backend="tenants.auth.TenantOIDCBackend")
+    client.force_login(user, backend="tenants.oidc.TenantOIDCBackend")
     return client.cookies["sessionid"].value
 
 

@@ -36,7 +36,7 @@ def alice_session(world) -> str:
     secret key and the database)."""
     signed_in = Client()
     # Signed in through cloud mode's one backend, as the server checks the session's backend.
-    signed_in.force_login(world.alice, backend="tenants.auth.TenantOIDCBackend")
+    signed_in.force_login(world.alice, backend="tenants.oidc.TenantOIDCBackend")
     return signed_in.cookies["sessionid"].value
 
 

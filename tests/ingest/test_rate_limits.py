@@ -110,3 +110,35 @@ def test_the_cloud_cache_counts_only_keys_that_exist():
         assert cache.incr("added", 4) == 10
         assert cache.decr("added", 3) == 7
         assert 0 < cache._cache.get_client().ttl(cache.make_key("added")) <= 60
+
+
+def test_without_redis_the_limit_counts_the_same_in_the_process_memory(client, plan_of_three):
+    # OSS with limits turned on: no Redis, the cache is the process's own memory.
+    memory = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": uuid.uuid4().hex}
+    }
+    with override_settings(KAHN_RATE_LIMITS=True, CACHES=memory):
+        answers = [note(client, f"r{i}") for i in range(5)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429, 429]
+        assert [a["X-RateLimit-Remaining"] for a in answers] == ["2", "1", "0", "0", "0"]
+        plan_of_three.ingest_requests_per_minute = 4
+        plan_of_three.save()
+        assert [note(client, f"s{i}").status_code for i in range(2)] == [200, 429]
+
+
+def test_replicas_racing_for_a_window_take_exactly_its_limit():
+    # Counting, checking and giving back are one script in Redis: of many at once, exactly the
+    # limit's worth count, and the count is what they were.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.core.cache import caches
+
+    with override_settings(CACHES=redis_cache()):
+        cache = caches["default"]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda _: cache.incr_within("window", limit=5, timeout=60), range(40)))
+        assert sum(counted for _, counted in answers) == 5
+        assert sorted(count for count, counted in answers if counted) == [1, 2, 3, 4, 5]
+        assert all(count == 5 for count, counted in answers if not counted)
+        assert cache.get("window") == 5
+        assert 0 < cache._cache.get_client().ttl(cache.make_key("window")) <= 60

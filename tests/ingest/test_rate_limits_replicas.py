@@ -30,7 +30,7 @@ pytestmark = [*POSTGRES_ONLY, pytest.mark.django_db(transaction=True)]
 LIMIT = 6
 RAISED = 10
 LOWERED = 4
-# django-ratelimit's window is a fixed minute (shifted per tenant): with less than this left, the test
+# The limit's window is a fixed minute (shifted per tenant): with less than this left, the test
 # waits for the next one, so that every request it counts falls in one window.
 SECONDS_NEEDED = 15
 

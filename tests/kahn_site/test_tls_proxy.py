@@ -81,7 +81,7 @@ def test_a_mistyped_setting_is_refused_with_a_sentence_naming_it(name, value, se
 
 def signed_in_cookie(user) -> str:
     client = Client()
-    client.force_login(user, backend="tenants.auth.TenantOIDCBackend")
+    client.force_login(user, backend="tenants.oidc.TenantOIDCBackend")
     return client.cookies["sessionid"].value
 
 

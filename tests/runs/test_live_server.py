@@ -240,7 +240,7 @@ def test_cloud_session_sockets_need_the_sites_own_origin(cloud_url, world, setti
     """The origin is scheme, host and port: the same host on another port or scheme is another site."""
     settings.SECRET_KEY = cloud_env()["DJANGO_SECRET_KEY"]  # the session must be good at the server
     browser = Client()
-    browser.force_login(world.alice, backend="tenants.auth.TenantOIDCBackend")
+    browser.force_login(world.alice, backend="tenants.oidc.TenantOIDCBackend")
     cookie = {"Cookie": f"sessionid={browser.cookies['sessionid'].value}"}
     port = cloud_url.rsplit(":", 1)[1]
 

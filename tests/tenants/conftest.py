@@ -25,7 +25,7 @@ POSTGRES_ONLY = [
 CLOUD_SETTINGS = {
     "CLOUD": True,
     "ROOT_URLCONF": "tests.tenants.cloud_urls",
-    "AUTHENTICATION_BACKENDS": ["tenants.auth.TenantOIDCBackend"],
+    "AUTHENTICATION_BACKENDS": ["tenants.oidc.TenantOIDCBackend"],
     "LOGIN_URL": "oidc_authentication_init",
     "LOGIN_REDIRECT_URL": "/",
     "LOGOUT_REDIRECT_URL": "signed_out",

@@ -21,9 +21,8 @@ from tenants.context import (
     USER_SETTING,
     NoTenantError,
     pre_tenant_lookup,
+    request_transaction,
     tenant_atomic,
-    tenant_bound,
-    tenant_task,
 )
 from tenants.models import Membership, Tenant
 from tenants.selectors import membership_list_for_user
@@ -192,7 +191,8 @@ def test_a_unit_of_work_inside_its_tenants_binding_reuses_it_and_a_new_transacti
 
     @transaction.atomic  # one Atomic object, reused by every call: as any decorated function's
     def runs_seen_by(tenant: Tenant) -> list[str]:
-        with tenant_bound(tenant), tenant_atomic(tenant):  # the request's binding, then the write path's
+        # The request's binding, then the write path's.
+        with request_transaction() as unit, unit.bind(tenant), tenant_atomic(tenant):
             inner = list(Run.objects.values_list("run_id", flat=True))
             with tenant_atomic(globex):
                 assert list(Run.objects.values_list("run_id", flat=True)) == ["globex_nightly"]
@@ -231,9 +231,9 @@ def test_two_requests_in_a_row_on_one_persistent_connection_never_leak(world_run
 def test_a_task_that_forgets_the_tenant_sees_nothing(world_runs, as_service):
     # One worker thread with its own persistent connection, running tasks one after another, as a
     # Celery worker's does; its context starts empty, like a worker's.
-    @tenant_task
-    def count_runs_for(*, tenant: Tenant) -> int:
-        return Run.objects.count()
+    def count_runs_for(*, tenant_id: int) -> int:
+        with tenant_atomic(Tenant.objects.get(pk=tenant_id)):
+            return Run.objects.count()
 
     def forgetful_task() -> tuple[int, int]:
         try:
@@ -302,7 +302,7 @@ def test_the_service_role_cannot_turn_row_level_security_off(world_runs, as_serv
 def test_cloud_settings_of_the_tests_name_a_real_backend():
     # The in-process cloud settings must load: a typo here would make every cloud test vacuous.
     assert apps.get_app_config("tenants")
-    assert CLOUD_SETTINGS["AUTHENTICATION_BACKENDS"] == ["tenants.auth.TenantOIDCBackend"]
+    assert CLOUD_SETTINGS["AUTHENTICATION_BACKENDS"] == ["tenants.oidc.TenantOIDCBackend"]
 
 
 def test_the_admin_enters_a_tenant_through_the_staff_path(world_runs, local_tenant, as_service, client):

@@ -1,4 +1,4 @@
-"""Scoping in code: the manager of tenant-owned models and the base API view refuse to run with no
+"""Scoping in code: the manager of tenant-owned models and every API view refuse to run with no
 tenant, and see only the current tenant's rows when one is set."""
 
 from __future__ import annotations
@@ -6,21 +6,20 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import AnonymousUser
 from django.db import connection
-from rest_framework.permissions import IsAuthenticated
-from rest_framework.response import Response
+from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIRequestFactory
+from rest_framework.views import APIView
 
+from runs.api import RunListApi
 from runs.models import Diagnostic, Event, Run, RunNode
-from tenants.api import TenantAPIView
 from tenants.context import (
     NoTenantError,
     request_transaction,
-    tenant_bound,
+    tenant_atomic,
     tenant_current_or_none,
     tenant_scope,
-    tenant_task,
 )
-from tenants.models import Membership, Tenant
+from tenants.models import Membership
 from tenants.permissions import HasScope, HasTenant
 
 
@@ -59,13 +58,11 @@ def test_unscoped_is_the_spelled_bypass(world_runs):
     assert set(Run.objects.unscoped().values_list("run_id", flat=True)) == {"acme_nightly", "globex_nightly"}
 
 
-def test_a_task_gets_its_tenant_and_leaves_none_behind(world_runs):
-    @tenant_task
-    def runs_of(*, tenant: Tenant) -> list[str]:
+def test_a_unit_of_work_gets_its_tenant_and_leaves_none_behind(world_runs):
+    # A command's or a task's way to act for a tenant.
+    with tenant_atomic(world_runs.globex) as tenant:
         assert tenant_current_or_none() == tenant
-        return list(Run.objects.values_list("run_id", flat=True))
-
-    assert runs_of(tenant_id=world_runs.globex.pk) == ["globex_nightly"]
+        assert list(Run.objects.values_list("run_id", flat=True)) == ["globex_nightly"]
     assert tenant_current_or_none() is None
 
 
@@ -74,46 +71,39 @@ def test_on_sqlite_a_request_opens_no_transaction(world):
     if connection.vendor != "sqlite":
         pytest.skip("SQLite's behaviour")
     depth = len(connection.atomic_blocks)
-    with request_transaction() as atomic, tenant_bound(world.acme):
-        assert atomic is False
+    with request_transaction() as unit, unit.bind(world.acme):
+        assert unit.atomic is False
         assert len(connection.atomic_blocks) == depth
         assert tenant_current_or_none() == world.acme
 
 
-# ---------------------------------------------------------------- the base API view
+# ---------------------------------------------------------------- every API view
 
 
-class RunCountApi(TenantAPIView):
-    def get(self, request):
-        return Response({"tenant": self.tenant.slug, "runs": Run.objects.count()})
+def _api_views(patterns=None) -> list[type[APIView]]:
+    views = []
+    for pattern in get_resolver().url_patterns if patterns is None else patterns:
+        if isinstance(pattern, URLResolver):
+            views += _api_views(pattern.url_patterns)
+        elif isinstance(pattern, URLPattern):
+            view = getattr(pattern.callback, "cls", None)
+            if isinstance(view, type) and issubclass(view, APIView):
+                views.append(view)
+    return views
 
 
-def test_the_base_api_view_refuses_to_run_with_no_tenant(world_runs):
-    response = RunCountApi.as_view()(APIRequestFactory().get("/api/v1/count"))
+def test_every_api_view_keeps_the_tenant_check_and_the_key_scopes():
+    # DRF's default permissions: a view listing its own would drop them, opening it to no tenant,
+    # or to any API key.
+    views = _api_views()
+    assert RunListApi in views
+    for view in views:
+        assert HasTenant in view.permission_classes and HasScope in view.permission_classes, view
+
+
+def test_an_api_view_refuses_to_run_with_no_tenant(world_runs):
+    response = RunListApi.as_view()(APIRequestFactory().get("/api/v1/runs/"))
     assert response.status_code in (401, 403)
-
-
-def test_the_base_api_view_runs_for_the_current_tenant(world_runs):
-    with tenant_scope(world_runs.globex):
-        response = RunCountApi.as_view()(APIRequestFactory().get("/api/v1/count"))
-    assert (response.status_code, response.data) == (200, {"tenant": "globex", "runs": 1})
-
-
-def test_a_subclass_cannot_drop_the_tenant_check_or_the_key_scopes():
-    with pytest.raises(TypeError, match="HasTenant"):
-
-        class Careless(TenantAPIView):
-            permission_classes = [IsAuthenticated]
-
-    with pytest.raises(TypeError, match="HasScope"):
-
-        class AnyKey(TenantAPIView):
-            permission_classes = [IsAuthenticated, HasTenant]
-
-    class Careful(TenantAPIView):
-        permission_classes = [IsAuthenticated, HasTenant, HasScope]
-
-    assert Careful.permission_classes[1:] == [HasTenant, HasScope]
 
 
 # ---------------------------------------------------------------- a request is one unit of work

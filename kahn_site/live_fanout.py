@@ -11,7 +11,7 @@ Where it sends from:
 
 Coalescing: a group sent to within the last `COALESCE_SECONDS` waits until that much time has
 passed, and what arrives meanwhile is merged into one message (PERF.md: a group_send per event
-saturates at a few hundred per second); a group that was quiet is sent to at once.
+saturates the layer under a busy run); a group that was quiet is sent to at once.
 
 Nobody listening: before a message is built the layer is asked, in one round trip for the whole
 flush, which groups have members; the others are dropped unbuilt. A subscriber that joins later
@@ -34,7 +34,8 @@ from channels.layers import get_channel_layer
 
 logger = logging.getLogger(__name__)
 
-# At most one message per group per this many seconds while a group is busy (PERF.md: 50 to 100 ms).
+# At most one message per group per this many seconds while a group is busy: within PERF.md's range,
+# late enough to merge a burst, soon enough to read as live.
 COALESCE_SECONDS = 0.05
 # How long a process that is exiting waits for its last messages to leave (background thread only).
 DRAIN_SECONDS = 2.0
@@ -244,8 +245,8 @@ class LiveRelay:
     the local sockets of its group, one after the other.
 
     Channels would make each socket a member of its own, so a group of 200 sockets on one replica
-    took 200 receives per message, each a few tasks woken and switched: measured, about 150 µs of
-    CPU per socket per message. Here it is one receive per message and a plain call per socket.
+    took 200 receives per message, each a few tasks woken and switched, for every socket and every
+    message. Here it is one receive per message and a plain call per socket.
     Sockets must not wait on anything slow in `relay_message` (a database read): it holds up the
     sockets after them.
     """

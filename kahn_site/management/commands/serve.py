@@ -12,7 +12,8 @@ Cloud mode follows nothing: runs arrive by the ingest API, or by `ingest_archive
 Cloud mode may instead serve HTTP with `--http-workers N` gunicorn sync workers (WSGI) and leave
 WebSocket to daphne on `--ws-port`; the proxy sends `/ws/` there. One daphne process runs Django's
 sync views one thread hop at a time on one core; the producers' ingest requests are sync views,
-and WSGI workers serve them at several times its rate (tests/bench/bench_ingest_http.py).
+and WSGI workers serve them on every core, with no hop (tests/bench/bench_ingest_http.py
+measures both).
 """
 
 from __future__ import annotations
