@@ -42,12 +42,14 @@ class _ClientPerPool(RedisCacheClient):
             raise ValueError(f"Key '{key}' not found.")
         return int(value)
 
+    # Django's own client's private helpers, which its stubs leave out.
     def get_client(self, key: Any = None, *, write: bool = False) -> Any:
-        index = self._get_connection_pool_index(write)
+        index = self._get_connection_pool_index(write)  # type: ignore[attr-defined]
         client = self._clients.get(index)
         if client is None:
             # Two threads may both get here first: one spare client, no harm.
-            client = self._clients[index] = self._client(connection_pool=self._get_connection_pool(write))
+            pool = self._get_connection_pool(write)  # type: ignore[attr-defined]
+            client = self._clients[index] = self._client(connection_pool=pool)  # type: ignore[attr-defined]
         return client
 
 
