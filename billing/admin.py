@@ -7,6 +7,8 @@ each tenant's next request (rate limits, keys) and the next retention run, which
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict
+
 from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
@@ -17,6 +19,16 @@ from billing.models import Plan
 from billing.selectors import tenant_usage
 from tenants.admin import tenant_page_panel
 from tenants.models import Tenant
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+
+class TenantCount(TypedDict):
+    """What `PlanAdmin.get_queryset` adds to each plan."""
+
+    tenant_count: int
+
 
 # Tenants named on a plan's page; the rest are one click away, in the tenant list filtered by plan.
 TENANTS_SHOWN = 50
@@ -40,7 +52,7 @@ class PlanAdmin(admin.ModelAdmin):
         return super().get_queryset(request).annotate(tenant_count=Count("tenants"))
 
     @admin.display(description="tenants", ordering="tenant_count")
-    def tenant_count(self, plan: Plan) -> str:
+    def tenant_count(self, plan: WithAnnotations[Plan, TenantCount]) -> str:
         url = reverse("admin:tenants_tenant_changelist") + f"?plan__id__exact={plan.pk}"
         return format_html('<a href="{}">{}</a>', url, plan.tenant_count)
 

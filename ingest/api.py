@@ -7,6 +7,7 @@ are the ingest service's to decide (ingest.bodies).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -16,6 +17,7 @@ from drf_spectacular.utils import OpenApiExample, OpenApiRequest, extend_schema,
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 
 from ingest import services
 from ingest.bodies import request_body
@@ -66,7 +68,7 @@ Receipt = inline_serializer(
 class IngestThrottled:
     """The producer's writes spend the tenant's rate budget; reads on the same paths do not."""
 
-    throttle_classes = [TenantIngestRateThrottle]
+    throttle_classes: Sequence[type[BaseThrottle]] = [TenantIngestRateThrottle]
 
     def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
         response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]

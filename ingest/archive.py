@@ -436,7 +436,7 @@ def archive_import(
         if folder.run_id in deleted or not _needs_import(folder, known):
             continue
         waiting = known is not None and known.import_error and known.retry_at and known.retry_at > now
-        if waiting and not retry_now:
+        if waiting and known is not None and not retry_now:
             # Still waiting out its retry: the warning it gave stands, word for word (see WarningsOnce).
             report.failed.append(folder.run_id)
             report.warnings.append(_failure_warning(folder.run_id, known.import_error))

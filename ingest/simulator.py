@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 # The sample archive's DAG (ingest/demo_archive): a small web application's build.
 WEB_APP: dict[str, list[str]] = {
@@ -313,7 +313,7 @@ def archive_synthesize(
             synthetic_run_id(seed, index), edges, plan, start=EPOCH + index * RUN_STEP, workers=workers
         )
         run_write(root, run)
-        synthesis.summaries.append(run.summary)
+        synthesis.summaries.append(cast(dict[str, Any], run.summary))  # a complete run has one
         synthesis.events += len(run.events)
     return synthesis
 

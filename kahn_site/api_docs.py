@@ -24,7 +24,8 @@ class ApiDocsView(SpectacularSwaggerSplitView):
     template_name = "api_docs.html"
     url_name = "api-schema"
 
-    def handle_exception(self, exc: Exception) -> HttpResponse:
+    # Any HttpResponse, which DRF passes on as it is (its stubs say a DRF Response).
+    def handle_exception(self, exc: Exception) -> HttpResponse:  # type: ignore[override]
         refused = isinstance(exc, exceptions.NotAuthenticated | exceptions.PermissionDenied)
         if refused and settings.CLOUD and getattr(self.request._request, "api_key", None) is None:
             if not self.request.user.is_authenticated:

@@ -34,7 +34,7 @@ RENAMED_CODES = {
 class ApiError(exceptions.APIException):
     """An error of the contract: a status, a stable code, a sentence, and details for machines."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
     code = "invalid_request"
 
     def __init__(self, message: str, *, details: Mapping[str, Any] | None = None) -> None:
@@ -123,10 +123,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         )
 
     headers = {}
-    if getattr(exc, "auth_header", None):
-        headers["WWW-Authenticate"] = exc.auth_header
-    if getattr(exc, "wait", None):
-        headers["Retry-After"] = str(int(exc.wait))
+    if auth_header := getattr(exc, "auth_header", None):
+        headers["WWW-Authenticate"] = auth_header
+    if wait := getattr(exc, "wait", None):
+        headers["Retry-After"] = str(int(wait))
     return Response(body, status=exc.status_code, headers=headers)
 
 

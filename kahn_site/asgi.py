@@ -25,11 +25,13 @@ from kahn_site.live_fanout import live_publisher  # noqa: E402
 from runs.urls import websocket_urlpatterns  # noqa: E402
 from tenants.sockets import SiteOriginValidator  # noqa: E402
 
+# channels' stubs type ASGI scopes as asgiref's TypedDicts, and its routes as its own kind of
+# pattern; the publisher takes any scope, and Django's `path` makes the routes, as channels documents.
 application = live_publisher.serving(
-    ProtocolTypeRouter(
+    ProtocolTypeRouter(  # type: ignore[arg-type]
         {
             "http": django_application,
-            "websocket": SiteOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+            "websocket": SiteOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),  # type: ignore[arg-type]
         }
     )
 )

@@ -55,7 +55,8 @@ class AdmittingWebRequest(WebRequest):
         channel = self.channel
         raw_path = channel._path.split(b"?", 1)[0]
         self._admission_path = unquote(raw_path.decode("ascii", "replace"))
-        self._deadline = reactor.callLater(body_timeout(), self._too_slow)
+        # Twisted types its reactor by interfaces written without `self`: the delay reads as `self`.
+        self._deadline = reactor.callLater(body_timeout(), self._too_slow)  # type: ignore[arg-type]
         headers = {
             name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
             for name, values in self.requestHeaders.getAllRawHeaders()

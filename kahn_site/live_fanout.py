@@ -47,7 +47,9 @@ AsgiApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitab
 class Outgoing(Protocol):
     """Something to send to one group; two of the same group merge while they wait."""
 
-    group: str
+    @property
+    def group(self) -> str: ...
+
     coalesce: ClassVar[bool]
 
     def merged_with(self, newer: Self) -> Self: ...
@@ -92,7 +94,7 @@ class _Sender:
             if group not in self.due:
                 last = self.last_sent.get(group)
                 quiet = not item.coalesce or last is None or now - last >= COALESCE_SECONDS
-                self.due[group] = now if quiet else last + COALESCE_SECONDS
+                self.due[group] = now if quiet or last is None else last + COALESCE_SECONDS
         if self.wakeup is None:
             self.wakeup = asyncio.Event()
         self.wakeup.set()

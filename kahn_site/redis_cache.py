@@ -14,7 +14,7 @@ ValueError, never a counter created without its expiry.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 from django.core.cache.backends.redis import RedisCacheClient
@@ -61,12 +61,14 @@ class _ClientPerPool(RedisCacheClient):
         count, counted = self._script(client, _INCR_WITHIN)(keys=[key], args=[limit, timeout])
         return int(count), bool(counted)
 
+    # Django's own client's private helpers, which its stubs leave out.
     def get_client(self, key: Any = None, *, write: bool = False) -> Any:
-        index = self._get_connection_pool_index(write)
+        index = self._get_connection_pool_index(write)  # type: ignore[attr-defined]
         client = self._clients.get(index)
         if client is None:
             # Two threads may both get here first: one spare client, no harm.
-            client = self._clients[index] = self._client(connection_pool=self._get_connection_pool(write))
+            pool = self._get_connection_pool(write)  # type: ignore[attr-defined]
+            client = self._clients[index] = self._client(connection_pool=pool)  # type: ignore[attr-defined]
         return client
 
 
@@ -80,4 +82,5 @@ class RedisCache(DjangoRedisCache):
     ) -> tuple[int, bool]:
         """Counts one more under `key` unless that passes `limit`: (the count, whether this one
         counted). A refused one is given back in the same step; a new counter lives `timeout` seconds."""
-        return self._cache.incr_within(self.make_and_validate_key(key, version=version), limit, timeout)
+        client = cast(_ClientPerPool, self._cache)  # the class set above; the stubs know Django's
+        return client.incr_within(self.make_and_validate_key(key, version=version), limit, timeout)

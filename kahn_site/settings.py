@@ -66,6 +66,7 @@ KAHN_ARCHIVE = Path(env.str("KAHN_ARCHIVE", default=str(KAHN_HOME / "archive")))
 KAHN_STALE_AFTER = env.int("KAHN_STALE_AFTER", default=3600)
 
 # ---------------------------------------------------------------- mode-dependent backends
+REDIS_URL: str | None
 if CLOUD:
     SECRET_KEY = env_required("DJANGO_SECRET_KEY", "cloud mode signs sessions with it")
     DATABASES = {

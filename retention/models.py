@@ -6,6 +6,8 @@ days, when, by which job or person, and how many rows the action concerned. It i
 data (row-level security, like its runs), and it stays when the run is hard-deleted.
 """
 
+from datetime import datetime
+
 from django.db import models
 from django.db.models import Q
 
@@ -45,6 +47,9 @@ class RetentionRecord(models.Model):
     nodes = models.PositiveIntegerField(default=0)
 
     objects = TenantScopedManager()
+
+    # Not a column: set by the retention page (retention.views), from the tenant's plan of the day.
+    restorable_until: datetime | None
 
     class Meta:
         ordering = ["-at", "-id"]

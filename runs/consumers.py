@@ -25,7 +25,7 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from channels.db import database_sync_to_async
@@ -83,7 +83,8 @@ def _stored_next_seq(identity: SocketIdentity, run_id: str) -> int:
 
 class LiveConsumer(AsyncWebsocketConsumer):
     # No channel of its own: what a socket follows reaches it through the process's relay.
-    channel_layer_alias = None
+    # None: no channel layer (channels finds none by that name), which its stubs do not allow for.
+    channel_layer_alias = None  # type: ignore[assignment]
 
     async def connect(self) -> None:
         self.identity: SocketIdentity | None = None
@@ -92,7 +93,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.row_versions: dict[str, list[float]] = {}
         self.joined: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
-        found = await database_sync_to_async(socket_identity)(self.scope)
+        found = await database_sync_to_async(socket_identity)(cast(dict[str, Any], self.scope))
         # Accepted first, then closed: a close code reaches the client only after the handshake.
         await self.accept()
         if isinstance(found, SocketRefusal):

@@ -10,7 +10,7 @@ schema come from DRF.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import QuerySet
 from rest_framework.exceptions import NotFound
@@ -32,13 +32,18 @@ class RunCursorPagination(CursorPagination):
     ordering = ("-started", "-id")
     template = None
 
-    def paginate_queryset(self, queryset: QuerySet[Run], request: Request, view: Any = None) -> list[Run]:
+    # Pages runs only: run_page's keyset query is theirs.
+    def paginate_queryset(  # type: ignore[override]
+        self, queryset: QuerySet[Run], request: Request, view: Any = None
+    ) -> list[Run]:
         self.request = request
         self.base_url = request.build_absolute_uri()
-        self.page_size = self.get_page_size(request)
+        # Never None: without a valid page_size parameter, DRF answers the class's page_size.
+        self.page_size = cast(int, self.get_page_size(request))
         self.cursor = self.decode_cursor(request)
         backwards = bool(self.cursor and self.cursor.reverse)
-        position = self._decode_position(self.cursor.position) if self.cursor else None
+        # DRF's cursors carry their position as text (its stubs say int); decode_cursor checked it.
+        position = self._decode_position(cast(str, self.cursor.position)) if self.cursor else None
         rows = run_page(queryset, position=position, backwards=backwards, limit=self.page_size + 1)
         more = len(rows) > self.page_size
         self.page = rows[: self.page_size]
@@ -48,7 +53,7 @@ class RunCursorPagination(CursorPagination):
         else:
             self.has_next, self.has_previous = more, position is not None
         # An empty page past either end still links back to where it came from.
-        self.previous_position = self.next_position = self.cursor.position if self.cursor else None
+        self.previous_position = self.next_position = cast(str, self.cursor.position) if self.cursor else None
         return self.page
 
     def decode_cursor(self, request: Request) -> Cursor | None:
@@ -58,7 +63,7 @@ class RunCursorPagination(CursorPagination):
             cursor = super().decode_cursor(request)
         except NotFound as exc:
             raise self._invalid() from exc
-        if cursor.position is None or cursor.offset:
+        if cursor is None or cursor.position is None or cursor.offset:
             raise self._invalid()
         return cursor
 
@@ -66,13 +71,15 @@ class RunCursorPagination(CursorPagination):
         if not self.has_next:
             return None
         position = self._position(self.page[-1]) if self.page else self.next_position
-        return self.encode_cursor(Cursor(offset=0, reverse=False, position=position))
+        # A text position, as DRF's own cursors carry (its stubs say int).
+        return self.encode_cursor(Cursor(offset=0, reverse=False, position=position))  # type: ignore[arg-type]
 
     def get_previous_link(self) -> str | None:
         if not self.has_previous:
             return None
         position = self._position(self.page[0]) if self.page else self.previous_position
-        return self.encode_cursor(Cursor(offset=0, reverse=True, position=position))
+        # A text position, as DRF's own cursors carry (its stubs say int).
+        return self.encode_cursor(Cursor(offset=0, reverse=True, position=position))  # type: ignore[arg-type]
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
         parameters = super().get_schema_operation_parameters(view)

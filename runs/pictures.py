@@ -26,6 +26,8 @@ LABEL_CHARS = 22
 GANTT_LABEL_W, GANTT_CHART_W = 190, 760
 GANTT_ROW_H, GANTT_BAR_H = 24, 14
 GANTT_TOP, GANTT_BOTTOM = 8, 26
+# A closed attempt's outcome by its `ok`, which is None where its end told none (at run_end, say).
+GANTT_OUTCOMES: dict[bool | None, str] = {True: "ok", False: "failed"}
 
 # History chart: one bar per listed run, oldest on the left.
 CHART_W, CHART_H, CHART_BOTTOM, CHART_LEFT = 720, 120, 18, 48
@@ -234,7 +236,7 @@ def gantt_picture(
             x = x_of(attempt.start)
             end_x = x_of(attempt.end) if attempt.end is not None else final_x
             final_width = max(2.0, end_x - x)
-            outcome = "open" if attempt.open else {True: "ok", False: "failed"}.get(attempt.ok, "unknown")
+            outcome = "open" if attempt.open else GANTT_OUTCOMES.get(attempt.ok, "unknown")
             bar = GanttBar(
                 node=node_id,
                 attempt=attempt.attempt,

@@ -213,7 +213,7 @@ def _check_node_attempt(event: dict, errors: list[FieldError]) -> None:
         errors.append(FieldError("attempt", _ATTEMPT_RULE))
     if type(event.get("ok")) is not bool:
         errors.append(FieldError("ok", "must be true or false"))
-    duration = event.get("duration_s")
+    duration: Any = event.get("duration_s")
     if type(duration) not in (int, float) or not 0 <= duration <= MAX_DURATION_S:
         # NaN fails the comparison too; orjson reads no infinity.
         errors.append(FieldError("duration_s", f"must be a number of seconds from 0 to {MAX_DURATION_S}"))
@@ -290,7 +290,7 @@ def validate_graph(graph: Any, prefix: str = "") -> list[FieldError]:
         if not isinstance(node, dict):
             errors.append(FieldError(where, "must be an object with an id"))
             continue
-        node_id = node.get("id")
+        node_id: Any = node.get("id")
         if _bad_node(node_id):
             errors.append(FieldError(f"{where}.id", _NODE_RULE))
         elif node_id in seen:
@@ -332,7 +332,7 @@ def validate_event(event: Any) -> list[FieldError]:
                 "2026-11-20T10:00:00.000Z, whose UTC time falls in years 1 to 9999",
             )
         )
-    kind = event.get("event")
+    kind: Any = event.get("event")
     if _bad_str(kind) or len(kind) > MAX_EVENT_KIND:
         errors.append(
             FieldError(

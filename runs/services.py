@@ -15,11 +15,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 from django.db import connection, transaction
-from django.db.models import JSONField, Model
+from django.db.models import Field, JSONField, Model
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
@@ -27,6 +27,7 @@ from kahn_site.rows import bound_cursor, columns
 from runs import reduction
 from runs.live import LIVE_EVENTS_PER_MESSAGE, live_publish_changes
 from runs.models import Diagnostic, Event, Run, RunNode
+from runs.reduction import Diagnostic as ReducedDiagnostic
 from tenants.context import directly_in_request_transaction, tenant_atomic
 from tenants.models import Tenant
 
@@ -115,7 +116,7 @@ class _RowSink:
         if len(self._rows) > ROWS_IN_ONE_INSERT:
             self._open_copy()
             for held in self._rows:
-                self._copy.write_row(held)
+                self._write(held)
             self._rows = []
 
     def _open_copy(self) -> None:
@@ -234,7 +235,8 @@ def _table_shape(model: type[Model], columns: tuple[str, ...], vendor: str) -> _
     """A table's names and types for its sink, worked out once: a producer's request makes three
     sinks, and asking every field for its type each time cost more than the rows it writes."""
     quote = connection.ops.quote_name
-    record, json_columns = "", ()
+    record = ""
+    json_columns: tuple[int, ...] = ()
     if vendor == "postgresql":
         fields = {f.column: f for f in model._meta.concrete_fields}
         types = [fields[c].db_type(connection) for c in columns]
@@ -304,7 +306,7 @@ def _role_bypasses_rls() -> bool:
         with connection.cursor() as cursor:
             cursor.execute("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user")
             known = (role, bool(cursor.fetchone()[0]))
-        connection.kahn_rls_exemption = known
+        connection.kahn_rls_exemption = known  # type: ignore[attr-defined]  # a memo on Django's wrapper
     return known[1]
 
 
@@ -317,7 +319,7 @@ class RunChange:
     sink: _RowSink
     created: bool
     appended: int = 0
-    diagnostics: list[reduction.Diagnostic] = field(default_factory=list)
+    diagnostics: list[ReducedDiagnostic] = field(default_factory=list)
     nodes_changed: bool = False
     summary_set: bool = False
     # The graph or the summary was set by this batch (see DOCUMENT_FIELDS).
@@ -388,7 +390,7 @@ class RunChange:
             self.run.summary = summary
             self.summary_set = self.documents_changed = True
 
-    def diagnose(self, diagnostic: reduction.Diagnostic) -> None:
+    def diagnose(self, diagnostic: ReducedDiagnostic) -> None:
         self.diagnostics.append(diagnostic)
 
     @property
@@ -615,7 +617,7 @@ def _row_values(run: Run, names: tuple[str, ...] = ROW_FIELDS) -> tuple[Any, ...
 @functools.cache
 def _row_fields(names: tuple[str, ...], vendor: str) -> tuple[tuple[str, bool, Any], ...]:
     """For each name: its attribute, whether it is JSON, and the field to prepare it (None: as is)."""
-    fields = [Run._meta.get_field(name) for name in names]
+    fields = [cast(Field, Run._meta.get_field(name)) for name in names]
     return tuple((f.attname, isinstance(f, JSONField), None if vendor == "postgresql" else f) for f in fields)
 
 
@@ -628,7 +630,10 @@ def _json_param(value: Any, on_postgresql: bool) -> Any:
 def _update_sql(fields: tuple[str, ...]) -> str:
     """The UPDATE of these run fields by id, written once (every producer's request runs one)."""
     quote = connection.ops.quote_name
-    assignments = ", ".join(f"{quote(Run._meta.get_field(f).column)} = %s" for f in fields)
+    # Every name is a concrete field's, with a column (get_field may also answer a relation).
+    assignments = ", ".join(
+        f"{quote(cast(str, cast(Field, Run._meta.get_field(f)).column))} = %s" for f in fields
+    )
     return f"UPDATE {Run._meta.db_table} SET {assignments} WHERE id = %s"
 
 

@@ -142,7 +142,8 @@ def build_timeline(graph: dict[str, Any] | None, events: Iterable[EventRow]) -> 
             started = ts
         elif kind == "transition" and node_id:
             node = node_of(node_id)
-            target, attempt = payload.get("to"), payload.get("attempt")
+            target: Any = payload.get("to")
+            attempt: Any = payload.get("attempt")
             current = open_attempts.get(node_id)
             if current is not None and (target != "running" or attempt != current.attempt):
                 _close(current, seq, ts, ok=_ok_from_state(target))
@@ -180,7 +181,7 @@ def _close(attempt: Attempt, seq: int, ts: datetime, *, ok: bool | None) -> None
 def _record(
     node: NodeTimeline, open_attempts: dict[str, Attempt], seq: int, ts: datetime, payload: dict[str, Any]
 ) -> None:
-    number = payload.get("attempt")
+    number: Any = payload.get("attempt")
     attempt = next((a for a in reversed(node.attempts) if a.attempt == number and not a.recorded), None)
     if attempt is None:
         # A record with no `to: running` before it: its start is known only from its duration.

@@ -65,7 +65,7 @@ class HistoryFilterForm(forms.Form):
     page_size = forms.TypedChoiceField(
         required=False,
         coerce=int,
-        empty_value=DEFAULT_PAGE_SIZE,
+        empty_value=DEFAULT_PAGE_SIZE,  # type: ignore[arg-type]  # any value, in Django; str in its stubs
         choices=[(n, n) for n in (25, 50, 100, MAX_PAGE_SIZE)],
         label="Per page",
     )
@@ -128,7 +128,7 @@ def run_history(request: HttpRequest) -> HttpResponse:
 def _without_cursor(request: HttpRequest) -> HttpRequest:
     copy = request.GET.copy()
     copy.pop("cursor", None)
-    request.GET = copy
+    request.GET = copy  # type: ignore[assignment]  # the view's own copy; Django's is read-only
     return request
 
 

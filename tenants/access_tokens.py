@@ -28,7 +28,7 @@ from urllib.parse import quote
 import jwt
 import requests
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.cache import cache
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework.authentication import BaseAuthentication
@@ -92,7 +92,7 @@ def access_token_verify(token: str) -> AccessToken:
     )
 
 
-def user_for_access_token(access_token: AccessToken) -> AbstractBaseUser | None:
+def user_for_access_token(access_token: AccessToken) -> User | None:
     """The active user the token's `sub` signed in as, or None: identity is by `sub` (tenants.oidc)."""
     identity = Identity.objects.select_related("user").filter(sub=access_token.sub).first()
     if identity is None or not identity.user.is_active:

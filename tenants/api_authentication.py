@@ -49,10 +49,10 @@ class SessionAuthentication(authentication.SessionAuthentication):
     """
 
     def enforce_csrf(self, request: Request) -> None:
-        super().enforce_csrf(request._request)
+        super().enforce_csrf(request._request)  # type: ignore[arg-type]  # Django's request, on purpose
 
 
 class SessionAuthenticationScheme(SessionScheme):
     """How the OpenAPI schema names the session: as DRF's, which this one is apart from its CSRF check."""
 
-    target_class = SessionAuthentication
+    target_class = SessionAuthentication  # type: ignore[assignment]  # a class, or a dotted path as in the base

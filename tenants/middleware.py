@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from importlib import import_module
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -25,6 +26,7 @@ from rest_framework.exceptions import NotAuthenticated
 from rest_framework.permissions import SAFE_METHODS
 
 from tenants.access_tokens import (
+    AccessToken,
     InvalidAccessToken,
     ProviderUnavailable,
     access_token_verify,
@@ -32,10 +34,13 @@ from tenants.access_tokens import (
     user_for_access_token,
 )
 from tenants.context import NoTenantError, request_transaction
-from tenants.models import LOCAL_TENANT_SLUG, Tenant
+from tenants.models import LOCAL_TENANT_SLUG, ApiKey, Membership, Tenant
 from tenants.permissions import READ
 from tenants.selectors import NotAMember, membership_list_for_user, tenant_chosen_for_user
 from tenants.services import api_key_find, api_key_mark_used
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 logger = logging.getLogger(__name__)
 
@@ -45,17 +50,34 @@ ORGANIZATION_HEADER = "X-Organization"
 API_PREFIX = "/api/"
 
 
+class TenantRequest(HttpRequest):
+    """A request as the tenant middleware passes it on: what it sets, for the type checker."""
+
+    tenant: Tenant | None
+    memberships: list[Membership]  # the user's, in every tenant (cloud mode)
+    membership: Membership | None  # the user's in `tenant`; an API key is no one's
+    access_token: AccessToken | None  # cloud mode
+    api_key: ApiKey  # cloud mode, on a request that carries one (read it with getattr)
+
+
+class ManagerRequest(TenantRequest):
+    """A request that `tenants.views.tenant_managers_only` let through: its user manages the tenant."""
+
+    user: User
+    membership: Membership
+
+
 class _TenantMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
-    def choose_tenant(self, request: HttpRequest) -> Tenant | HttpResponse | None:
+    def choose_tenant(self, request: TenantRequest) -> Tenant | HttpResponse | None:
         raise NotImplementedError
 
     def request_done(self, request: HttpRequest) -> None:
         """After the request's transaction: bookkeeping that an error answer must not roll back."""
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, request: TenantRequest) -> HttpResponse:
         request.tenant = None
         request.memberships = []
         request.membership = None
@@ -88,7 +110,7 @@ class CloudTenantMiddleware(_TenantMiddleware):
     """Cloud mode: the tenant of the request's API key, else of the user of its access token (a
     machine client's), else of the logged-in user."""
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, request: TenantRequest) -> HttpResponse:
         request.access_token = None
         bearer = _bearer(request)
         if bearer is not None and is_access_token(bearer):
@@ -99,7 +121,7 @@ class CloudTenantMiddleware(_TenantMiddleware):
                 return refusal
         return super().__call__(request)
 
-    def choose_tenant(self, request: HttpRequest) -> Tenant | HttpResponse | None:
+    def choose_tenant(self, request: TenantRequest) -> Tenant | HttpResponse | None:
         if request.access_token is not None:
             user = user_for_access_token(request.access_token)
             if user is None:
@@ -129,9 +151,10 @@ class CloudTenantMiddleware(_TenantMiddleware):
         return self.choose_tenant_for_user(request, session_tenant_id=request.session.get(SESSION_TENANT_KEY))
 
     def choose_tenant_for_user(
-        self, request: HttpRequest, *, session_tenant_id: object
+        self, request: TenantRequest, *, session_tenant_id: object
     ) -> Tenant | HttpResponse | None:
-        memberships = membership_list_for_user(user_id=request.user.pk)
+        # A user who signed in, or the subject of an access token: never anonymous here.
+        memberships = membership_list_for_user(user_id=cast(int, request.user.pk))
         request.memberships = memberships
         try:
             return tenant_chosen_for_user(
@@ -170,7 +193,7 @@ def _bearer(request: HttpRequest) -> str | None:
     return credentials.strip() if scheme.lower() == "bearer" else None
 
 
-def cloud_credentials_refusal(request: HttpRequest) -> HttpResponse | None:
+def cloud_credentials_refusal(request: TenantRequest) -> HttpResponse | None:
     """Cloud mode's check of a request that carries a body, made from its headers before the body
     is read (ingest.bodies, `KAHN_BODY_CREDENTIALS`): its refusal if it has no valid credentials,
     else None. The same checks the whole request meets later: an API key as `CloudTenantMiddleware`
@@ -207,7 +230,7 @@ def _invalid_api_key() -> HttpResponse:
     return JsonResponse(body, status=401, headers={"WWW-Authenticate": 'Bearer realm="kahn"'})
 
 
-def _access_token_refusal(request: HttpRequest, token: str) -> HttpResponse | None:
+def _access_token_refusal(request: TenantRequest, token: str) -> HttpResponse | None:
     """Verifies the request's access token into `request.access_token`; else the answer refusing it.
 
     A token reads the API and nothing else: runs are written by producers' API keys, and pages are

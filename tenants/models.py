@@ -3,6 +3,7 @@
 import secrets
 import string
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -77,6 +78,10 @@ class Membership(models.Model):
 
     objects = MembershipManager()
 
+    # Not a column: set by the Members page (tenants.views), false for a person invited by email
+    # who has not signed in yet.
+    signed_in: bool
+
     class Meta:
         # The first membership is the default tenant of a user with no other choice.
         ordering = ["created_at", "id"]
@@ -112,7 +117,7 @@ class MembershipChange(models.Model):
     from_role = models.CharField(max_length=10, choices=Role.choices, blank=True)
     to_role = models.CharField(max_length=10, choices=Role.choices, blank=True)
 
-    objects: TenantScopedManager["MembershipChange"] = TenantScopedManager()
+    objects = TenantScopedManager()
 
     class Meta:
         ordering = ["-at", "-id"]
@@ -205,7 +210,7 @@ class ApiKeyManager(TenantScopedManager["ApiKey"]):
             f"JOIN {Tenant._meta.db_table} t ON t.id = k.tenant_id "
             f"JOIN {Plan._meta.db_table} p ON p.id = t.plan_id WHERE k.key_hash = %s"
         )
-        params = [TENANT_SETTING, now or timezone.now(), key_hash] if bind else [key_hash]
+        params: list[Any] = [TENANT_SETTING, now or timezone.now(), key_hash] if bind else [key_hash]
         if not postgresql:
             with connection.cursor() as cursor:
                 cursor.execute(select, params)
@@ -258,6 +263,9 @@ class ApiKey(models.Model):
     )
 
     objects = ApiKeyManager()
+
+    # Not a column: set by the API keys page (tenants.views) for the time it shows them at.
+    state: str  # active, expired or revoked
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import jwt
 import requests
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import SuspiciousOperation
 from django.db import transaction
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
@@ -30,9 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 class TenantOIDCBackend(OIDCAuthenticationBackend):
-    def get_or_create_user(
-        self, access_token: str, id_token: str, payload: dict[str, Any]
-    ) -> AbstractBaseUser:
+    def get_or_create_user(self, access_token: str, id_token: str, payload: dict[str, Any]) -> User:
         claims = self.get_userinfo(access_token, id_token, payload)
         sub = payload.get("sub")
         # OIDC Core 5.3.2: the userinfo `sub` must be the ID token's, or the claims are someone else's.
@@ -77,7 +75,7 @@ class TenantOIDCBackend(OIDCAuthenticationBackend):
             raise SuspiciousOperation(f"{len(keys)} of the provider's keys match the ID token's header")
         return jwt.PyJWK(keys[0])
 
-    def invited_user(self, claims: dict[str, Any]) -> AbstractBaseUser | None:
+    def invited_user(self, claims: dict[str, Any]) -> User | None:
         """The one user made in advance for this verified email, still without an identity."""
         email = verified_email(claims)
         if not email:
@@ -85,12 +83,12 @@ class TenantOIDCBackend(OIDCAuthenticationBackend):
         candidates = list(self.UserModel.objects.filter(email__iexact=email, identity__isnull=True)[:2])
         return candidates[0] if len(candidates) == 1 else None
 
-    def new_user(self, claims: dict[str, Any]) -> AbstractBaseUser:
+    def new_user(self, claims: dict[str, Any]) -> User:
         # A stable username that reveals nothing: the sub may be an email at some providers.
         digest = hashlib.sha256(claims["sub"].encode()).hexdigest()[:24]
         return self.UserModel.objects.create_user(username=f"oidc_{digest}", email=verified_email(claims))
 
-    def update_display_fields(self, user: AbstractBaseUser, claims: dict[str, Any]) -> None:
+    def update_display_fields(self, user: User, claims: dict[str, Any]) -> None:
         """What the provider says now about the person's email and name; claims it omits change nothing.
 
         An email the provider does not verify clears the stored one: the provider no longer vouches

@@ -55,7 +55,7 @@ def api_key_get(*, tenant: Tenant, key_id: int) -> ApiKey | None:
 
 def membership_list(*, tenant: Tenant) -> list[Membership]:
     """The tenant's members, owners first, with their users and login identities (none yet: invited)."""
-    order = {Role.OWNER: 0, Role.ADMIN: 1, Role.MEMBER: 2}
+    order: dict[str, int] = {Role.OWNER: 0, Role.ADMIN: 1, Role.MEMBER: 2}
     memberships = Membership.objects.filter(tenant=tenant).select_related("user", "user__identity")
     return sorted(memberships, key=lambda m: (order.get(m.role, 3), m.created_at, m.pk))
 

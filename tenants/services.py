@@ -13,7 +13,7 @@ from functools import partial
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
@@ -61,7 +61,7 @@ def tenant_key_prefix_for(slug: str) -> str:
             return prefix
 
 
-def user_for_email(*, email: str) -> AbstractBaseUser:
+def user_for_email(*, email: str) -> User:
     """The user with this email, or a new one who will be claimed at their first sign-in.
 
     A new user has no login identity yet: the first OIDC sign-in with this email, verified by the
@@ -104,7 +104,7 @@ def tenant_create(
     return tenant
 
 
-def user_claim_waiting_memberships(*, user: AbstractBaseUser, verified_email: str) -> None:
+def user_claim_waiting_memberships(*, user: User, verified_email: str) -> None:
     """Memberships waiting for `verified_email` become `user`'s, who just signed in with it verified.
 
     They wait on a user made for the address who never signed in (`user_for_email`); a first
@@ -119,7 +119,7 @@ def user_claim_waiting_memberships(*, user: AbstractBaseUser, verified_email: st
         # Staff rights are an operator's grant to one user: an address does not carry them across.
         .filter(is_staff=False, is_superuser=False)
     )
-    strength = {Role.OWNER: 0, Role.ADMIN: 1, Role.MEMBER: 2}
+    strength: dict[str, int] = {Role.OWNER: 0, Role.ADMIN: 1, Role.MEMBER: 2}
     for placeholder in waiting:
         for membership in membership_list_for_user(user_id=placeholder.pk):
             with tenant_atomic(membership.tenant):
@@ -136,7 +136,7 @@ def user_claim_waiting_memberships(*, user: AbstractBaseUser, verified_email: st
         placeholder.delete()
 
 
-def membership_create(*, tenant: Tenant, user: AbstractBaseUser, role: str = Role.MEMBER) -> Membership:
+def membership_create(*, tenant: Tenant, user: User, role: str = Role.MEMBER) -> Membership:
     # A membership is the tenant's own row: written inside its binding, like any tenant data.
     with tenant_atomic(tenant):
         membership, _ = Membership.objects.update_or_create(tenant=tenant, user=user, defaults={"role": role})
@@ -151,7 +151,7 @@ def membership_create(*, tenant: Tenant, user: AbstractBaseUser, role: str = Rol
 # in the transaction that makes it.
 
 
-def person_label(user: AbstractBaseUser) -> str:
+def person_label(user: User) -> str:
     """How a person is named in the record: the email shows (if any is known), the id identifies."""
     return f"{getattr(user, 'email', '') or user.get_username()} (user {user.pk})"
 
@@ -285,7 +285,7 @@ def api_key_create(
     *,
     tenant: Tenant,
     name: str,
-    created_by: AbstractBaseUser | None = None,
+    created_by: User | None = None,
     expires_at: datetime | None = None,
     scopes: Iterable[str] = (),
 ) -> tuple[ApiKey, str]:

@@ -201,10 +201,10 @@ def socket_identity_still_valid(identity: SocketIdentity) -> bool:
         request.session = import_module(settings.SESSION_ENGINE).SessionStore(
             session_key=identity.session_key
         )
-        user = auth.get_user(request)
-        if not user.is_authenticated or user.pk != identity.user_id:
+        session_user = auth.get_user(request)
+        if not session_user.is_authenticated or session_user.pk != identity.user_id:
             return False
-        memberships = membership_list_for_user(user_id=user.pk)
+        memberships = membership_list_for_user(user_id=session_user.pk)
         return any(membership.tenant_id == identity.tenant.pk for membership in memberships)
     return True
 
@@ -229,7 +229,7 @@ class SiteOriginValidator:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         if scope["type"] == "websocket" and not _sends_bearer(scope) and not origin_is_the_sites(scope):
-            return await WebsocketDenier()(scope, receive, send)
+            return await WebsocketDenier()(scope, receive, send)  # type: ignore[arg-type]  # channels' scope type
         return await self.application(scope, receive, send)
 
 

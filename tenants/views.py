@@ -28,7 +28,7 @@ from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCLogout
 from kahn_site.live_fanout import SOCKET_UNAUTHENTICATED, credential_group_for_session, live_close_sockets
 from tenants import selectors, services
 from tenants.context import tenant_current
-from tenants.middleware import SESSION_TENANT_KEY
+from tenants.middleware import SESSION_TENANT_KEY, ManagerRequest, TenantRequest
 from tenants.models import ApiKeyScope, Membership, Role
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class SignOutView(OIDCLogoutView):
 
 @require_GET
 @login_required
-def workspace_list(request: HttpRequest) -> HttpResponse:
+def workspace_list(request: TenantRequest) -> HttpResponse:
     """The user's workspaces, to switch between; "no workspace yet" when there are none."""
     if not request.memberships:
         return render(request, "tenants/no_workspace.html")
@@ -108,7 +108,7 @@ def workspace_list(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @login_required
-def workspace_switch(request: HttpRequest) -> HttpResponse:
+def workspace_switch(request: TenantRequest) -> HttpResponse:
     slug = request.POST.get("tenant", "")
     chosen = next((m.tenant for m in request.memberships if m.tenant.slug == slug), None)
     if chosen is None:
@@ -147,7 +147,7 @@ def tenant_managers_only(view: Callable[..., HttpResponse]) -> Callable[..., Htt
 
     @wraps(view)
     @login_required
-    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def guarded(request: TenantRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         tenant = tenant_current()  # no workspace yet: the middleware shows the "no workspace" page
         membership = request.membership
         if membership is None or not membership.manages_tenant:
@@ -201,7 +201,7 @@ class ApiKeyCreateForm(forms.Form):
 @never_cache
 @require_http_methods(["GET", "POST"])
 @tenant_managers_only
-def api_keys(request: HttpRequest) -> HttpResponse:
+def api_keys(request: ManagerRequest) -> HttpResponse:
     """The workspace's keys, and a form for a new one, whose key this answer shows once.
 
     The new key is shown in the answer to the POST itself, not after a redirect: carrying it to a
@@ -302,7 +302,7 @@ def _members_page(
 @never_cache
 @require_http_methods(["GET", "POST"])
 @tenant_managers_only
-def members(request: HttpRequest) -> HttpResponse:
+def members(request: ManagerRequest) -> HttpResponse:
     """The workspace's members and their roles, what changed, and a form to invite someone."""
     if request.method != "POST":
         return _members_page(request)
@@ -336,7 +336,7 @@ def _back_to_members(request: HttpRequest, *, still_manages: bool) -> HttpRespon
 
 @require_POST
 @tenant_managers_only
-def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
+def member_role(request: ManagerRequest, membership_id: int) -> HttpResponse:
     membership = _membership_or_404(membership_id)
     role = request.POST.get("role", "")
     try:
@@ -350,7 +350,7 @@ def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
 
 @require_POST
 @tenant_managers_only
-def member_remove(request: HttpRequest, membership_id: int) -> HttpResponse:
+def member_remove(request: ManagerRequest, membership_id: int) -> HttpResponse:
     membership = _membership_or_404(membership_id)
     try:
         services.membership_remove(membership=membership, by=request.membership)

@@ -233,7 +233,8 @@ class Command(BaseCommand):
         from kahn_site.http_server import AdmittingServer
 
         # Static files come from the app itself: OSS has no web server in front and no build step.
-        application = ASGIStaticFilesHandler(get_default_application())
+        # Any ASGI application, in Django; its stubs name Django's own handler.
+        application = ASGIStaticFilesHandler(get_default_application())  # type: ignore[arg-type]
         shown = f"[{host}]" if ":" in host else host
 
         def ready() -> None:

@@ -7,13 +7,16 @@ tables), and then the service role of `DATABASE_URL` is granted what it needs
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
 from django.core.management.commands.migrate import Command as DjangoMigrate
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from tenants.database_roles import database_grant_service_role
+
+if TYPE_CHECKING:
+    from django.db.backends.postgresql.base import DatabaseWrapper
 
 CONNECTION_KEYS = ("NAME", "USER", "PASSWORD", "HOST", "PORT", "OPTIONS")
 
@@ -24,8 +27,9 @@ class Command(DjangoMigrate):
     def handle(self, *args: Any, **options: Any) -> None:
         owner = getattr(settings, "KAHN_DATABASE_OWNER", None)
         if not owner or options["database"] != DEFAULT_DB_ALIAS:
-            return super().handle(*args, **options)
-        connection = connections[DEFAULT_DB_ALIAS]
+            super().handle(*args, **options)
+            return
+        connection = cast("DatabaseWrapper", connections[DEFAULT_DB_ALIAS])  # an owner: cloud, PostgreSQL
         service = {key: connection.settings_dict.get(key) for key in CONNECTION_KEYS}
         # This process only migrates: point its connection at the owner, then back at the service.
         # A pool (cloud mode) holds connections of the role it opened them as: close it each time.
