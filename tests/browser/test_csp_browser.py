@@ -105,6 +105,9 @@ def test_an_inline_script_or_style_put_into_a_page_is_refused_and_reported(oss_u
     assert any(v.startswith("script-src-attr refused inline") for v in refused), refused
     assert page.evaluate("window.handlerRan") is None
     assert any("Content Security Policy" in error for error in page.console_errors), page.console_errors
+    # The missing image's 404 reaches the console when its load fails, which can come last.
+    if not any("404" in error for error in page.console_errors):
+        page.wait_for_event("console", predicate=lambda message: "404" in message.text)
     page.console_errors.clear()
 
 
