@@ -202,17 +202,3 @@ def _before(ts: datetime, seconds: float) -> datetime:
         return ts - timedelta(seconds=seconds)
     except OverflowError:
         return datetime.min.replace(tzinfo=ts.tzinfo)
-
-
-def attempt_as_dict(attempt: Attempt) -> dict[str, Any]:
-    return {
-        "attempt": attempt.attempt,
-        "start": attempt.start,
-        "end": attempt.end,
-        "duration_s": attempt.duration_s,
-        "ok": attempt.ok,
-        "exit_code": attempt.exit_code,
-        "error": attempt.error,
-        "start_seq": attempt.start_seq,
-        "end_seq": attempt.end_seq,
-    }
