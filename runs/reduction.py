@@ -355,16 +355,33 @@ def validate_event(event: Any) -> list[FieldError]:
 # ---------------------------------------------------------------- the reduction
 
 
+class ReductionStateError(ValueError):
+    """A stored state this code cannot read: written by another version of the reduction."""
+
+
 class RunReduction:
     """A run's state, advanced one event at a time in ``seq`` order.
 
     Order is append order: many events share a ``ts``, so nothing here ever sorts or compares by
     ``ts``; it is read only for ``started``, ``ended`` and ``last_event_ts``.
+
+    The state (`to_state`, given back to the constructor) is this class's own business: readers
+    ask the reduction (`died_mid_attempt`, `node_states`, `row`) rather than read its keys. It
+    carries its `version`; a state of another version is refused, never misread.
     """
+
+    STATE_VERSION = 1
 
     def __init__(self, run_id: str, state: dict[str, Any] | None = None) -> None:
         self.run_id = run_id
         state = state or {}
+        # States stored before they carried a version have version 1's shape.
+        version = state.get("version", 1)
+        if version != self.STATE_VERSION:
+            raise ReductionStateError(
+                f"run {run_id!r}: stored reduction state version {version!r}, "
+                f"this code reads version {self.STATE_VERSION}"
+            )
         self.next_seq: int = state.get("next_seq", 0)
         # node id -> [state, highest running attempt, named by graph.json]; a list keeps it ordered
         # through a JSON column (jsonb does not keep key order).
@@ -381,6 +398,7 @@ class RunReduction:
 
     def to_state(self) -> dict[str, Any]:
         return {
+            "version": self.STATE_VERSION,
             "next_seq": self.next_seq,
             "nodes": [[node, *values] for node, values in self.nodes.items()],
             "has_graph": self.has_graph,
