@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 from runs.reduction import Diagnostic
@@ -135,15 +136,16 @@ RUN_ROW_SHOWN = (
     "diagnostic_counts",
     "last_event_at",
 )
-_TIMES = frozenset(("started", "ended", "last_event_at"))
+_TIMES = ("started", "ended", "last_event_at")
+_shown = attrgetter(*RUN_ROW_SHOWN)
 
 
 def run_row_data(row: RunRow) -> dict[str, Any]:
     """A row as JSON-ready values: what the API lists and live sockets send."""
-    return {
-        name: timestamp(getattr(row, name)) if name in _TIMES else getattr(row, name)
-        for name in RUN_ROW_SHOWN
-    }
+    data = dict(zip(RUN_ROW_SHOWN, _shown(row), strict=True))
+    for name in _TIMES:
+        data[name] = timestamp(data[name])
+    return data
 
 
 def attempt_data(attempt: Attempt) -> dict[str, Any]:

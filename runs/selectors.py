@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 from django.conf import settings
@@ -33,7 +34,8 @@ OUTCOMES = ("clean", "clean_with_flake", "failed")
 # What a history row reads: the columns `RunRow` names, never the reduction's working state or the
 # producer's files, which are many times larger.
 _RUN_COLUMNS = frozenset(f.name for f in Run._meta.concrete_fields)
-RUN_ROW_COLUMNS = tuple(f.name for f in fields(RunRow) if f.name in _RUN_COLUMNS)
+ROW_FIELDS = tuple(f.name for f in fields(RunRow))
+RUN_ROW_COLUMNS = tuple(name for name in ROW_FIELDS if name in _RUN_COLUMNS)
 # And what a run's detail reads besides: every column but those the write path alone needs.
 RUN_DETAIL_COLUMNS = (
     *RUN_ROW_COLUMNS,
@@ -141,11 +143,7 @@ def _reduction(run_id: str, state: dict[str, Any]) -> RunReduction:
     return RunReduction(run_id, state)
 
 
-def _status_and_open_attempts(run: Run, now: datetime, state: dict[str, Any] | None) -> dict[str, Any]:
-    status = run.status_at(now)
-    if status != "interrupted" or state is None:
-        return {"status": status}
-    return {"status": status, "open_attempts": tuple(_reduction(run.run_id, state).died_mid_attempt())}
+_row_values = attrgetter(*RUN_ROW_COLUMNS)
 
 
 def run_rows(runs: Sequence[Run], *, tenant: Tenant | None, now: datetime) -> list[RunRow]:
@@ -156,22 +154,33 @@ def run_rows(runs: Sequence[Run], *, tenant: Tenant | None, now: datetime) -> li
     read with it, takes one query for the whole page, none when the page holds no interrupted run.
     Runs that carry their state (the write path's) need no query and no `tenant`.
     """
-    carried = {run.pk: "reduction_state" not in run.get_deferred_fields() for run in runs}
-    missing = [run.pk for run in runs if not carried[run.pk] and run.status_at(now) == "interrupted"]
+    if not runs:
+        return []
+    # Runs of one read: they all carry the state, or none does.
+    carried = "reduction_state" not in runs[0].get_deferred_fields()
+    statuses = [run.status_at(now) for run in runs]
     states: dict[int, dict[str, Any]] = {}
-    if missing:
+    if carried:
+        states = {
+            run.pk: run.reduction_state for run, s in zip(runs, statuses, strict=True) if s == "interrupted"
+        }
+    elif "interrupted" in statuses:
         if tenant is None:
             raise ValueError("reading interrupted runs' reduction state needs their tenant")
+        missing = [run.pk for run, s in zip(runs, statuses, strict=True) if s == "interrupted"]
         states = dict(Run.objects.filter(tenant=tenant, pk__in=missing).values_list("pk", "reduction_state"))
-    return [
-        RunRow(
-            **{name: getattr(run, name) for name in RUN_ROW_COLUMNS},
-            **_status_and_open_attempts(
-                run, now, run.reduction_state if carried[run.pk] else states.get(run.pk)
-            ),
+    rows = []
+    for run, status in zip(runs, statuses, strict=True):
+        state = states.get(run.pk) if status == "interrupted" else None
+        open_attempts = tuple(_reduction(run.run_id, state).died_mid_attempt()) if state is not None else ()
+        rows.append(
+            RunRow(
+                **dict(zip(RUN_ROW_COLUMNS, _row_values(run), strict=True)),
+                status=status,
+                open_attempts=open_attempts,
+            )
         )
-        for run in runs
-    ]
+    return rows
 
 
 def run_get(*, tenant: Tenant, run_id: str) -> Run:
@@ -189,8 +198,7 @@ def run_detail(*, tenant: Tenant, run_id: str, now: datetime | None = None) -> R
         raise Run.DoesNotExist(run_id)
     run = Run.objects.only(*RUN_DETAIL_COLUMNS).get(tenant=tenant, run_id=run_id)
     reduction = _reduction(run.run_id, run.reduction_state)
-    derived = _status_and_open_attempts(run, now or timezone.now(), run.reduction_state)
-    open_attempts: tuple[Any, ...] = derived.get("open_attempts", ())
+    (row,) = run_rows([run], tenant=tenant, now=now or timezone.now())
     events = run_event_facts(tenant=tenant, run=run.pk)
     timeline = build_timeline(run.graph, events)
     nodes = []
@@ -216,12 +224,16 @@ def run_detail(*, tenant: Tenant, run_id: str, now: datetime | None = None) -> R
         DiagnosticRow(
             code=d.code, severity=d.severity, seq=d.seq, line=d.line, message=d.message, details=d.details
         )
-        for d in open_attempts
+        for d in row.open_attempts
     ]
     mismatch = next((d.details.get("fields") for d in reversed(stored) if d.code == "summary_mismatch"), None)
     return RunDetail(
-        **{name: getattr(run, name) for name in RUN_DETAIL_COLUMNS if name != "reduction_state"},
-        **derived,
+        **{name: getattr(row, name) for name in ROW_FIELDS},
+        **{
+            name: getattr(run, name)
+            for name in RUN_DETAIL_COLUMNS
+            if name not in ROW_FIELDS and name != "reduction_state"
+        },
         nodes=tuple(nodes),
         diagnostics=(*stored, *computed),
         summary_mismatch=mismatch,
