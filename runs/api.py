@@ -32,7 +32,15 @@ from retention.api import run_deleted_error
 from runs import selectors
 from runs.models import Run
 from runs.pagination import RunCursorPagination
-from runs.read_model import RUN_ROW_SHOWN, RunDetail, RunRow, run_detail_data, run_row_data, timestamp
+from runs.read_model import (
+    RUN_DETAIL_SHOWN,
+    RUN_ROW_SHOWN,
+    RunDetail,
+    RunRow,
+    run_detail_data,
+    run_row_data,
+    timestamp,
+)
 from runs.reduction import MAX_SEQ, run_id_valid
 from tenants.context import tenant_current
 
@@ -231,6 +239,10 @@ class RunDetailApi(APIView):
         except Run.DoesNotExist:
             raise _missing_run(run_id) from None
         return Response(self.OutputSerializer(detail).data)
+
+
+if tuple(RunDetailApi.OutputSerializer._declared_fields) != RUN_DETAIL_SHOWN:
+    raise ImproperlyConfigured("RunDetailApi's fields must be runs.read_model.RUN_DETAIL_SHOWN, in order")
 
 
 class RunEventsApi(APIView):

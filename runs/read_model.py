@@ -136,6 +136,8 @@ RUN_ROW_SHOWN = (
     "diagnostic_counts",
     "last_event_at",
 )
+# And of one run, besides its row.
+RUN_DETAIL_SHOWN = (*RUN_ROW_SHOWN, "graph", "nodes", "diagnostics")
 _TIMES = ("started", "ended", "last_event_at")
 _shown = attrgetter(*RUN_ROW_SHOWN)
 

@@ -36,7 +36,8 @@ OUTCOMES = ("clean", "clean_with_flake", "failed")
 _RUN_COLUMNS = frozenset(f.name for f in Run._meta.concrete_fields)
 ROW_FIELDS = tuple(f.name for f in fields(RunRow))
 RUN_ROW_COLUMNS = tuple(name for name in ROW_FIELDS if name in _RUN_COLUMNS)
-# And what a run's detail reads besides: every column but those the write path alone needs.
+# What a run's detail reads: the columns `RunDetail` names, and the reduction's state, which it asks
+# for the nodes' final states and the open attempts.
 RUN_DETAIL_COLUMNS = (
     *RUN_ROW_COLUMNS,
     *(f.name for f in fields(RunDetail) if f.name in _RUN_COLUMNS and f.name not in RUN_ROW_COLUMNS),
