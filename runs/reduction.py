@@ -3,7 +3,8 @@
 Pure Python, no Django: the archive importer, the ingest API and the tests all feed the same
 ``RunReduction`` one event at a time, in ``seq`` order. Its state is O(nodes), not O(events), and
 round-trips through JSON, so a run row can carry it and appending N events to a run of M events
-costs O(N), never a re-read of the M already stored.
+costs O(N), never a re-read of the M already stored. A reader that replays a stored log asks for
+its history too (`RunHistory`): every attempt as the same rules saw it, which the timeline lays out.
 """
 
 from __future__ import annotations
@@ -430,7 +431,7 @@ class RunHistory:
             if facts.attempt == number and not facts.recorded:
                 break
         else:
-            facts = AttemptFacts(node, number, seq, unannounced=True)  # type: ignore[arg-type]
+            facts = AttemptFacts(node, number, seq, unannounced=True)
             attempts.append(facts)
         facts.recorded = True
         facts.end_seq = seq
