@@ -24,15 +24,18 @@ def timestamp(value: datetime | None) -> str | None:
     """RFC 3339 UTC with milliseconds, as producers write them: `2026-11-20T10:00:00.000Z`."""
     if value is None:
         return None
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if value.tzinfo is not UTC:  # the databases give UTC already: most values skip the conversion
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="milliseconds")[:-6] + "Z"  # "+00:00" becomes "Z"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True)
 class RunRow:
     """One run of history: its row as the write path stored it, and its status at one moment.
 
     Every field named like a `Run` column is read from that column (`runs.selectors.RUN_ROW_COLUMNS`
     is derived from this class): a field added here is read, with nothing else to keep in step.
+    Those come first, in one run, and the derived ones after: a page of rows is built positionally.
     """
 
     id: int

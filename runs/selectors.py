@@ -15,6 +15,7 @@ from operator import attrgetter
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Count, Exists, F, FloatField, OuterRef, Q, QuerySet, Sum
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce
@@ -36,6 +37,8 @@ OUTCOMES = ("clean", "clean_with_flake", "failed")
 _RUN_COLUMNS = frozenset(f.name for f in Run._meta.concrete_fields)
 ROW_FIELDS = tuple(f.name for f in fields(RunRow))
 RUN_ROW_COLUMNS = tuple(name for name in ROW_FIELDS if name in _RUN_COLUMNS)
+if ROW_FIELDS[: len(RUN_ROW_COLUMNS)] != RUN_ROW_COLUMNS:
+    raise ImproperlyConfigured("RunRow's fields read from Run columns must come first, before derived ones")
 # What a run's detail reads: the columns `RunDetail` names, and the reduction's state, which it asks
 # for the nodes' final states and the open attempts.
 RUN_DETAIL_COLUMNS = (
@@ -174,13 +177,7 @@ def run_rows(runs: Sequence[Run], *, tenant: Tenant | None, now: datetime) -> li
     for run, status in zip(runs, statuses, strict=True):
         state = states.get(run.pk) if status == "interrupted" else None
         open_attempts = tuple(_reduction(run.run_id, state).died_mid_attempt()) if state is not None else ()
-        rows.append(
-            RunRow(
-                **dict(zip(RUN_ROW_COLUMNS, _row_values(run), strict=True)),
-                status=status,
-                open_attempts=open_attempts,
-            )
-        )
+        rows.append(RunRow(*_row_values(run), status, open_attempts))
     return rows
 
 
