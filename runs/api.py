@@ -8,9 +8,10 @@ tenant), answer with an Output serializer. Errors leave in the shape of SPEC sec
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.validators import ProhibitNullCharactersValidator
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -31,18 +32,20 @@ from retention.errors import run_deleted_error
 from runs import selectors
 from runs.models import Run
 from runs.pagination import RunCursorPagination
+from runs.read_model import (
+    RUN_DETAIL_SHOWN,
+    RUN_ROW_SHOWN,
+    RunDetail,
+    RunRow,
+    run_detail_data,
+    run_row_data,
+    timestamp,
+)
 from runs.reduction import MAX_SEQ, run_id_valid
 from tenants.context import tenant_current
 
 MAX_EVENTS_PER_PAGE = 1000
 DEFAULT_EVENTS_PER_PAGE = 100
-
-
-def timestamp(value: datetime | None) -> str | None:
-    """RFC 3339 UTC with milliseconds, as producers write them: `2026-11-20T10:00:00.000Z`."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class TimestampField(serializers.DateTimeField):
@@ -135,32 +138,18 @@ class RunRowSerializer(serializers.Serializer):
     last_event_at = TimestampField(allow_null=True)
 
     @extend_schema_field(DiagnosticCountsSerializer)
-    def get_diagnostic_counts(self, run: Run) -> dict[str, int]:
-        return selectors.diagnostic_counts(run)
+    def get_diagnostic_counts(self, row: RunRow) -> dict[str, int]:
+        return row.diagnostic_counts
 
-    def to_representation(self, run: Run) -> dict[str, Any]:
-        # The fields above describe the row (and the schema); walking them one by one costs more
-        # than the query behind a page of runs, so the row is built directly. A test holds this
-        # equal to DRF's own field-by-field result for every sample run.
-        return {
-            "run_id": run.run_id,
-            "status": run.status,
-            "outcome": run.outcome,
-            "started": timestamp(run.started),
-            "ended": timestamp(run.ended),
-            "duration_s": run.duration_s,
-            "total_nodes": run.total_nodes,
-            "done": run.done,
-            "failed": run.failed,
-            "blocked": run.blocked,
-            "total_attempts": run.total_attempts,
-            "flake_retries": run.flake_retries,
-            "exit_code": run.exit_code,
-            "failed_nodes": run.failed_nodes,
-            "node_attempts": run.node_attempts,
-            "diagnostic_counts": selectors.diagnostic_counts(run),
-            "last_event_at": timestamp(run.last_event_at),
-        }
+    def to_representation(self, row: RunRow) -> dict[str, Any]:
+        # The fields above describe the row for the schema; the row itself is built by the read
+        # model, which live messages share without DRF. Walking the fields one by one would cost
+        # more than the query behind a page of runs. A test holds the two equal for every sample run.
+        return run_row_data(row)
+
+
+if tuple(RunRowSerializer._declared_fields) != RUN_ROW_SHOWN:
+    raise ImproperlyConfigured("RunRowSerializer's fields must be runs.read_model.RUN_ROW_SHOWN, in order")
 
 
 class RunListApi(APIView):
@@ -196,8 +185,8 @@ class RunListApi(APIView):
         now = timezone.now()  # one clock for the status filter and the statuses shown
         runs = selectors.run_list(tenant=tenant, filters=filters, now=now)
         page = paginator.paginate_queryset(runs, request, self)
-        selectors.run_attach_open_attempts(page, tenant=tenant, now=now)
-        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+        rows = selectors.run_rows(page, tenant=tenant, now=now)
+        return paginator.get_paginated_response(self.OutputSerializer(rows, many=True).data)
 
 
 class AttemptSerializer(serializers.Serializer):
@@ -232,42 +221,12 @@ class RunDetailApi(APIView):
     @extend_schema_serializer(component_name="RunDetail")
     class OutputSerializer(RunRowSerializer):
         graph = serializers.DictField(allow_null=True, help_text="the DAG, as graph.json has it")
-        nodes = NodeSerializer(many=True, source="node_details")
-        diagnostics = DiagnosticSerializer(many=True, source="diagnostic_list")
+        nodes = NodeSerializer(many=True)
+        diagnostics = DiagnosticSerializer(many=True)
 
-        def to_representation(self, run: Run) -> dict[str, Any]:
-            # Built directly, as the row is: a long run has thousands of attempt fields.
-            return {
-                **super().to_representation(run),
-                "graph": run.graph,
-                "nodes": [
-                    {
-                        "id": node["id"],
-                        "state": node["state"],
-                        "deps": node["deps"],
-                        "attempts": [
-                            {
-                                **attempt,
-                                "start": timestamp(attempt["start"]),
-                                "end": timestamp(attempt["end"]),
-                            }
-                            for attempt in node["attempts"]
-                        ],
-                    }
-                    for node in run.node_details
-                ],
-                "diagnostics": [
-                    {
-                        "code": d.code,
-                        "severity": d.severity,
-                        "seq": d.seq,
-                        "line": d.line,
-                        "message": d.message,
-                        "details": d.details,
-                    }
-                    for d in run.diagnostic_list
-                ],
-            }
+        def to_representation(self, detail: RunRow) -> dict[str, Any]:
+            # Built by the read model, as the row is: a long run has thousands of attempt fields.
+            return run_detail_data(cast(RunDetail, detail))
 
     @extend_schema(
         operation_id="runs_retrieve",
@@ -277,10 +236,14 @@ class RunDetailApi(APIView):
     )
     def get(self, request: Request, run_id: str) -> Response:
         try:
-            run = selectors.run_detail(tenant=tenant_current(), run_id=run_id)
+            detail = selectors.run_detail(tenant=tenant_current(), run_id=run_id)
         except Run.DoesNotExist:
             raise _missing_run(run_id) from None
-        return Response(self.OutputSerializer(run).data)
+        return Response(self.OutputSerializer(detail).data)
+
+
+if tuple(RunDetailApi.OutputSerializer._declared_fields) != RUN_DETAIL_SHOWN:
+    raise ImproperlyConfigured("RunDetailApi's fields must be runs.read_model.RUN_DETAIL_SHOWN, in order")
 
 
 class RunEventsApi(APIView):

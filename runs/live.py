@@ -11,7 +11,6 @@ never from anything a client sends.
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,9 +20,9 @@ import orjson
 from django.utils import timezone
 
 from kahn_site.live_fanout import live_publisher
-from runs.api import RunListApi
 from runs.models import Run
-from runs.reduction import RunReduction
+from runs.read_model import run_row_data
+from runs.selectors import run_rows
 
 if TYPE_CHECKING:
     from runs.services import RunChange
@@ -103,15 +102,10 @@ def row_version(run: Run) -> list[float]:
 
 
 def run_row_json(run: Run, now: datetime | None = None) -> str:
-    """The run's history row as the read API shows it (`RunListApi`'s serializer), as JSON text."""
-    row = copy.copy(run)  # the writer's object stays as it was
-    row.status = run.status_at(now or timezone.now())
-    row.open_attempts = (
-        RunReduction(run.run_id, run.reduction_state).died_mid_attempt()
-        if row.status == "interrupted"
-        else []
-    )
-    return orjson.dumps(RunListApi.OutputSerializer(row).data).decode()
+    """The run's history row as the read API lists it, as JSON text, from the run as the write
+    path stored it (it carries its reduction state: no query)."""
+    (row,) = run_rows([run], tenant=None, now=now or timezone.now())
+    return orjson.dumps(run_row_data(row)).decode()
 
 
 @dataclass(frozen=True)

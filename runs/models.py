@@ -6,7 +6,7 @@ never re-read logs. Everything here belongs to a tenant and carries `tenant_id` 
 """
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TypeVar
 
 from django.conf import settings
 from django.db import models
@@ -15,9 +15,6 @@ from django.utils import timezone
 
 from tenants.models import Tenant
 from tenants.scoping import TenantScopedManager
-
-if TYPE_CHECKING:
-    from runs import reduction
 
 _M = TypeVar("_M", bound=models.Model)
 
@@ -116,15 +113,6 @@ class Run(models.Model):
 
     # Queries need a current tenant and see only its rows (tenants.scoping), and never deleted runs.
     objects = RunManager()
-
-    # Not columns: set on the runs a read returns (runs.selectors, runs.views), from the clock and
-    # the stored reduction at the time of reading.
-    status: str
-    open_attempts: "list[reduction.Diagnostic]"
-    node_details: list[dict[str, Any]]
-    diagnostic_list: "list[Diagnostic]"
-    verdict: str | None
-    diagnostic_counts: dict[str, int]
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["tenant", "run_id"], name="run_unique_per_tenant")]

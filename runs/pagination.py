@@ -3,7 +3,7 @@
 DRF's `CursorPagination` keys a page on one field and breaks ties with an offset; `started` is
 nullable (a run whose `run_start` has not arrived) and shared by runs started in the same
 millisecond, so the position here is the pair (`started`, `id`), and each page is one keyset query
-(`runs.selectors.run_page`). Cursors stay opaque and DRF-encoded; links, `page_size` and the
+(`runs.selectors.run_list_page`). Cursors stay opaque and DRF-encoded; links, `page_size` and the
 schema come from DRF.
 """
 
@@ -19,7 +19,7 @@ from rest_framework.request import Request
 
 from kahn_site.api_errors import InvalidQuery
 from runs.models import Run
-from runs.selectors import RunPosition, run_page
+from runs.selectors import RunPosition, run_list_page
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -32,7 +32,7 @@ class RunCursorPagination(CursorPagination):
     ordering = ("-started", "-id")
     template = None
 
-    # Pages runs only: run_page's keyset query is theirs.
+    # Pages runs only: run_list_page's keyset query is theirs.
     def paginate_queryset(  # type: ignore[override]
         self, queryset: QuerySet[Run], request: Request, view: Any = None
     ) -> list[Run]:
@@ -44,7 +44,7 @@ class RunCursorPagination(CursorPagination):
         backwards = bool(self.cursor and self.cursor.reverse)
         # DRF's cursors carry their position as text (its stubs say int); decode_cursor checked it.
         position = self._decode_position(cast(str, self.cursor.position)) if self.cursor else None
-        rows = run_page(queryset, position=position, backwards=backwards, limit=self.page_size + 1)
+        rows = run_list_page(queryset, position=position, backwards=backwards, limit=self.page_size + 1)
         more = len(rows) > self.page_size
         self.page = rows[: self.page_size]
         if backwards:

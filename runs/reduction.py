@@ -3,7 +3,8 @@
 Pure Python, no Django: the archive importer, the ingest API and the tests all feed the same
 ``RunReduction`` one event at a time, in ``seq`` order. Its state is O(nodes), not O(events), and
 round-trips through JSON, so a run row can carry it and appending N events to a run of M events
-costs O(N), never a re-read of the M already stored.
+costs O(N), never a re-read of the M already stored. A reader that replays a stored log asks for
+its history too (`RunHistory`): every attempt as the same rules saw it, which the timeline lays out.
 """
 
 from __future__ import annotations
@@ -355,16 +356,129 @@ def validate_event(event: Any) -> list[FieldError]:
 # ---------------------------------------------------------------- the reduction
 
 
+@dataclass(slots=True)
+class AttemptFacts:
+    """One attempt of a node as the reduction saw it begin and end; the timeline lays these out."""
+
+    node: str
+    attempt: int
+    # The event that began it: its `to: running`, or its record when none came before.
+    start_seq: int
+    # The event that ended it: its `node_attempt` record, the transition that moved its node on,
+    # or run_end. None while it is open.
+    end_seq: int | None = None
+    recorded: bool = False
+    # From its record; when it had none, `ok` says how its node moved on (done, failed), if it did.
+    ok: bool | None = None
+    duration_s: float | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    # Begun by its record, with no `to: running` before it: it started `duration_s` before.
+    unannounced: bool = False
+
+
+@dataclass(slots=True)
+class NodeHistory:
+    # (seq, state) each time a transition set the node's state, in seq order.
+    changes: list[tuple[int, str]] = field(default_factory=list)
+    attempts: list[AttemptFacts] = field(default_factory=list)
+
+
+# What an attempt that had no record says by where its node moved on to.
+_OK_BY_STATE = {"done": True, "failed": False}
+
+
+class RunHistory:
+    """Everything a run's log did, node by node, kept only when a reader asks for it
+    (`RunReduction(..., history=True)`): it grows with the log, so a stored state never holds it.
+    The reduction says when an attempt begins and ends; this only writes it down."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeHistory] = {}
+        self.run_start_seq: int | None = None
+        self.run_end_seq: int | None = None
+        self._open: dict[str, AttemptFacts] = {}
+
+    def node(self, node: str) -> NodeHistory:
+        history = self.nodes.get(node)
+        if history is None:
+            history = self.nodes[node] = NodeHistory()
+        return history
+
+    def transition(self, node: str, seq: int, state: str, attempt: int, moved_on: bool, begins: bool) -> None:
+        """Event `seq` set the node's `state`; its open attempt was over (`moved_on`), and attempt
+        number `attempt` `begins`."""
+        history = self.nodes.get(node) or self.node(node)
+        history.changes.append((seq, state))
+        if moved_on:
+            self.moved_on(node, seq, state)
+        if begins:
+            facts = self._open[node] = AttemptFacts(node, attempt, seq)
+            history.attempts.append(facts)
+
+    def moved_on(self, node: str, seq: int, state: str | None) -> None:
+        """The node's open attempt is over: it moved to `state`, or the run ended (None)."""
+        facts = self._open.pop(node)
+        if not facts.recorded:
+            facts.end_seq, facts.ok = seq, _OK_BY_STATE.get(state) if state else None
+
+    def recorded(self, node: str, seq: int, record: dict[str, Any]) -> None:
+        """A record belongs to its node's newest attempt of its number that has none yet (the open
+        one, unless the record came late); with none, it tells of an attempt nobody announced."""
+        number: Any = record.get("attempt")
+        attempts = self.node(node).attempts
+        for facts in reversed(attempts):
+            if facts.attempt == number and not facts.recorded:
+                break
+        else:
+            facts = AttemptFacts(node, number, seq, unannounced=True)
+            attempts.append(facts)
+        facts.recorded = True
+        facts.end_seq = seq
+        get = record.get
+        facts.ok, facts.duration_s, facts.exit_code, facts.error = (
+            get("ok"),
+            get("duration_s"),
+            get("exit_code"),
+            get("error"),
+        )
+
+    def ended(self, seq: int) -> None:
+        self.run_end_seq = seq
+        for node in list(self._open):
+            self.moved_on(node, seq, None)
+
+
+class ReductionStateError(ValueError):
+    """A stored state this code cannot read: written by another version of the reduction."""
+
+
 class RunReduction:
     """A run's state, advanced one event at a time in ``seq`` order.
 
     Order is append order: many events share a ``ts``, so nothing here ever sorts or compares by
     ``ts``; it is read only for ``started``, ``ended`` and ``last_event_ts``.
+
+    The state (`to_state`, given back to the constructor) is this class's own business: readers
+    ask the reduction (`died_mid_attempt`, `node_states`, `row`) rather than read its keys. It
+    carries its `version`; a state of another version is refused, never misread.
     """
 
-    def __init__(self, run_id: str, state: dict[str, Any] | None = None) -> None:
+    STATE_VERSION = 1
+
+    def __init__(self, run_id: str, state: dict[str, Any] | None = None, *, history: bool = False) -> None:
         self.run_id = run_id
+        # What the log did, attempt by attempt: for readers that replay a whole log (`replay`).
+        self.history: RunHistory | None = RunHistory() if history else None
+        self._ignored: list[Diagnostic] = []  # what `replay` finds again, and drops
         state = state or {}
+        # States stored before they carried a version have version 1's shape.
+        version = state.get("version", 1)
+        if version != self.STATE_VERSION:
+            raise ReductionStateError(
+                f"run {run_id!r}: stored reduction state version {version!r}, "
+                f"this code reads version {self.STATE_VERSION}"
+            )
         self.next_seq: int = state.get("next_seq", 0)
         # node id -> [state, highest running attempt, named by graph.json]; a list keeps it ordered
         # through a JSON column (jsonb does not keep key order).
@@ -381,6 +495,7 @@ class RunReduction:
 
     def to_state(self) -> dict[str, Any]:
         return {
+            "version": self.STATE_VERSION,
             "next_seq": self.next_seq,
             "nodes": [[node, *values] for node, values in self.nodes.items()],
             "has_graph": self.has_graph,
@@ -438,26 +553,16 @@ class RunReduction:
                 )
             )
             return diagnostics
-        if kind == "run_start":
-            if self.started is None:
-                self.started = event["ts"]
+        if kind == "transition":
+            self._transition(event["node"], event["from"], event["to"], event["attempt"], seq, diagnostics)
+        elif kind == "node_attempt":
+            self._record(event["node"], event["attempt"], seq, event, diagnostics)
+        elif kind == "run_start":
+            self._start(event["ts"], seq)
             if isinstance(event.get("graph"), dict):
                 diagnostics.extend(self.set_graph(event["graph"]))
-        elif kind == "transition":
-            diagnostics.extend(self._transition(event, seq))
-        elif kind == "node_attempt":
-            diagnostics.extend(self._node(event["node"], seq))
-            opened = self.open_attempts.get(event["node"])
-            if opened is not None and opened[0] == event["attempt"]:
-                opened[2] = True
         elif kind == "run_end":
-            self.ended = event["ts"]
-            self.exit_code = event["exit_code"]
-            # The run ended, so every attempt still open went on without its record.
-            for node, (attempt, started_seq, recorded) in self.open_attempts.items():
-                if not recorded:
-                    diagnostics.append(self._attempt_without_record(node, attempt, started_seq, seq))
-            self.open_attempts.clear()
+            self._end(event["ts"], event["exit_code"], seq, diagnostics)
         else:
             diagnostics.append(
                 Diagnostic(
@@ -469,11 +574,38 @@ class RunReduction:
             )
         return diagnostics
 
-    def _node(self, node: str, seq: int) -> list[Diagnostic]:
-        if node in self.nodes:
-            return []
-        self.nodes[node] = ["pending", 0, False]
-        return [self._unknown_node(node, seq)] if self.has_graph else []
+    def replay(self, seq: int, ts: Any, kind: str, node: str | None, facts: dict[str, Any]) -> None:
+        """A reader's pass over a stored log, for `history`: event `seq` as stored, with the facts
+        of its payload the reduction reads, by the same rules as `apply`. Its diagnostics were
+        found when it was written, and are not made again.
+
+        An event missing a fact it needs (stored before the validation asked for it) is passed
+        over, as an unknown kind is: a read never fails on what is stored.
+        """
+        self.next_seq = seq + 1
+        if self.ended is not None:
+            return
+        ignored = self._ignored
+        if ignored:
+            ignored.clear()
+        try:
+            if kind == "transition" and node:
+                self._transition(node, facts["from"], facts["to"], facts["attempt"], seq, ignored)
+            elif kind == "node_attempt" and node:
+                self._record(node, facts["attempt"], seq, facts, ignored)
+            elif kind == "run_start":
+                self._start(ts, seq)
+            elif kind == "run_end":
+                self._end(ts, facts["exit_code"], seq, ignored)
+        except KeyError:
+            pass
+
+    def _new_node(self, node: str, seq: int, diagnostics: list[Diagnostic]) -> list[Any]:
+        """A node first met in an event (callers look it up first: most events name a known one)."""
+        values = self.nodes[node] = ["pending", 0, False]
+        if self.has_graph:
+            diagnostics.append(self._unknown_node(node, seq))
+        return values
 
     def _unknown_node(self, node: str, seq: int | None) -> Diagnostic:
         return Diagnostic(
@@ -488,10 +620,20 @@ class RunReduction:
             details={"node": node, "attempt": attempt, "moved_on_at_seq": seq},
         )
 
-    def _transition(self, event: dict[str, Any], seq: int) -> list[Diagnostic]:
-        node, source, target, attempt = event["node"], event["from"], event["to"], event["attempt"]
-        diagnostics = self._node(node, seq)
-        values = self.nodes[node]
+    # The rules of attempts, for the row, the diagnostics and the history alike: an attempt begins
+    # with a transition `to: "running"`, and is over once its node moves on (out of running, or into
+    # a new attempt) or the run ends; a record belongs to the open attempt of its number.
+
+    def _start(self, ts: Any, seq: int) -> None:
+        if self.started is None:
+            self.started = ts
+            if self.history is not None:
+                self.history.run_start_seq = seq
+
+    def _transition(
+        self, node: str, source: str, target: str, attempt: int, seq: int, diagnostics: list[Diagnostic]
+    ) -> None:
+        values = self.nodes.get(node) or self._new_node(node, seq, diagnostics)
         current = values[0]
         if source != current or (current == "done" and target != "done"):
             reason = (
@@ -507,18 +649,44 @@ class RunReduction:
                     details={"node": node, "from": source, "to": target, "current": current},
                 )
             )
-        # An attempt is over once its node moves on: out of running, or into a new attempt.
         opened = self.open_attempts.get(node)
+        moved_on = False
         if opened is not None and (target != "running" or attempt != opened[0]):
+            moved_on = True
             del self.open_attempts[node]
             if not opened[2]:
                 diagnostics.append(self._attempt_without_record(node, opened[0], opened[1], seq))
+        begins = False
         if target == "running":
             values[1] = max(values[1], attempt)
             if node not in self.open_attempts:
                 self.open_attempts[node] = [attempt, seq, False]
+                begins = True
         values[0] = target
-        return diagnostics
+        if self.history is not None:
+            self.history.transition(node, seq, target, attempt, moved_on, begins)
+
+    def _record(
+        self, node: str, attempt: int, seq: int, record: dict[str, Any], diagnostics: list[Diagnostic]
+    ) -> None:
+        if node not in self.nodes:
+            self._new_node(node, seq, diagnostics)
+        opened = self.open_attempts.get(node)
+        if opened is not None and opened[0] == attempt:
+            opened[2] = True
+        if self.history is not None:
+            self.history.recorded(node, seq, record)
+
+    def _end(self, ts: Any, exit_code: int, seq: int, diagnostics: list[Diagnostic]) -> None:
+        self.ended = ts
+        self.exit_code = exit_code
+        # The run ended, so every attempt still open went on without its record.
+        for node, (attempt, started_seq, recorded) in self.open_attempts.items():
+            if not recorded:
+                diagnostics.append(self._attempt_without_record(node, attempt, started_seq, seq))
+        self.open_attempts.clear()
+        if self.history is not None:
+            self.history.ended(seq)
 
     # -- reading
 

@@ -8,19 +8,23 @@ SQL for filtering and in Python for rows already loaded (`Run.status_at`), from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Count, Exists, F, FloatField, OuterRef, Q, QuerySet, Sum
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from runs.models import Diagnostic, Event, Run, RunNode
-from runs.reduction import SUMMARY_FIELDS, RunReduction, run_id_valid
-from runs.timeline import attempt_as_dict, build_timeline
+from runs.read_model import DiagnosticRow, NodeDetail, RunDetail, RunRow
+from runs.reduction import RunReduction, run_id_valid
+from runs.timeline import EventRow, NodeTimeline, build_timeline
 from tenants.models import Tenant
 
 # SPEC section 2. A run id that cannot exist is not looked up: PostgreSQL refuses NUL characters.
@@ -28,17 +32,19 @@ from tenants.models import Tenant
 STATUSES = ("complete", "running", "interrupted")
 OUTCOMES = ("clean", "clean_with_flake", "failed")
 
-# What a history row shows, and what its status is derived from: never the reduction's working
-# state or the producer's files, which are many times larger.
-LIST_COLUMNS = (
-    "run_id",
-    *SUMMARY_FIELDS,
-    "complete",
-    "last_event_at",
-    "created_at",
-    "errors",
-    "warnings",
-    "infos",
+# What a history row reads: the columns `RunRow` names, never the reduction's working state or the
+# producer's files, which are many times larger.
+_RUN_COLUMNS = frozenset(f.name for f in Run._meta.concrete_fields)
+ROW_FIELDS = tuple(f.name for f in fields(RunRow))
+RUN_ROW_COLUMNS = tuple(name for name in ROW_FIELDS if name in _RUN_COLUMNS)
+if ROW_FIELDS[: len(RUN_ROW_COLUMNS)] != RUN_ROW_COLUMNS:
+    raise ImproperlyConfigured("RunRow's fields read from Run columns must come first, before derived ones")
+# What a run's detail reads: the columns `RunDetail` names, and the reduction's state, which it asks
+# for the nodes' final states and the open attempts.
+RUN_DETAIL_COLUMNS = (
+    *RUN_ROW_COLUMNS,
+    *(f.name for f in fields(RunDetail) if f.name in _RUN_COLUMNS and f.name not in RUN_ROW_COLUMNS),
+    "reduction_state",
 )
 
 
@@ -80,7 +86,7 @@ def _status_is(status: str, now: datetime) -> Q:
 def run_list(*, tenant: Tenant, filters: RunFilters, now: datetime | None = None) -> QuerySet[Run]:
     """The tenant's runs matching `filters`, with the columns a history row shows; not yet ordered."""
     now = now or timezone.now()
-    runs = Run.objects.filter(tenant=tenant).only(*LIST_COLUMNS)
+    runs = Run.objects.filter(tenant=tenant).only(*RUN_ROW_COLUMNS)
     if filters.status:
         runs = runs.filter(_status_is(filters.status, now))
     if filters.outcome:
@@ -102,7 +108,9 @@ def _has_node(tenant: Tenant, node_id: str, **extra: Any) -> Exists:
     return Exists(RunNode.objects.filter(tenant=tenant, run=OuterRef("pk"), node_id=node_id, **extra))
 
 
-def run_page(runs: QuerySet[Run], *, position: RunPosition | None, backwards: bool, limit: int) -> list[Run]:
+def run_list_page(
+    runs: QuerySet[Run], *, position: RunPosition | None, backwards: bool, limit: int
+) -> list[Run]:
     """Up to `limit` runs after `position` newest first (or before it, oldest first, `backwards`).
 
     A keyset on (`started`, `id`), not an offset: a page costs the same at the end of a long history,
@@ -134,86 +142,108 @@ def _older_than(position: RunPosition) -> Q:
     return Q(started__lte=started) & (Q(started__lt=started) | Q(id__lt=pk))
 
 
-def run_attach_open_attempts(runs: list[Run], *, tenant: Tenant, now: datetime | None = None) -> None:
-    """Sets `status`, and `open_attempts` (the `died_mid_attempt` diagnostics) of interrupted runs.
+def _reduction(run_id: str, state: dict[str, Any]) -> RunReduction:
+    """The reducer's own reading of the state it stored: the one way readers see into it."""
+    return RunReduction(run_id, state)
 
-    These are not stored, as they depend on the clock; reading them takes one query for the whole
-    page, and none when the page holds no interrupted run.
+
+_row_values = attrgetter(*RUN_ROW_COLUMNS)
+
+
+def run_rows(runs: Sequence[Run], *, tenant: Tenant | None, now: datetime) -> list[RunRow]:
+    """The history rows of runs read by `run_list` (or as the write path holds them): each with its
+    status at `now`, and the `died_mid_attempt` diagnostics of an interrupted run.
+
+    Those depend on the clock, so they are not stored; an interrupted run's reduction state, if not
+    read with it, takes one query for the whole page, none when the page holds no interrupted run.
+    Runs that carry their state (the write path's) need no query and no `tenant`.
     """
-    now = now or timezone.now()
-    interrupted = {}
-    for run in runs:
-        run.open_attempts = []
-        run.status = run.status_at(now)
-        if run.status == "interrupted":
-            interrupted[run.pk] = run
-    if not interrupted:
-        return
-    states = Run.objects.filter(tenant=tenant, pk__in=interrupted).values_list(
-        "pk", "run_id", "reduction_state"
-    )
-    for pk, run_id, state in states:
-        interrupted[pk].open_attempts = RunReduction(run_id, state).died_mid_attempt()
+    if not runs:
+        return []
+    # Runs of one read: they all carry the state, or none does.
+    carried = "reduction_state" not in runs[0].get_deferred_fields()
+    statuses = [run.status_at(now) for run in runs]
+    states: dict[int, dict[str, Any]] = {}
+    if carried:
+        states = {
+            run.pk: run.reduction_state for run, s in zip(runs, statuses, strict=True) if s == "interrupted"
+        }
+    elif "interrupted" in statuses:
+        if tenant is None:
+            raise ValueError("reading interrupted runs' reduction state needs their tenant")
+        missing = [run.pk for run, s in zip(runs, statuses, strict=True) if s == "interrupted"]
+        states = dict(Run.objects.filter(tenant=tenant, pk__in=missing).values_list("pk", "reduction_state"))
+    rows = []
+    for run, status in zip(runs, statuses, strict=True):
+        state = states.get(run.pk) if status == "interrupted" else None
+        open_attempts = tuple(_reduction(run.run_id, state).died_mid_attempt()) if state is not None else ()
+        # The stored columns in RunRow's order (checked at import), then what the moment adds.
+        rows.append(RunRow(*_row_values(run), status, open_attempts))  # type: ignore[call-arg]
+    return rows
 
 
-def run_get(*, tenant: Tenant, run_id: str, now: datetime | None = None) -> Run:
-    """One run with everything its page shows; raises `Run.DoesNotExist`."""
+def run_get(*, tenant: Tenant, run_id: str) -> Run:
+    """One run, as stored, for the API's endpoints that answer from its columns (graph, summary,
+    events); raises `Run.DoesNotExist`."""
     if not run_id_valid(run_id):
         raise Run.DoesNotExist(run_id)
-    run = Run.objects.get(tenant=tenant, run_id=run_id)
-    run.status = run.status_at(now or timezone.now())
-    run.open_attempts = (
-        RunReduction(run.run_id, run.reduction_state).died_mid_attempt()
-        if run.status == "interrupted"
-        else []
-    )
-    return run
+    return Run.objects.get(tenant=tenant, run_id=run_id)
 
 
-def run_detail(*, tenant: Tenant, run_id: str, now: datetime | None = None) -> Run:
-    """A run with what the API shows of it: `graph`, `node_details` (each node's state, deps and
-    attempts, in graph order) and `diagnostic_list`; raises `Run.DoesNotExist`."""
-    run = run_get(tenant=tenant, run_id=run_id, now=now)
-    timeline = build_timeline(run.graph, run_event_facts(tenant=tenant, run=run))
-    run.node_details = []
-    for node_id, state, _attempts in RunReduction(run.run_id, run.reduction_state).node_states():
-        node = timeline.nodes.get(node_id)
-        run.node_details.append(
-            {
-                "id": node_id,
-                "state": state,
-                "deps": node.deps if node else [],
-                "attempts": [attempt_as_dict(a) for a in node.attempts] if node else [],
-            }
+def run_detail(*, tenant: Tenant, run_id: str, now: datetime | None = None) -> RunDetail:
+    """One run with everything its page and the API show: its row, graph, nodes (state, deps and
+    attempts, in graph order), diagnostics, and its log's story; raises `Run.DoesNotExist`."""
+    if not run_id_valid(run_id):
+        raise Run.DoesNotExist(run_id)
+    run = Run.objects.only(*RUN_DETAIL_COLUMNS).get(tenant=tenant, run_id=run_id)
+    reduction = _reduction(run.run_id, run.reduction_state)
+    (row,) = run_rows([run], tenant=tenant, now=now or timezone.now())
+    events = run_event_facts(tenant=tenant, run=run.pk)
+    timeline = build_timeline(run.graph, events)
+    nodes = []
+    for node_id, state, attempt_count in reduction.node_states():
+        # A node the reduction knows from a graph the timeline does not have: no history.
+        node = timeline.nodes.setdefault(node_id, NodeTimeline(node_id, [], {}))
+        nodes.append(
+            NodeDetail(
+                id=node_id,
+                state=state,
+                attempt_count=attempt_count,
+                deps=node.deps,
+                attempts=tuple(node.attempts),
+            )
         )
-    run.diagnostic_list = run_diagnostics(tenant=tenant, run=run)
-    return run
-
-
-def run_diagnostics(*, tenant: Tenant, run: Run) -> list[Diagnostic]:
-    """Stored diagnostics in the order they were found, then the time-dependent ones."""
-    stored = list(Diagnostic.objects.filter(tenant=tenant, run=run).order_by("id"))
-    computed = [
-        Diagnostic(
-            run=run,
-            tenant=tenant,
-            code=d.code,
-            severity=d.severity,
-            seq=d.seq,
-            line=d.line,
-            message=d.message,
-            details=d.details,
-        )
-        for d in run.open_attempts
+    stored = [
+        DiagnosticRow(code=code, severity=severity, seq=seq, line=line, message=message, details=details)
+        for code, severity, seq, line, message, details in Diagnostic.objects.filter(tenant=tenant, run=run)
+        .order_by("id")
+        .values_list("code", "severity", "seq", "line", "message", "details")
     ]
-    return stored + computed
+    computed = [
+        DiagnosticRow(
+            code=d.code, severity=d.severity, seq=d.seq, line=d.line, message=d.message, details=d.details
+        )
+        for d in row.open_attempts
+    ]
+    mismatch = next((d.details.get("fields") for d in reversed(stored) if d.code == "summary_mismatch"), None)
+    return RunDetail(
+        **{name: getattr(row, name) for name in ROW_FIELDS},
+        **{
+            name: getattr(run, name)
+            for name in RUN_DETAIL_COLUMNS
+            if name not in ROW_FIELDS and name != "reduction_state"
+        },
+        nodes=tuple(nodes),
+        diagnostics=(*stored, *computed),
+        summary_mismatch=mismatch,
+        events=tuple(events),
+        timeline=timeline,
+    )
 
 
-def diagnostic_counts(run: Run) -> dict[str, int]:
-    return {"error": run.errors, "warning": run.warnings, "info": run.infos + len(run.open_attempts)}
-
-
-def run_events(*, tenant: Tenant, run: Run, after_seq: int = -1, limit: int | None = None) -> QuerySet[Event]:
+def run_events(
+    *, tenant: Tenant, run: Run | int, after_seq: int = -1, limit: int | None = None
+) -> QuerySet[Event]:
     """A run's events in `seq` (append) order; `ts` never orders anything."""
     events = Event.objects.filter(tenant=tenant, run=run, seq__gt=after_seq).order_by("seq")
     return events[:limit] if limit is not None else events
@@ -240,7 +270,7 @@ EVENT_FACTS = ("from", "to", "attempt", "ok", "duration_s", "exit_code", "error"
 _NUMBERS = {"attempt": int, "exit_code": int, "duration_s": float}
 
 
-def run_event_facts(*, tenant: Tenant, run: Run) -> list[tuple[int, datetime, str, str | None, dict]]:
+def run_event_facts(*, tenant: Tenant, run: Run | int) -> list[EventRow]:
     """The whole log as (seq, ts, kind, node, facts), with only `EVENT_FACTS` taken from each payload.
 
     The database extracts those few keys, so a long run's payloads are neither shipped nor parsed

@@ -1,9 +1,10 @@
 """A run's story, node by node: the attempts (for the Gantt chart and the API) and the state changes
-(for replay), read from its events in `seq` order.
+(for replay), laid out in time from its events in `seq` order.
 
-Pure Python, no database: the run page, the read API and the tests feed it the same rows. It follows
-the reduction's rules: a node's state is the `to` of its last transition, an attempt begins with a
-transition `to: "running"`, and nothing after `run_end` changes the picture.
+Pure Python, no database: the run page, the read API and the tests feed it the same rows. What
+happened is the reduction's to say (`RunReduction.replay` keeps its history of a log): when an
+attempt begins and ends, which record belongs to it, and that nothing after `run_end` changes the
+picture. Here it is only placed on the time axis.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+
+from runs.reduction import AttemptFacts, RunReduction
 
 # (seq, ts, kind, node, payload): one stored event.
 EventRow = tuple[int, datetime, str, "str | None", dict[str, Any]]
@@ -117,83 +120,63 @@ class Timeline:
 
 
 def build_timeline(graph: dict[str, Any] | None, events: Iterable[EventRow]) -> Timeline:
-    nodes: dict[str, NodeTimeline] = {}
-    for declared in (graph or {}).get("nodes", []):
-        extra = {k: v for k, v in declared.items() if k not in ("id", "deps")}
-        nodes[declared["id"]] = NodeTimeline(declared["id"], list(declared.get("deps", [])), extra)
-
-    def node_of(node_id: str) -> NodeTimeline:
-        if node_id not in nodes:
-            nodes[node_id] = NodeTimeline(node_id, [], {})
-        return nodes[node_id]
-
-    open_attempts: dict[str, Attempt] = {}
-    started = finished = None
-    last_seq = -1
+    reduction = RunReduction("", history=True)
+    if graph is not None:
+        reduction.set_graph(graph)
+    replay = reduction.replay
     event_times = []
-    ended = False
-    for seq, ts, kind, node_id, payload in events:
+    for seq, ts, kind, node, facts in events:
         event_times.append((seq, ts))
-        last_seq = seq
-        if ended:
-            continue
-        finished = ts
-        if kind == "run_start" and started is None:
-            started = ts
-        elif kind == "transition" and node_id:
-            node = node_of(node_id)
-            target: Any = payload.get("to")
-            attempt: Any = payload.get("attempt")
-            current = open_attempts.get(node_id)
-            if current is not None and (target != "running" or attempt != current.attempt):
-                _close(current, seq, ts, ok=_ok_from_state(target))
-                del open_attempts[node_id]
-            if target == "running" and node_id not in open_attempts:
-                begun = Attempt(node_id, attempt, seq, ts)
-                node.attempts.append(begun)
-                open_attempts[node_id] = begun
-            node.changes.append((seq, target))
-        elif kind == "node_attempt" and node_id:
-            _record(node_of(node_id), open_attempts, seq, ts, payload)
-        elif kind == "run_end":
-            ended = True
-            for current in open_attempts.values():
-                _close(current, seq, ts, ok=None)
-            open_attempts.clear()
-    if started is None and event_times:
-        started = event_times[0][1]
+        replay(seq, ts, kind, node, facts)
+    history = reduction.history
+    assert history is not None
+    times = dict(event_times)
+
+    declared = {node["id"]: node for node in (graph or {}).get("nodes", [])}
+    nodes: dict[str, NodeTimeline] = {}
+    for node_id, _state, _attempts in reduction.node_states():
+        node = declared.get(node_id, {})
+        extra = {k: v for k, v in node.items() if k not in ("id", "deps")}
+        told = history.nodes.get(node_id)
+        nodes[node_id] = NodeTimeline(
+            node_id,
+            list(node.get("deps", [])),
+            extra,
+            changes=told.changes if told else [],
+            attempts=[_attempt(facts, times) for facts in told.attempts] if told else [],
+        )
+
+    started = finished = None
+    if event_times:
+        started = times[history.run_start_seq] if history.run_start_seq is not None else event_times[0][1]
+        finished = times[history.run_end_seq] if history.run_end_seq is not None else event_times[-1][1]
+    last_seq = event_times[-1][0] if event_times else -1
     return Timeline(nodes, started, finished, last_seq, event_times)
 
 
-def _ok_from_state(state: str | None) -> bool | None:
-    return {"done": True, "failed": False}.get(state or "")
-
-
-def _close(attempt: Attempt, seq: int, ts: datetime, *, ok: bool | None) -> None:
-    """Ends an attempt that had no `node_attempt` record when its node moved on."""
-    if attempt.recorded:
-        return
-    attempt.end_seq, attempt.end = seq, ts
-    attempt.duration_s = round((ts - attempt.start).total_seconds(), 3)
-    attempt.ok = ok
-
-
-def _record(
-    node: NodeTimeline, open_attempts: dict[str, Attempt], seq: int, ts: datetime, payload: dict[str, Any]
-) -> None:
-    number: Any = payload.get("attempt")
-    attempt = next((a for a in reversed(node.attempts) if a.attempt == number and not a.recorded), None)
-    if attempt is None:
-        # A record with no `to: running` before it: its start is known only from its duration.
-        duration = payload.get("duration_s") or 0
-        attempt = Attempt(node.node_id, number, seq, _before(ts, duration))
-        node.attempts.append(attempt)
-    attempt.recorded = True
-    attempt.end_seq, attempt.end = seq, ts
-    attempt.duration_s = payload.get("duration_s")
-    attempt.ok = payload.get("ok")
-    attempt.exit_code = payload.get("exit_code")
-    attempt.error = payload.get("error")
+def _attempt(facts: AttemptFacts, times: dict[int, datetime]) -> Attempt:
+    end = times[facts.end_seq] if facts.end_seq is not None else None
+    if facts.unannounced:
+        # Begun by its record: its start is known only from its duration.
+        start = _before(times[facts.start_seq], facts.duration_s or 0)
+    else:
+        start = times[facts.start_seq]
+    duration_s = facts.duration_s
+    if not facts.recorded and end is not None:
+        duration_s = round((end - start).total_seconds(), 3)
+    return Attempt(
+        node=facts.node,
+        attempt=facts.attempt,
+        start_seq=facts.start_seq,
+        start=start,
+        end_seq=facts.end_seq,
+        end=end,
+        duration_s=duration_s,
+        ok=facts.ok,
+        exit_code=facts.exit_code,
+        error=facts.error,
+        recorded=facts.recorded,
+    )
 
 
 def _before(ts: datetime, seconds: float) -> datetime:
@@ -203,17 +186,3 @@ def _before(ts: datetime, seconds: float) -> datetime:
         return ts - timedelta(seconds=seconds)
     except OverflowError:
         return datetime.min.replace(tzinfo=ts.tzinfo)
-
-
-def attempt_as_dict(attempt: Attempt) -> dict[str, Any]:
-    return {
-        "attempt": attempt.attempt,
-        "start": attempt.start,
-        "end": attempt.end,
-        "duration_s": attempt.duration_s,
-        "ok": attempt.ok,
-        "exit_code": attempt.exit_code,
-        "error": attempt.error,
-        "start_seq": attempt.start_seq,
-        "end_seq": attempt.end_seq,
-    }

@@ -7,6 +7,7 @@ query goes through `runs.selectors` with the current tenant.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -23,8 +24,9 @@ from runs import selectors
 from runs.models import Run
 from runs.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RunCursorPagination
 from runs.pictures import dag_picture, gantt_picture, history_chart, seconds_label
-from runs.reduction import RunReduction, run_id_valid, summary_mismatch
-from runs.timeline import NodeTimeline, build_timeline
+from runs.read_model import RunDetail
+from runs.reduction import run_id_valid
+from runs.timeline import EventRow
 from tenants.context import tenant_current
 
 EVENTS_PER_PAGE = 100
@@ -40,13 +42,6 @@ VERDICT_FILTERS = {
     "running": {"status": "running"},
     "interrupted": {"status": "interrupted"},
 }
-
-
-def _set_verdict(run: Run) -> None:
-    """What the history shows as one word: the outcome of a complete run, else its status."""
-    key = run.outcome if run.status == "complete" else run.status
-    run.verdict = "flaky" if key == "clean_with_flake" else key
-    run.diagnostic_counts = selectors.diagnostic_counts(run)
 
 
 class HistoryFilterForm(forms.Form):
@@ -104,19 +99,17 @@ def run_history(request: HttpRequest) -> HttpResponse:
         except InvalidQuery:
             error = "That page link is out of date: showing the newest runs."
             runs = paginator.paginate_queryset(queryset, Request(_without_cursor(request)))
-    selectors.run_attach_open_attempts(runs, tenant=tenant, now=now)
-    for run in runs:
-        _set_verdict(run)
+    rows = selectors.run_rows(runs, tenant=tenant, now=now)
     filtered = any(v for k, v in request.GET.items() if k not in ("cursor", "page_size"))
     context = {
         "nav": "runs",
         "form": form,
-        "runs": runs,
+        "runs": rows,
         "error": error,
         "filtered": filtered,
         "next_url": paginator.get_next_link() if runs else None,
         "previous_url": paginator.get_previous_link() if runs else None,
-        "chart": history_chart(runs, now),
+        "chart": history_chart(rows, now),
         "verdict_links": [("", "All")] + [(key, key.capitalize()) for key in VERDICT_FILTERS],
         "current_status": form.cleaned_data.get("status", "") if form.is_valid() else "",
         # static/live.js: the rows of every run of the tenant, redrawn from the server as they change.
@@ -135,38 +128,26 @@ def _without_cursor(request: HttpRequest) -> HttpRequest:
 def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
     tenant = tenant_current()
     try:
-        run = selectors.run_get(tenant=tenant, run_id=run_id)
+        run = selectors.run_detail(tenant=tenant, run_id=run_id)
     except Run.DoesNotExist:
         deletion = run_deletion(tenant=tenant, run_id=run_id) if run_id_valid(run_id) else None
         if deletion is not None:
             return run_deleted_page(request, deletion)
         raise Http404(f"There is no run named “{run_id}”.") from None
-    _set_verdict(run)
-    events = selectors.run_event_facts(tenant=tenant, run=run)
-    timeline = build_timeline(run.graph, events)
-    reduction = RunReduction(run.run_id, run.reduction_state)
-    final = reduction.node_states()
-    order = [node_id for node_id, _state, _attempts in final]
-    for node_id in order:
-        # A node the reduction knows from a graph the page does not have: drawn with no history.
-        timeline.nodes.setdefault(node_id, NodeTimeline(node_id, [], {}))
+    events, timeline = run.events, run.timeline
+    order = [node.id for node in run.nodes]
 
     at = _replay_position(request, timeline.last_seq)
     if at is None:
-        states = {node_id: state for node_id, state, _attempts in final}
-        attempts = {node_id: count for node_id, _state, count in final}
+        states = {node.id: node.state for node in run.nodes}
+        attempts = {node.id: node.attempt_count for node in run.nodes}
     else:
         states = {node_id: timeline.nodes[node_id].state_at(at) for node_id in order}
         attempts = {node_id: timeline.nodes[node_id].attempts_at(at) for node_id in order}
 
     log_from = _int_param(request, "log_from", default=0, low=0, high=max(0, timeline.last_seq))
-    log_page = selectors.run_events(tenant=tenant, run=run, after_seq=log_from - 1, limit=EVENTS_PER_PAGE)
+    log_page = selectors.run_events(tenant=tenant, run=run.id, after_seq=log_from - 1, limit=EVENTS_PER_PAGE)
     log = [_event_row(*row) for row in log_page.values_list("seq", "ts", "kind", "node", "payload")]
-
-    mismatch = None
-    if run.summary is not None and run.complete:
-        found = summary_mismatch(run.summary, reduction.row())
-        mismatch = found.details["fields"] if found else None
 
     drawn = drawn_nodes(order, timeline)
     gantt = gantt_picture(timeline, drawn, states, at)
@@ -185,8 +166,8 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
             "eventX": gantt.event_x,
             "labels": [_short_event(seq, kind, node, facts) for seq, _ts, kind, node, facts in events],
         },
-        "diagnostics": selectors.run_diagnostics(tenant=tenant, run=run),
-        "mismatch": mismatch,
+        "diagnostics": run.diagnostics,
+        "mismatch": run.summary_mismatch,
         "log": log,
         "log_from": log_from,
         "log_previous": max(0, log_from - EVENTS_PER_PAGE) if log_from > 0 else None,
@@ -240,7 +221,7 @@ def _int_param(request: HttpRequest, name: str, *, default: int, low: int, high:
     return min(max(value, low), high)
 
 
-def _elapsed(run: Run) -> str | None:
+def _elapsed(run: RunDetail) -> str | None:
     if run.duration_s is not None:
         return seconds_label(run.duration_s)
     if run.started is not None and run.last_event_at is not None:
@@ -301,7 +282,7 @@ def _short_event(seq: int, kind: str, node: str | None, payload: dict[str, Any])
     return " ".join(part for part in (f"#{seq}", kind, node or "", words) if part)
 
 
-def _event_label(events: list[tuple], seq: int) -> str:
+def _event_label(events: Sequence[EventRow], seq: int) -> str:
     for row_seq, _ts, kind, node, payload in events:
         if row_seq == seq:
             return _short_event(row_seq, kind, node, payload)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from runs.reduction import (
     NODE_STATES,
+    ReductionStateError,
     RunReduction,
     reduce_events,
     summary_mismatch,
@@ -358,6 +359,20 @@ def test_state_stays_small_however_long_the_log():
         reduction.apply(t("a", "running", "failed", attempt))
     assert len(json.dumps(reduction.to_state())) < 500
     assert reduction.next_seq == 6001
+
+
+def test_the_state_carries_its_version_and_another_version_is_refused():
+    reduction = RunReduction("r")
+    reduction.set_graph(GRAPH)
+    reduction.apply(START)
+    state = reduction.to_state()
+    assert state["version"] == RunReduction.STATE_VERSION
+    assert RunReduction("r", state).node_states() == reduction.node_states()
+    # A state stored before states carried a version reads as version 1.
+    unversioned = {k: v for k, v in state.items() if k != "version"}
+    assert RunReduction("r", unversioned).to_state() == state
+    with pytest.raises(ReductionStateError, match="version 2"):
+        RunReduction("r", {**state, "version": 2})
 
 
 def test_the_sample_archive_is_in_the_project_with_its_six_runs():

@@ -140,3 +140,36 @@ def test_a_cyclic_graph_still_gets_layers():
     graph = {"nodes": [{"id": "a", "deps": ["b"]}, {"id": "b", "deps": ["a"]}, {"id": "c", "deps": ["c"]}]}
     depth = build_timeline(graph, []).depth()
     assert set(depth) == {"a", "b", "c"}
+
+
+def test_a_late_record_belongs_to_the_attempt_its_node_moved_on_from():
+    def at(seconds: int) -> str:
+        return f"2026-11-20T10:00:{seconds:02d}.000Z"
+
+    events = [
+        {"ts": at(0), "event": "run_start", "run_id": "r"},
+        {"ts": at(0), "event": "transition", "node": "a", "from": "pending", "to": "running", "attempt": 1},
+        {"ts": at(4), "event": "transition", "node": "a", "from": "running", "to": "failed", "attempt": 1},
+        {
+            "ts": at(5),
+            "event": "node_attempt",
+            "node": "a",
+            "attempt": 1,
+            "ok": False,
+            "duration_s": 4.0,
+            "exit_code": 2,
+        },
+    ]
+    (only,) = build_timeline(None, rows(events)).nodes["a"].attempts
+    assert (only.start_seq, only.end_seq, only.recorded, only.ok, only.exit_code) == (1, 3, True, False, 2)
+
+
+def test_a_stored_event_missing_a_fact_is_passed_over():
+    events = [
+        (0, datetime.fromisoformat("2026-11-20T10:00:00+00:00"), "run_start", None, {}),
+        (1, datetime.fromisoformat("2026-11-20T10:00:01+00:00"), "transition", "a", {"to": "running"}),
+        (2, datetime.fromisoformat("2026-11-20T10:00:02+00:00"), "run_end", None, {"exit_code": 0}),
+    ]
+    timeline = build_timeline(None, events)
+    assert timeline.nodes == {} and timeline.last_seq == 2
+    assert timeline.finished == events[2][1]

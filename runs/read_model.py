@@ -1,0 +1,195 @@
+"""What readers see of a run: a row of history (`RunRow`) and one run in full (`RunDetail`).
+
+Frozen values built by one selector each (`runs.selectors.run_rows`, `runs.selectors.run_detail`)
+and shown by the read API, the pages and live messages alike, so a status, a verdict or a count
+means the same wherever it appears. Model instances stay as the database gave them.
+
+The JSON the API and live sockets send is built here, without DRF: live messages leave from the
+write path, which must not load the API's machinery. The API's serializers describe that JSON for
+the schema, and `runs.api` refuses to start if their fields and `RUN_ROW_SHOWN` part ways.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from operator import attrgetter
+from typing import Any
+
+from runs.reduction import Diagnostic
+from runs.timeline import Attempt, EventRow, Timeline
+
+
+def timestamp(value: datetime | None) -> str | None:
+    """RFC 3339 UTC with milliseconds, as producers write them: `2026-11-20T10:00:00.000Z`."""
+    if value is None:
+        return None
+    if value.tzinfo is not UTC:  # the databases give UTC already: most values skip the conversion
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="milliseconds")[:-6] + "Z"  # "+00:00" becomes "Z"
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """One run of history: its row as the write path stored it, and its status at one moment.
+
+    Every field named like a `Run` column is read from that column (`runs.selectors.RUN_ROW_COLUMNS`
+    is derived from this class): a field added here is read, with nothing else to keep in step.
+    Those come first, in one run, and the derived ones after: a page of rows is built positionally.
+    """
+
+    id: int
+    run_id: str
+    started: datetime | None
+    ended: datetime | None
+    duration_s: float | None
+    outcome: str | None
+    total_nodes: int
+    done: int
+    failed: int
+    blocked: int
+    total_attempts: int
+    flake_retries: int
+    exit_code: int | None
+    failed_nodes: list[str]
+    node_attempts: dict[str, int]
+    complete: bool
+    last_event_at: datetime | None
+    created_at: datetime
+    errors: int
+    warnings: int
+    infos: int
+    # Derived, not stored: they depend on the clock.
+    status: str
+    # The `died_mid_attempt` diagnostics of an interrupted run; none for any other.
+    open_attempts: tuple[Diagnostic, ...] = ()
+
+    @property
+    def diagnostic_counts(self) -> dict[str, int]:
+        return {"error": self.errors, "warning": self.warnings, "info": self.infos + len(self.open_attempts)}
+
+    @property
+    def verdict(self) -> str | None:
+        """What the pages show as one word: the outcome of a complete run, else its status."""
+        key = self.outcome if self.status == "complete" else self.status
+        return "flaky" if key == "clean_with_flake" else key
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiagnosticRow:
+    """A diagnostic as readers see it: stored by the write path, or found at read time."""
+
+    code: str
+    severity: str
+    seq: int | None
+    line: int | None
+    message: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeDetail:
+    """A node of one run: its final state and attempt count (the reduction's), its dependencies
+    (the graph's) and its attempts (the timeline's)."""
+
+    id: str
+    state: str
+    attempt_count: int
+    deps: list[str]
+    attempts: tuple[Attempt, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunDetail(RunRow):
+    """One run with everything its page and the API's detail show."""
+
+    graph: dict[str, Any] | None
+    next_seq: int
+    import_error: str
+    import_failures: int
+    import_retry_at: datetime | None
+    # In graph order, then order of first appearance.
+    nodes: tuple[NodeDetail, ...]
+    # Stored ones in the order they were found, then the time-dependent ones.
+    diagnostics: tuple[DiagnosticRow, ...]
+    # The fields where summary.json disagrees with the reduction, as the write path found them.
+    summary_mismatch: dict[str, Any] | None
+    # The log as the pictures and replay read it, and the story laid out from it.
+    events: tuple[EventRow, ...]
+    timeline: Timeline
+
+
+# What the API and live sockets show of a row, in this order (SPEC section 6).
+RUN_ROW_SHOWN = (
+    "run_id",
+    "status",
+    "outcome",
+    "started",
+    "ended",
+    "duration_s",
+    "total_nodes",
+    "done",
+    "failed",
+    "blocked",
+    "total_attempts",
+    "flake_retries",
+    "exit_code",
+    "failed_nodes",
+    "node_attempts",
+    "diagnostic_counts",
+    "last_event_at",
+)
+# And of one run, besides its row.
+RUN_DETAIL_SHOWN = (*RUN_ROW_SHOWN, "graph", "nodes", "diagnostics")
+_TIMES = ("started", "ended", "last_event_at")
+_shown = attrgetter(*RUN_ROW_SHOWN)
+
+
+def run_row_data(row: RunRow) -> dict[str, Any]:
+    """A row as JSON-ready values: what the API lists and live sockets send."""
+    data = dict(zip(RUN_ROW_SHOWN, _shown(row), strict=True))
+    for name in _TIMES:
+        data[name] = timestamp(data[name])
+    return data
+
+
+def attempt_data(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "attempt": attempt.attempt,
+        "start": timestamp(attempt.start),
+        "end": timestamp(attempt.end),
+        "duration_s": attempt.duration_s,
+        "ok": attempt.ok,
+        "exit_code": attempt.exit_code,
+        "error": attempt.error,
+        "start_seq": attempt.start_seq,
+        "end_seq": attempt.end_seq,
+    }
+
+
+def run_detail_data(detail: RunDetail) -> dict[str, Any]:
+    """One run as the API's detail shows it: its row, DAG, nodes with their attempts, diagnostics."""
+    return {
+        **run_row_data(detail),
+        "graph": detail.graph,
+        "nodes": [
+            {
+                "id": node.id,
+                "state": node.state,
+                "deps": node.deps,
+                "attempts": [attempt_data(attempt) for attempt in node.attempts],
+            }
+            for node in detail.nodes
+        ],
+        "diagnostics": [
+            {
+                "code": d.code,
+                "severity": d.severity,
+                "seq": d.seq,
+                "line": d.line,
+                "message": d.message,
+                "details": d.details,
+            }
+            for d in detail.diagnostics
+        ],
+    }
