@@ -449,6 +449,22 @@ def test_unknown_fields_nested_to_the_limit_are_kept_and_deeper_ones_refused(cli
     assert_reads_answer(client, "run_deep")
 
 
+def test_an_event_nested_too_deep_around_a_nul_is_refused_not_a_server_error(client, local_tenant):
+    """The walk looking for NUL characters must not recurse as deep as a hostile event nests."""
+    started(client, "run_deep_nul")
+    before = snapshot()
+    deep: object = "a\x00b"
+    for _ in range(900):
+        deep = [deep]
+    event = {"ts": T, "event": "note", "deep": deep}
+    assert json_has_nul(line(event), parsed(event))
+    for content_type in ("application/x-ndjson", "application/json"):
+        problems = refused(post(client, "run_deep_nul", event, content_type=content_type), "")
+        assert any("nest" in p["message"] for p in problems), problems
+    assert snapshot() == before
+    assert_reads_answer(client, "run_deep_nul")
+
+
 def test_huge_numbers_in_unknown_fields_are_read_back(client, local_tenant):
     started(client, "run_numbers")
     events = [
