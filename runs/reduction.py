@@ -159,9 +159,18 @@ def ts_utc(value: str) -> datetime | None:
         return None
 
 
-@lru_cache(maxsize=8192)
 def ts_utc_text(value: str) -> str:
     """The UTC instant of a valid timestamp as RFC 3339 text, for PostgreSQL to store."""
+    # A timestamp in UTC as producers write it is its own UTC text: PostgreSQL reads it as the same
+    # instant. Not one with more than 6 digits of fraction, which PostgreSQL would round where
+    # Python truncates, nor one with a lowercase "t" or "z".
+    if value[-1] == "Z" and value[10] == "T" and len(value) <= len("2026-11-20T10:00:00.000000Z"):
+        return value
+    return _ts_utc_isoformat(value)
+
+
+@lru_cache(maxsize=8192)
+def _ts_utc_isoformat(value: str) -> str:
     return parse_ts(value).isoformat()
 
 

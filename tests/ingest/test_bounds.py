@@ -203,6 +203,20 @@ def test_an_import_of_thousands_of_events_stores_each_ts_as_its_utc_instant(loca
     assert stored[1:] == [base + timedelta(minutes=shifts[offsets[i % 5]]) for i in range(1500)]
 
 
+def test_an_import_stores_a_utc_ts_of_any_precision_as_its_instant(local_tenant, tmp_path):
+    """Through the COPY too: to the microsecond, with the digits past it dropped, never rounded."""
+    fractions = ["", ".5", ".123", ".123456", ".1234569", ".999999999"]
+    events = [run_start("run_precision")] + [
+        {"ts": f"2026-11-20T10:00:00{fractions[i % 6]}Z", "event": "note", "i": i} for i in range(1500)
+    ]
+    write_archive_run(tmp_path, "run_precision", events)
+    import_archive(tmp_path)
+    stored = Event.objects.filter(run__run_id="run_precision").order_by("seq").values_list("ts", flat=True)
+    microseconds = [0, 500000, 123000, 123456, 123456, 999999]
+    base = datetime(2026, 11, 20, 10, tzinfo=UTC)
+    assert list(stored)[1:] == [base + timedelta(microseconds=microseconds[i % 6]) for i in range(1500)]
+
+
 @pytest.mark.parametrize(
     ("ts", "instant"),
     [
