@@ -301,21 +301,24 @@ def validate_graph(graph: Any, prefix: str = "") -> list[FieldError]:
     errors: list[FieldError] = []
     seen: set[str] = set()
     edges = 0
+    # Each archive's graph.json and each graph a run_start carries comes through here: the name of
+    # a node's place is written out only for a node that is wrong.
     for i, node in enumerate(nodes):
-        where = f"{prefix}nodes[{i}]"
         if not isinstance(node, dict):
-            errors.append(FieldError(where, "must be an object with an id"))
+            errors.append(FieldError(f"{prefix}nodes[{i}]", "must be an object with an id"))
             continue
         node_id = node.get("id")
         if _bad_node(node_id):
-            errors.append(FieldError(f"{where}.id", _NODE_RULE))
+            errors.append(FieldError(f"{prefix}nodes[{i}].id", _NODE_RULE))
         elif node_id in seen:
-            errors.append(FieldError(f"{where}.id", f"repeats node {node_id!r}"))
+            errors.append(FieldError(f"{prefix}nodes[{i}].id", f"repeats node {node_id!r}"))
         else:
             seen.add(node_id)
         deps = node.get("deps", [])
-        if not isinstance(deps, list) or any(_bad_node(d) for d in deps):
-            errors.append(FieldError(f"{where}.deps", f"must be a list of node ids ({_NODE_RULE})"))
+        if not isinstance(deps, list) or any(map(_bad_node, deps)):
+            errors.append(
+                FieldError(f"{prefix}nodes[{i}].deps", f"must be a list of node ids ({_NODE_RULE})")
+            )
         else:
             edges += len(deps)
         if len(errors) >= 20:
