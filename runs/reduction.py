@@ -110,12 +110,19 @@ def json_has_nul(text: bytes, value: Any) -> bool:
 
 
 def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
+    # Walked without recursion (as `json_too_deep`): a refused event may nest far deeper than
+    # Python's recursion limit, and is still looked at for a NUL to report.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 
@@ -153,9 +160,18 @@ def ts_utc(value: str) -> datetime | None:
         return None
 
 
-@lru_cache(maxsize=8192)
 def ts_utc_text(value: str) -> str:
     """The UTC instant of a valid timestamp as RFC 3339 text, for PostgreSQL to store."""
+    # A timestamp in UTC as producers write it is its own UTC text: PostgreSQL reads it as the same
+    # instant. Not one with more than 6 digits of fraction, which PostgreSQL would round where
+    # Python truncates, nor one with a lowercase "t" or "z".
+    if value[-1] == "Z" and value[10] == "T" and len(value) <= len("2026-11-20T10:00:00.000000Z"):
+        return value
+    return _ts_utc_isoformat(value)
+
+
+@lru_cache(maxsize=8192)
+def _ts_utc_isoformat(value: str) -> str:
     return parse_ts(value).isoformat()
 
 
@@ -286,21 +302,24 @@ def validate_graph(graph: Any, prefix: str = "") -> list[FieldError]:
     errors: list[FieldError] = []
     seen: set[str] = set()
     edges = 0
+    # Each archive's graph.json and each graph a run_start carries comes through here: the name of
+    # a node's place is written out only for a node that is wrong.
     for i, node in enumerate(nodes):
-        where = f"{prefix}nodes[{i}]"
         if not isinstance(node, dict):
-            errors.append(FieldError(where, "must be an object with an id"))
+            errors.append(FieldError(f"{prefix}nodes[{i}]", "must be an object with an id"))
             continue
         node_id: Any = node.get("id")
         if _bad_node(node_id):
-            errors.append(FieldError(f"{where}.id", _NODE_RULE))
+            errors.append(FieldError(f"{prefix}nodes[{i}].id", _NODE_RULE))
         elif node_id in seen:
-            errors.append(FieldError(f"{where}.id", f"repeats node {node_id!r}"))
+            errors.append(FieldError(f"{prefix}nodes[{i}].id", f"repeats node {node_id!r}"))
         else:
             seen.add(node_id)
         deps = node.get("deps", [])
-        if not isinstance(deps, list) or any(_bad_node(d) for d in deps):
-            errors.append(FieldError(f"{where}.deps", f"must be a list of node ids ({_NODE_RULE})"))
+        if not isinstance(deps, list) or any(map(_bad_node, deps)):
+            errors.append(
+                FieldError(f"{prefix}nodes[{i}].deps", f"must be a list of node ids ({_NODE_RULE})")
+            )
         else:
             edges += len(deps)
         if len(errors) >= 20:

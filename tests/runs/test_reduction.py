@@ -2,6 +2,7 @@
 
 import itertools
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -15,6 +16,8 @@ from runs.reduction import (
     RunReduction,
     reduce_events,
     summary_mismatch,
+    ts_utc,
+    ts_utc_text,
     validate_event,
     validate_graph,
 )
@@ -246,6 +249,26 @@ def test_schema_errors_name_the_field(event, field):
     errors = validate_event(event)
     assert field in [e.field for e in errors], errors
     assert all(e.message for e in errors)
+
+
+@pytest.mark.parametrize(
+    ("ts", "text"),
+    [
+        # Already UTC as producers write it: stored as written.
+        ("2026-11-20T10:00:00.000Z", "2026-11-20T10:00:00.000Z"),
+        ("2026-11-20T10:00:00Z", "2026-11-20T10:00:00Z"),
+        ("0001-01-01T00:00:00.123456Z", "0001-01-01T00:00:00.123456Z"),
+        # Written out again: past microseconds PostgreSQL would round, and Python truncates.
+        ("2026-11-20T10:00:00.9999995Z", "2026-11-20T10:00:00.999999+00:00"),
+        ("2026-11-20t10:00:00.000z", "2026-11-20T10:00:00+00:00"),
+        ("2026-11-20 10:00:00.000Z", "2026-11-20T10:00:00+00:00"),
+        ("2026-11-20T10:00:00.000+23:59", "2026-11-19T10:01:00+00:00"),
+        ("2026-11-20T10:00:00.000-00:00", "2026-11-20T10:00:00+00:00"),
+    ],
+)
+def test_a_ts_is_stored_as_the_text_of_its_utc_instant(ts, text):
+    assert ts_utc_text(ts) == text
+    assert datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC) == ts_utc(ts)
 
 
 def test_valid_events_and_unknown_kinds_pass_the_schema():
