@@ -1,8 +1,9 @@
 """The event store: runs, their append-only events, diagnostics, and per-node final states.
 
 A run row is materialised by the write path (`runs.services`) from the reduction, so history pages
-never re-read logs. Everything here belongs to a tenant and carries `tenant_id` itself, so scoping
-(and, in cloud mode, row-level security) never needs a join.
+never re-read logs; it creates a run's row before the run's first event. Everything here belongs
+to a tenant and carries `tenant_id` itself, so scoping (and, in cloud mode, row-level security)
+never needs a join.
 """
 
 from datetime import datetime, timedelta
@@ -195,13 +196,9 @@ class Diagnostic(models.Model):
 class RunNode(models.Model):
     """A node's final state in one run: answers "runs that have node X" and "how flaky is X"."""
 
-    # Written in bulk with the events, by the same single writer: no database constraint (see Event).
-    run = models.ForeignKey(
-        Run, on_delete=models.CASCADE, db_index=False, db_constraint=False, related_name="nodes"
-    )
-    tenant = models.ForeignKey(
-        Tenant, on_delete=models.PROTECT, db_index=False, db_constraint=False, related_name="+"
-    )
+    # The (run, node) unique index below leads with run_id: no second index on the foreign key.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, db_index=False, related_name="nodes")
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, db_index=False, related_name="+")
     node_id = models.CharField(max_length=200)
     position = models.PositiveIntegerField(help_text="graph order, then order of first appearance")
     state = models.CharField(max_length=10)
