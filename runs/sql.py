@@ -427,17 +427,40 @@ def run_rows_update(runs: list[Run], fields: tuple[str, ...], writes: Writes) ->
     """Writes these fields of these runs back to their rows, by id."""
     if not runs:
         return
+    on_postgresql = connection.vendor == "postgresql"
+    if on_postgresql and len(runs) > 1:
+        # An import's runs: one statement, the rows as one JSON parameter, rather than a
+        # statement a run (the policy checks and the executor's start, once per run otherwise).
+        # The runs are named apart, so the planner reads them by their primary key.
+        names = [attname for attname, _, _ in _row_fields(fields, connection.vendor)]
+        records = orjson.dumps(
+            [{"id": run.pk, **{name: getattr(run, name) for name in names}} for run in runs]
+        ).decode()
+        writes.add(_update_many_sql(fields), [records, [run.pk for run in runs]])
+        return
     sql = _update_sql(fields)
     params = [(*run_values(run, fields), run.pk) for run in runs]
-    # On PostgreSQL, bound on the server (kahn_site.rows.bound_cursor): the JSON columns travel
-    # as parameters instead of being quoted into the SQL text by Python, the statement is
-    # prepared after a few uses, and psycopg pipelines executemany, so hundreds of runs cost
-    # about one round trip.
-    if len(params) == 1 and connection.vendor == "postgresql":
-        writes.add(sql, list(params[0]))  # a producer's batch: with its other writes
+    if on_postgresql:
+        # A producer's batch: bound on the server (kahn_site.rows.bound_cursor), the JSON columns
+        # as parameters, with the batch's other writes.
+        writes.add(sql, list(params[0]))
         return
-    with bound_cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.executemany(sql, params)
+
+
+@functools.cache
+def _update_many_sql(fields: tuple[str, ...]) -> str:
+    """The UPDATE of these fields of several runs, from a JSON array of their rows (PostgreSQL)."""
+    quote = connection.ops.quote_name
+    model_fields = [Run._meta.get_field(f) for f in fields]
+    record = ", ".join(f"{quote(f.attname)} {f.db_type(connection)}" for f in model_fields)
+    assignments = ", ".join(f"{quote(f.column)} = v.{quote(f.attname)}" for f in model_fields)
+    return (
+        f"UPDATE {quote(Run._meta.db_table)} AS r SET {assignments} "
+        f"FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, {record}) "
+        "WHERE r.id = ANY(%s) AND r.id = v.id"
+    )
 
 
 def run_nodes_write(
