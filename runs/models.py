@@ -147,8 +147,9 @@ class Event(models.Model):
 
     pk = models.CompositePrimaryKey("run_id", "seq")
     # The primary key (run_id, seq) already indexes run_id: no second index on the foreign key.
-    # No database constraint either: checking a million rows' keys at commit costs as much as
-    # storing them, and the write path (runs.services), the only writer, holds the run's row lock.
+    # No database constraint either: checking a million rows' keys at commit costs more than
+    # storing them. The write path (runs.services), the only writer, creates the run's row first
+    # and holds its lock.
     run = models.ForeignKey(
         Run, on_delete=models.CASCADE, db_index=False, db_constraint=False, related_name="events"
     )
@@ -196,9 +197,14 @@ class Diagnostic(models.Model):
 class RunNode(models.Model):
     """A node's final state in one run: answers "runs that have node X" and "how flaky is X"."""
 
-    # The (run, node) unique index below leads with run_id: no second index on the foreign key.
+    # A database constraint on the run, checked at commit with a key lookup a row; none on the
+    # tenant: an import writes a node row per node of every run, and a second lookup a row would
+    # guard nothing the run's constraint and the tenant's PROTECT do not. The (run, node) unique
+    # index below leads with run_id: no second index on the foreign key.
     run = models.ForeignKey(Run, on_delete=models.CASCADE, db_index=False, related_name="nodes")
-    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, db_index=False, related_name="+")
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.PROTECT, db_index=False, db_constraint=False, related_name="+"
+    )
     node_id = models.CharField(max_length=200)
     position = models.PositiveIntegerField(help_text="graph order, then order of first appearance")
     state = models.CharField(max_length=10)
