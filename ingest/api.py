@@ -7,8 +7,8 @@ are the ingest service's to decide (ingest.bodies).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -22,10 +22,13 @@ from rest_framework.throttling import BaseThrottle
 from ingest import services
 from ingest.bodies import request_body
 from ingest.ratelimit import TenantIngestRateThrottle, ratelimit_headers
-from kahn_site.api_errors import ApiError
+from kahn_site.api_errors import ApiError, RunDeleted, api_error_from
+from retention.errors import run_deleted_error
 from runs.api import ERRORS, RUN_ID, ErrorSerializer, RunEventsApi, RunGraphApi, RunSummaryApi
+from runs.errors import RunDeletedError, RunWriteRefused
 from runs.reduction import run_id_valid
 from tenants.context import tenant_current
+from tenants.models import Tenant
 from tenants.permissions import INGEST
 
 
@@ -43,6 +46,20 @@ def _checked_run_id(run_id: str) -> str:
     if not run_id_valid(run_id):
         raise InvalidRunId(run_id)
     return run_id
+
+
+@contextmanager
+def _refusals_answered(tenant: Tenant) -> Iterator[None]:
+    """The services' refusals as the contract's answers: each code with its status, and a run
+    retention removed as `410 run_deleted`, saying when and why."""
+    try:
+        yield
+    except RunDeletedError as exc:
+        raise run_deleted_error(tenant=tenant, run_id=exc.run_id) or RunDeleted(
+            exc.message, details=exc.details
+        ) from None
+    except (services.BatchRefused, RunWriteRefused) as exc:
+        raise api_error_from(exc) from None
 
 
 # What a producer's request can be refused with, besides the read API's 400 and 404.
@@ -99,9 +116,18 @@ class RunEventsEndpoint(IngestThrottled, RunEventsApi):
     )
     def post(self, request: Request, run_id: str) -> Response:
         _checked_run_id(run_id)
-        batch = services.events_parse(request_body(request), request.content_type or "")
-        receipt = services.run_append_batch(tenant=tenant_current(), run_id=run_id, batch=batch)
-        return Response(asdict(receipt))
+        tenant = tenant_current()
+        with _refusals_answered(tenant):
+            batch = services.events_parse(request_body(request), request.content_type or "")
+            receipt = services.run_append_batch(tenant=tenant, run_id=run_id, batch=batch)
+        return Response(
+            {
+                "run_id": receipt.run_id,
+                "accepted": receipt.accepted,
+                "duplicates": receipt.duplicates,
+                "next_seq": receipt.next_seq,
+            }
+        )
 
 
 def _document(request: Request, kind: str) -> dict[str, Any]:
@@ -126,8 +152,10 @@ def _document(request: Request, kind: str) -> dict[str, Any]:
 
 def _put(request: Request, run_id: str, kind: str) -> Response:
     _checked_run_id(run_id)
-    document = _document(request, kind)
-    written = services.run_put_document(tenant=tenant_current(), run_id=run_id, kind=kind, document=document)
+    tenant = tenant_current()
+    with _refusals_answered(tenant):
+        document = _document(request, kind)
+        written = services.run_put_document(tenant=tenant, run_id=run_id, kind=kind, document=document)
     return Response({"run_id": run_id, "written": written})
 
 

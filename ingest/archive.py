@@ -13,7 +13,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -24,14 +23,7 @@ from django.utils import timezone
 from retention.selectors import runs_deleted_among
 from runs import reduction
 from runs.models import Run
-from runs.services import (
-    RunBatch,
-    RunChange,
-    RunDeletedError,
-    run_batch_write,
-    run_import_failed,
-    run_import_succeeded,
-)
+from runs.services import LogItem, RunLog, run_import_failed, runs_import
 from tenants.context import tenant_atomic
 from tenants.models import Tenant
 
@@ -270,8 +262,37 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path.name} is not readable JSON ({exc})") from exc
 
 
+class _RunNamed:
+    __slots__ = ("run_id",)
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+
+class _NextSeq:
+    __slots__ = ("next_seq",)
+
+    def __init__(self, next_seq: int) -> None:
+        self.next_seq = next_seq
+
+
+class LogReading:
+    """What `_valid_events` reports to while it reads one run's new lines: the run's id, the seq
+    its next valid event gets, and the diagnostics it finds (handed on by `_log_items`)."""
+
+    __slots__ = ("found", "reduction", "run")
+
+    def __init__(self, run_id: str, next_seq: int) -> None:
+        self.run = _RunNamed(run_id)
+        self.reduction = _NextSeq(next_seq)
+        self.found: list[reduction.Diagnostic] = []
+
+    def diagnose(self, diagnostic: reduction.Diagnostic) -> None:
+        self.found.append(diagnostic)
+
+
 def _valid_events(
-    change: RunChange, lines: list[bytes], first_line: int
+    change: LogReading, lines: list[bytes], first_line: int
 ) -> Iterator[tuple[dict[str, Any], str]]:
     """The events of complete log lines with their JSON text; a bad line becomes a diagnostic."""
     loads, validate, limit = orjson.loads, reduction.validate_event, reduction.MAX_EVENT_BYTES
@@ -306,7 +327,7 @@ def _valid_events(
         )
 
 
-def _run_id_mismatch(named: str, run_id: str, line: int, change: RunChange) -> reduction.Diagnostic:
+def _run_id_mismatch(named: str, run_id: str, line: int, change: LogReading) -> reduction.Diagnostic:
     """The folder's name and its log's `run_start` disagree: the folder's name is the run's id (it
     is what the archive is read by), and the event is stored as written."""
     return reduction.Diagnostic(
@@ -319,10 +340,26 @@ def _run_id_mismatch(named: str, run_id: str, line: int, change: RunChange) -> r
     )
 
 
-def _import_run(change: RunChange, folder: RunFolder, warnings: list[str]) -> int:
-    """Adds what the folder holds beyond what the run already has; returns the bytes read."""
-    run = change.run
-    if folder.has_graph and run.graph is None:
+def _log_items(reading: LogReading, lines: list[bytes], first_line: int) -> Iterator[LogItem]:
+    """The log's valid events, each with its JSON text, and the diagnostics of its other lines,
+    where they stand; parsed as they are consumed (the write path streams them as it goes)."""
+    found, seqs = reading.found, reading.reduction
+    for item in _valid_events(reading, lines, first_line):
+        if found:
+            yield from found
+            found.clear()
+        yield item
+        seqs.next_seq += 1
+    yield from found
+    found.clear()
+
+
+def _run_log(folder: RunFolder, stored: _Stored | None, warnings: list[str]) -> tuple[RunLog, int]:
+    """What the folder holds beyond what the run already has (`stored`, as read before the import),
+    read now; and the log's bytes read. Its lines are parsed when the write path consumes them."""
+    stored = stored or _NEW_RUN
+    log = RunLog(run_id=folder.run_id, new=stored is _NEW_RUN, log_offset=stored.offset)
+    if folder.has_graph and not stored.has_graph:
         try:
             size = os.lstat(folder.path / GRAPH).st_size
             if size > reduction.MAX_GRAPH_BYTES:
@@ -333,50 +370,40 @@ def _import_run(change: RunChange, folder: RunFolder, warnings: list[str]) -> in
             problems = reduction.validate_graph(graph)
             if problems:
                 raise ValueError(f"graph.json breaks the schema: {problems[0].field}: {problems[0].message}")
-            change.set_graph(graph)
+            log.graph = graph
         except ValueError as exc:
             warnings.append(f"{folder.run_id}: {printable(str(exc))}; not imported, tried again next time")
 
     read = 0
-    if folder.log_size >= 0 and not run.log_shrank:
-        with _open_regular(folder.path / LOG) as log:
-            size = os.fstat(log.fileno()).st_size
-            run.log_size_seen = size
-            change.progress_changed = True
-            if size < run.log_offset:
-                run.log_shrank = True
-                change.diagnose(
-                    reduction.Diagnostic(
-                        "log_shrank",
-                        f"the log is {size} bytes, shorter than the {run.log_offset} bytes already "
-                        "imported; nothing stored was removed and the log is no longer read",
-                        line=run.log_lines,
-                        details={"size": size, "imported_bytes": run.log_offset},
-                    )
-                )
-            else:
-                log.seek(run.log_offset)
-                data = log.read(size - run.log_offset)
+    if folder.log_size >= 0 and not stored.shrank:
+        with _open_regular(folder.path / LOG) as file:
+            size = os.fstat(file.fileno()).st_size
+            log.log_size = size
+            # A log shorter than what was imported is the write path's to note (and stop reading).
+            if size >= stored.offset:
+                file.seek(stored.offset)
+                data = file.read(size - stored.offset)
                 # A line is complete only once it ends in "\n"; an unfinished last line is a write in
                 # progress and waits for the next import.
                 end = data.rfind(b"\n") + 1
                 lines = data[: end - 1].split(b"\n") if end else []
-                change.extend(_valid_events(change, lines, first_line=run.log_lines + 1))
-                run.log_offset += end
-                run.log_lines += len(lines)
+                reading = LogReading(folder.run_id, stored.next_seq)
+                log.items = _log_items(reading, lines, first_line=stored.lines + 1)
+                log.log_end = stored.offset + end
+                log.lines = len(lines)
                 read = end
 
-    if folder.has_summary and run.summary is None:
+    if folder.has_summary and not stored.has_summary:
         try:
             summary = _read_json(folder.path / SUMMARY)
             if not isinstance(summary, dict):
                 raise ValueError("summary.json is not a JSON object")
             if reduction.json_too_deep(summary):
                 raise ValueError(f"summary.json nests more than {reduction.MAX_JSON_DEPTH} levels")
-            change.set_summary(summary)
+            log.summary = summary
         except ValueError as exc:
             warnings.append(f"{folder.run_id}: {printable(str(exc))}; not imported, tried again next time")
-    return read
+    return log, read
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,11 +412,17 @@ class _Stored:
 
     offset: int
     size_seen: int
+    lines: int
+    next_seq: int
     has_graph: bool
     has_summary: bool
     shrank: bool
     import_error: str
     retry_at: datetime | None
+
+
+# A run with no row yet.
+_NEW_RUN = _Stored(0, 0, 0, 0, False, False, False, "", None)
 
 
 def archive_import(
@@ -404,31 +437,7 @@ def archive_import(
     folders, warnings = archive_scan(root)
     report = ArchiveReport(warnings=warnings, scanned=len(folders))
     now = timezone.now()
-    with tenant_atomic(tenant):
-        stored: dict[str, _Stored] = {}
-        deleted: set[str] = set()
-        for run_id, deleted_at, *values in (
-            Run.objects.including_deleted()
-            .filter(tenant=tenant)
-            .annotate(has_graph=Q(graph__isnull=False), has_summary=Q(summary__isnull=False))
-            .values_list(
-                "run_id",
-                "deleted_at",
-                "log_offset",
-                "log_size_seen",
-                "has_graph",
-                "has_summary",
-                "log_shrank",
-                "import_error",
-                "import_retry_at",
-            )
-        ):
-            stored[run_id] = _Stored(*values)
-            if deleted_at is not None:
-                deleted.add(run_id)
-        # A run with no row was never imported, or was hard-deleted: its retention record says which.
-        new = [f.run_id for f in folders if f.run_id not in stored]
-        deleted.update(runs_deleted_among(tenant=tenant, run_ids=new) if new else ())
+    stored, deleted = _stored_runs(tenant, [f.run_id for f in folders])
     report.deleted = [f.run_id for f in folders if f.run_id in deleted]
     todo = []
     for folder in folders:
@@ -446,8 +455,44 @@ def archive_import(
     if progress is not None:
         progress.start(sum(max(f.log_size - offsets.get(f.run_id, 0), 0) for f in todo))
     with _collector_paused():
-        _import_chunks(tenant, todo, offsets, report, progress)
+        _import_chunks(tenant, todo, stored, report, progress)
     return report
+
+
+def _stored_runs(tenant: Tenant, run_ids: list[str]) -> tuple[dict[str, _Stored], set[str]]:
+    """What the database holds of these runs, and which of them retention removed: soft-deleted
+    ones, and those with no row whose retention record says they were hard-deleted."""
+    stored: dict[str, _Stored] = {}
+    deleted: set[str] = set()
+    wanted = set(run_ids)
+    with tenant_atomic(tenant):
+        for run_id, deleted_at, *values in (
+            Run.objects.including_deleted()
+            .filter(tenant=tenant)
+            .annotate(has_graph=Q(graph__isnull=False), has_summary=Q(summary__isnull=False))
+            .values_list(
+                "run_id",
+                "deleted_at",
+                "log_offset",
+                "log_size_seen",
+                "log_lines",
+                "next_seq",
+                "has_graph",
+                "has_summary",
+                "log_shrank",
+                "import_error",
+                "import_retry_at",
+            )
+        ):
+            if run_id not in wanted:
+                continue
+            stored[run_id] = _Stored(*values)
+            if deleted_at is not None:
+                deleted.add(run_id)
+        # A run with no row was never imported, or was hard-deleted: its retention record says which.
+        new = [run_id for run_id in run_ids if run_id not in stored]
+        deleted.update(runs_deleted_among(tenant=tenant, run_ids=new) if new else ())
+    return stored, deleted
 
 
 def _needs_import(folder: RunFolder, stored: _Stored | None) -> bool:
@@ -480,7 +525,7 @@ def _collector_paused() -> Iterator[None]:
 def _import_chunks(
     tenant: Tenant,
     todo: list[RunFolder],
-    offsets: dict[str, int],
+    stored: dict[str, _Stored],
     report: ArchiveReport,
     progress: ImportProgress | None,
 ) -> None:
@@ -495,9 +540,10 @@ def _import_chunks(
     shows. Recording it is the test of the database itself: if that fails too, the database is
     gone, and the import ends with that error.
     """
+    offsets = {run_id: known.offset for run_id, known in stored.items()}
     for chunk in _chunks(todo, offsets):
         try:
-            _import_together(tenant, chunk, report, progress)
+            _import_together(tenant, chunk, stored, report, progress)
             continue
         except Exception as exc:  # any refusal, whatever raised it (see above)
             if len(chunk) == 1:
@@ -505,46 +551,54 @@ def _import_chunks(
                 continue
         for folder in chunk:
             try:
-                _import_together(tenant, [folder], report, progress)
+                _import_together(tenant, [folder], stored, report, progress)
             except Exception as exc:
                 _import_failed(tenant, folder.run_id, exc, report)
 
 
+# How many times a run another import keeps advancing is read again before it is left to the next.
+STALE_READS = 3
+
+
 def _import_together(
-    tenant: Tenant, chunk: list[RunFolder], report: ArchiveReport, progress: ImportProgress | None
+    tenant: Tenant,
+    chunk: list[RunFolder],
+    stored: dict[str, _Stored],
+    report: ArchiveReport,
+    progress: ImportProgress | None,
 ) -> None:
-    """Imports these runs in one transaction; the report learns of them once it has committed."""
-    chunk = list(chunk)
-    while chunk:
-        warnings: list[str] = []
-        try:
-            read, changes = run_batch_write(
-                tenant=tenant, write=partial(_write_runs, tenant, chunk, warnings)
-            )
-        except RunDeletedError as exc:
-            # Retention deleted the run since the scan: the chunk is written again without it.
-            report.deleted.append(exc.run_id)
-            chunk = [f for f in chunk if f.run_id != exc.run_id]
-            continue
-        report.warnings.extend(warnings)
+    """Imports these runs in one transaction; the report learns of them once it has committed. A
+    run another import advanced since it was read is read again from where that one left it."""
+    for _ in range(STALE_READS):
+        logs: list[RunLog] = []
+        read: dict[str, int] = {}
+        warned: dict[str, list[str]] = {}
+        for folder in chunk:
+            warned[folder.run_id] = []
+            log, read[folder.run_id] = _run_log(folder, stored.get(folder.run_id), warned[folder.run_id])
+            logs.append(log)
+        imported = runs_import(tenant=tenant, runs=logs)
+        report.deleted.extend(imported.deleted)
+        stale = set(imported.stale)
+        report.warnings.extend(w for run_id, found in warned.items() if run_id not in stale for w in found)
         if progress is not None:
-            progress.advance(read)
-        for change in changes:
+            progress.advance(sum(n for run_id, n in read.items() if run_id not in stale))
+        for change in imported.changes:
             if change.news:
                 run_import = RunImport(change.run.run_id, events=change.appended, run=change.run)
                 for diagnostic in change.diagnostics:
                     run_import.diagnostics[diagnostic.severity] += 1
                 report.runs.append(run_import)
-        return
-
-
-def _write_runs(tenant: Tenant, chunk: list[RunFolder], warnings: list[str], batch: RunBatch) -> int:
-    """Adds what the folders hold to their runs in `batch`; returns the bytes read."""
-    changes = batch.open(f.run_id for f in chunk)
-    run_import_succeeded(
-        tenant=tenant, runs=[change.run for change in changes.values() if change.run.import_error]
+        if not stale:
+            return
+        chunk = [folder for folder in chunk if folder.run_id in stale]
+        fresh, deleted = _stored_runs(tenant, [folder.run_id for folder in chunk])
+        stored.update(fresh)
+        report.deleted.extend(run_id for run_id in deleted if run_id not in report.deleted)
+        chunk = [folder for folder in chunk if folder.run_id not in deleted]
+    report.warnings.extend(
+        f"runs/{folder.run_id}: another import kept writing it; tried again next time" for folder in chunk
     )
-    return sum(_import_run(changes[folder.run_id], folder, warnings) for folder in chunk)
 
 
 def _import_failed(tenant: Tenant, run_id: str, exc: Exception, report: ArchiveReport) -> None:

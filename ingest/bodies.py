@@ -29,7 +29,7 @@ from django.utils.module_loading import import_string
 from rest_framework import status
 
 from ingest.services import MAX_REQUEST_BYTES, BatchTooLarge, InvalidBody, UnsupportedMediaType
-from kahn_site.api_errors import API_PREFIX, ApiError, error_body
+from kahn_site.api_errors import API_PREFIX, ApiError, api_error_from, error_body
 
 # A producer's batch (SPEC section 5); more than any form of the site ever sends.
 MAX_BODY_BYTES = MAX_REQUEST_BYTES
@@ -57,10 +57,12 @@ def body_timeout() -> float:
     return float(settings.KAHN_REQUEST_BODY_TIMEOUT)
 
 
-def body_too_large(declared: int | None = None) -> BatchTooLarge:
+def body_too_large(declared: int | None = None) -> ApiError:
     size = f"the request is {declared} bytes; " if declared is not None else ""
-    return BatchTooLarge(
-        f"{size}a request body is at most {MAX_BODY_BYTES} bytes", details={"max_bytes": MAX_BODY_BYTES}
+    return api_error_from(
+        BatchTooLarge(
+            f"{size}a request body is at most {MAX_BODY_BYTES} bytes", details={"max_bytes": MAX_BODY_BYTES}
+        )
     )
 
 
@@ -75,21 +77,25 @@ def _encoding(value: str) -> str:
 def _refused_form(content_type: str, content_encoding: str) -> ApiError | None:
     """A body in a form no endpoint takes: multipart, or an encoding other than gzip."""
     if _media_type(content_type).startswith("multipart/"):
-        return UnsupportedMediaType(
-            f"{_media_type(content_type)} is not accepted: send events as application/x-ndjson or "
-            "application/json, and a graph or summary as application/json",
-            details={"content_type": _media_type(content_type)},
+        return api_error_from(
+            UnsupportedMediaType(
+                f"{_media_type(content_type)} is not accepted: send events as application/x-ndjson or "
+                "application/json, and a graph or summary as application/json",
+                details={"content_type": _media_type(content_type)},
+            )
         )
     encodings = [_encoding(part) for part in content_encoding.split(",")] if content_encoding else []
     unknown = [e for e in encodings if e not in ACCEPTED_ENCODINGS]
     if unknown or encodings.count("gzip") > 1:
-        return UnsupportedMediaType(
-            f"Content-Encoding {content_encoding.strip()!r} is not accepted: send the body as it is, "
-            "or compressed once with gzip",
-            details={
-                "content_encoding": content_encoding.strip()[:100],
-                "accepted": list(ACCEPTED_ENCODINGS),
-            },
+        return api_error_from(
+            UnsupportedMediaType(
+                f"Content-Encoding {content_encoding.strip()!r} is not accepted: send the body as it is, "
+                "or compressed once with gzip",
+                details={
+                    "content_encoding": content_encoding.strip()[:100],
+                    "accepted": list(ACCEPTED_ENCODINGS),
+                },
+            )
         )
     return None
 
@@ -196,10 +202,12 @@ def _gunzip(raw: bytes) -> bytes:
                 pieces.append(piece)
                 size += len(piece)
                 if size > MAX_BODY_BYTES:
-                    raise BatchTooLarge(
-                        f"the body inflates past {MAX_BODY_BYTES} bytes; a request body is at most "
-                        "that once decompressed",
-                        details={"max_bytes": MAX_BODY_BYTES},
+                    raise api_error_from(
+                        BatchTooLarge(
+                            f"the body inflates past {MAX_BODY_BYTES} bytes; a request body is at most "
+                            "that once decompressed",
+                            details={"max_bytes": MAX_BODY_BYTES},
+                        )
                     )
                 pending = inflater.unconsumed_tail
                 if not pending:
@@ -210,8 +218,10 @@ def _gunzip(raw: bytes) -> bytes:
             if not pending:
                 break
     except zlib.error as exc:
-        raise InvalidBody(
-            "the body is not valid gzip data", [{"index": None, "field": "", "message": str(exc)}]
+        raise api_error_from(
+            InvalidBody(
+                "the body is not valid gzip data", [{"index": None, "field": "", "message": str(exc)}]
+            )
         ) from None
     return b"".join(pieces)
 

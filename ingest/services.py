@@ -1,25 +1,31 @@
-"""Producers' batches over HTTP (SPEC section 5), through the same write path as the archive.
+"""Producers' batches over HTTP (SPEC section 5): a body parsed and checked here, then written by
+the same write path as the archive (`runs.services`).
 
-A batch is all or nothing: every check runs before the first event is written, inside the
-transaction that locks the run, so a rejected batch leaves the database exactly as it was and
-concurrent batches of one run are serialised while batches of other runs proceed.
+A batch is all or nothing: the body's checks run before anything is written, the run's own checks
+(seqs, run_start first, nothing after run_end) inside the transaction that locks the run, so a
+rejected batch leaves the database exactly as it was and concurrent batches of one run are
+serialised while batches of other runs proceed. Refusals are plain exceptions (`BatchRefused` here,
+`runs.errors` there); the API edge gives them their HTTP status (ingest.api).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from rest_framework import status
 
-from kahn_site.api_errors import ApiError, RunDeleted
-from retention.errors import run_deleted_error
+from retention.selectors import run_deletion
 from runs import reduction
-from runs.models import Event
-from runs.services import RunBatch, RunChange, RunDeletedError, run_batch_write
+from runs.errors import RunDeletedError
+from runs.services import Receipt, run_append_events, run_document_set
+from tenants.context import directly_in_request_transaction, tenant_atomic
 from tenants.models import Tenant
+
+__all__ = ["EventBatch", "Receipt", "events_parse", "run_append_batch", "run_put_document"]
 
 MAX_REQUEST_BYTES = 1024 * 1024
 MAX_BATCH_EVENTS = 1000
@@ -27,53 +33,38 @@ NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl
 JSON_TYPES = ("application/json",)
 
 
-# ---------------------------------------------------------------- errors of the contract
+# ---------------------------------------------------------------- what a body is refused for
 
 
-class InvalidBody(ApiError):
+class BatchRefused(Exception):
+    """A body the contract refuses, before anything is written: its `code`, a sentence for people
+    and `details` for machines. The API edge gives each its HTTP status (ingest.api)."""
+
+    code = "invalid_body"
+
+    def __init__(self, message: str, *, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = dict(details or {})
+
+
+class InvalidBody(BatchRefused):
     code = "invalid_body"
 
     def __init__(self, message: str, errors: list[dict[str, Any]]) -> None:
         super().__init__(message, details={"errors": errors})
 
 
-class EventTooLarge(ApiError):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+class EventTooLarge(BatchRefused):
     code = "event_too_large"
 
 
-class BatchTooLarge(ApiError):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+class BatchTooLarge(BatchRefused):
     code = "batch_too_large"
 
 
-class UnsupportedMediaType(ApiError):
-    status_code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
+class UnsupportedMediaType(BatchRefused):
     code = "unsupported_media_type"
-
-
-class Conflict(ApiError):
-    status_code = status.HTTP_409_CONFLICT
-
-
-class SeqConflict(Conflict):
-    code = "seq_conflict"
-
-
-class SeqGap(Conflict):
-    code = "seq_gap"
-
-
-class RunNotStarted(Conflict):
-    code = "run_not_started"
-
-
-class RunEnded(Conflict):
-    code = "run_ended"
-
-
-class AlreadyWritten(Conflict):
-    code = "already_written"
 
 
 # ---------------------------------------------------------------- parsing
@@ -186,62 +177,24 @@ def events_parse(body: bytes, content_type: str) -> EventBatch:
 # ---------------------------------------------------------------- writing
 
 
-@dataclass(frozen=True)
-class Receipt:
-    """What is stored after a batch: the producer's next batch starts at `next_seq`."""
-
-    run_id: str
-    accepted: int
-    duplicates: int
-    next_seq: int
-
-
-def _already_stored(change: RunChange, batch: EventBatch, next_seq: int) -> int:
-    """How many leading events of a batch are retries of stored ones; a different one is a conflict."""
-    assert batch.seqs is not None
-    first = batch.seqs[0]
-    if first > next_seq:
-        raise SeqGap(
-            f"the batch starts at seq {first} but the run's next seq is {next_seq}",
-            details={"next_seq": next_seq, "first_seq": first},
-        )
-    overlap = min(next_seq - first, len(batch.events))
-    if overlap <= 0:
-        return 0
-    stored = dict(
-        Event.objects.filter(run_id=change.run.pk, seq__gte=first, seq__lt=first + overlap).values_list(
-            "seq", "payload"
-        )
-    )
-    for offset in range(overlap):
-        seq = first + offset
-        if stored.get(seq) != batch.events[offset]:
-            raise SeqConflict(
-                f"seq {seq} is already stored with other content",
-                details={"seq": seq, "index": offset, "next_seq": next_seq},
-            )
-    return overlap
+@contextmanager
+def _one_unit_of_work(tenant: Tenant) -> Iterator[None]:
+    """The write and its checks in one transaction: directly in a request's own (rolled back whole
+    with an error answer), else in one of their own."""
+    if directly_in_request_transaction():
+        yield
+        return
+    with tenant_atomic(tenant):
+        yield
 
 
-def _open_run(run_batch: RunBatch, tenant: Tenant, run_id: str) -> RunChange:
-    """The run to write to, locked; `410 run_deleted` for a run retention removed.
-
-    Nothing reaches a deleted run (SPEC section 9): a write would bring it back half-visible, or,
-    once hard-deleted, start a new run under an id whose history says it is gone. A soft-deleted
-    run is restored in the admin first. The hard-deleted check runs after the lock, so a hard
-    delete that committed while this request waited for it is seen.
-    """
-    try:
-        change = run_batch.open([run_id])[run_id]
-    except RunDeletedError:
-        raise run_deleted_error(tenant=tenant, run_id=run_id) or RunDeleted(
-            f"run {run_id!r} was deleted by retention", details={"run_id": run_id}
-        ) from None
-    if change.created:
-        deleted = run_deleted_error(tenant=tenant, run_id=run_id)
-        if deleted is not None:
-            raise deleted
-    return change
+def _refuse_if_removed(tenant: Tenant, run_id: str) -> None:
+    """Nothing reaches a run retention removed (SPEC section 9): a write that finds no row and
+    creates one must not start a new run under an id whose history says it is gone. Checked after
+    the run's row is locked, in the same transaction, so a hard delete that committed while the
+    write waited for it is seen, and the new row rolls back."""
+    if run_deletion(tenant=tenant, run_id=run_id) is not None:
+        raise RunDeletedError(run_id)
 
 
 def _run_id_mismatches(batch: EventBatch, run_id: str) -> list[dict[str, Any]]:
@@ -254,39 +207,24 @@ def _run_id_mismatches(batch: EventBatch, run_id: str) -> list[dict[str, Any]]:
 
 
 def run_append_batch(*, tenant: Tenant, run_id: str, batch: EventBatch) -> Receipt:
-    """Appends a batch to a run (created by its first batch), all of it or none of it."""
+    """Appends a parsed batch to a run (created by its first batch), all of it or none of it.
+
+    A soft-deleted run is refused (`runs.errors.RunDeletedError`), as is one removed for good; a
+    soft-deleted run is restored in the admin first.
+    """
     mismatches = _run_id_mismatches(batch, run_id)
     if mismatches:
         raise InvalidBody(f"the batch's run_start names another run than {run_id!r}", mismatches)
-
-    def append(run_batch: RunBatch) -> Receipt:
-        change = _open_run(run_batch, tenant, run_id)
-        next_seq = change.reduction.next_seq
-        duplicates = _already_stored(change, batch, next_seq) if batch.seqs else 0
-        new_events = batch.events[duplicates:]
-        if new_events:
-            if next_seq == 0 and new_events[0]["event"] != "run_start":
-                raise RunNotStarted(
-                    f"the first event of a run must be run_start, not {new_events[0]['event']!r}",
-                    details={"index": duplicates},
-                )
-            ended = change.reduction.complete
-            for index, event in enumerate(new_events, start=duplicates):
-                if ended:
-                    raise RunEnded(
-                        "the run has ended: nothing is accepted after run_end",
-                        details={"index": index, "next_seq": next_seq},
-                    )
-                ended = event["event"] == "run_end"
-            change.extend(zip(new_events, batch.payloads[duplicates:], strict=True))
-        return Receipt(
+    with _one_unit_of_work(tenant):
+        receipt = run_append_events(
+            tenant=tenant,
             run_id=run_id,
-            accepted=len(new_events),
-            duplicates=duplicates,
-            next_seq=change.reduction.next_seq,
+            events=batch.events,
+            payloads=batch.payloads,
+            first_seq=batch.seqs[0] if batch.seqs else None,
         )
-
-    receipt, _ = run_batch_write(tenant=tenant, write=append)
+        if receipt.created:
+            _refuse_if_removed(tenant, run_id)
     return receipt
 
 
@@ -303,21 +241,8 @@ def run_put_document(*, tenant: Tenant, run_id: str, kind: str, document: dict[s
         raise InvalidBody(
             f"the {kind} must not contain NUL characters", [_problem(None, "", "NUL character")]
         )
-
-    def put(run_batch: RunBatch) -> bool:
-        change = _open_run(run_batch, tenant, run_id)
-        stored = getattr(change.run, kind)
-        if stored is not None:
-            if stored != document:
-                raise AlreadyWritten(
-                    f"the run's {kind} is written once, and differs from this one", details={"kind": kind}
-                )
-            return False
-        if kind == "graph":
-            change.set_graph(document)
-        else:
-            change.set_summary(document)
-        return True
-
-    written, _ = run_batch_write(tenant=tenant, write=put)
-    return written
+    with _one_unit_of_work(tenant):
+        result = run_document_set(tenant=tenant, run_id=run_id, kind=kind, document=document)
+        if result.created:
+            _refuse_if_removed(tenant, run_id)
+    return result.written

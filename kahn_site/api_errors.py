@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -67,6 +67,39 @@ class RunDeleted(ApiError):
 
     status_code = status.HTTP_410_GONE
     code = "run_deleted"
+
+
+class Refusal(Protocol):
+    """What a service refuses with, as a plain exception: no HTTP in it (runs.errors, ingest.services)."""
+
+    @property
+    def code(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def details(self) -> dict[str, Any]: ...
+
+
+# The HTTP status of each refusal's code; any other code is a 400.
+REFUSAL_STATUS = {
+    "event_too_large": status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    "batch_too_large": status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    "unsupported_media_type": status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+    "seq_conflict": status.HTTP_409_CONFLICT,
+    "seq_gap": status.HTTP_409_CONFLICT,
+    "run_not_started": status.HTTP_409_CONFLICT,
+    "run_ended": status.HTTP_409_CONFLICT,
+    "already_written": status.HTTP_409_CONFLICT,
+    "run_deleted": status.HTTP_410_GONE,
+}
+
+
+def api_error_from(refusal: Refusal) -> ApiError:
+    """A service's refusal as the API's error: its code, sentence and details, with its status."""
+    error = ApiError(refusal.message, details=refusal.details)
+    error.code = refusal.code
+    error.status_code = REFUSAL_STATUS.get(refusal.code, status.HTTP_400_BAD_REQUEST)
+    return error
 
 
 def field_errors(errors: Any, *, index: int | None = None, prefix: str = "") -> list[dict[str, Any]]:

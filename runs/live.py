@@ -1,7 +1,7 @@
 """What a committed write means to live sockets (SPEC section 7): a run's new events for the run's
 subscribers, and its new row for the tenant's history subscribers.
 
-`live_publish_changes` is the write path's hook (`runs.services.run_batch_write`), called after
+`live_publish_changes` is the write path's hook (the services of `runs.services`), called after
 commit for the ingest API and the archive importer alike. It only notes what changed; the
 publisher (`kahn_site.live_fanout`) builds a message only for groups somebody listens to.
 

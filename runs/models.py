@@ -1,8 +1,9 @@
 """The event store: runs, their append-only events, diagnostics, and per-node final states.
 
 A run row is materialised by the write path (`runs.services`) from the reduction, so history pages
-never re-read logs. Everything here belongs to a tenant and carries `tenant_id` itself, so scoping
-(and, in cloud mode, row-level security) never needs a join.
+never re-read logs; it creates a run's row before the run's first event. Everything here belongs
+to a tenant and carries `tenant_id` itself, so scoping (and, in cloud mode, row-level security)
+never needs a join.
 """
 
 from datetime import datetime, timedelta
@@ -146,8 +147,9 @@ class Event(models.Model):
 
     pk = models.CompositePrimaryKey("run_id", "seq")
     # The primary key (run_id, seq) already indexes run_id: no second index on the foreign key.
-    # No database constraint either: checking a million rows' keys at commit costs as much as
-    # storing them, and the write path (runs.services), the only writer, holds the run's row lock.
+    # No database constraint either: checking a million rows' keys at commit costs more than
+    # storing them. The write path (runs.services), the only writer, creates the run's row first
+    # and holds its lock.
     run = models.ForeignKey(
         Run, on_delete=models.CASCADE, db_index=False, db_constraint=False, related_name="events"
     )
@@ -195,10 +197,11 @@ class Diagnostic(models.Model):
 class RunNode(models.Model):
     """A node's final state in one run: answers "runs that have node X" and "how flaky is X"."""
 
-    # Written in bulk with the events, by the same single writer: no database constraint (see Event).
-    run = models.ForeignKey(
-        Run, on_delete=models.CASCADE, db_index=False, db_constraint=False, related_name="nodes"
-    )
+    # A database constraint on the run, checked at commit with a key lookup a row; none on the
+    # tenant: an import writes a node row per node of every run, and a second lookup a row would
+    # guard nothing the run's constraint and the tenant's PROTECT do not. The (run, node) unique
+    # index below leads with run_id: no second index on the foreign key.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, db_index=False, related_name="nodes")
     tenant = models.ForeignKey(
         Tenant, on_delete=models.PROTECT, db_index=False, db_constraint=False, related_name="+"
     )

@@ -1,313 +1,55 @@
 """The one write path: events appended to runs, run rows advanced by the reduction, in bulk.
 
-The archive importer and the ingest API both open a `RunBatch` inside `tenant_atomic(tenant)`,
-lock the runs they write, append events and flush once. On PostgreSQL the events stream into one
-COPY while the caller is still parsing, so the server stores them on the other core; on SQLite they
-go in one prepared executemany. Never one query per event. Each run's row is advanced from the
-reduction state it carries, so appending N events costs O(N) whatever the run's length.
+Three services take data and own their transaction: `run_append_events` (a producer's batch),
+`run_document_set` (its graph or summary) and `runs_import` (what an archive holds beyond what was
+imported). Each locks its runs (creating missing rows first, so events always have their run),
+applies the reduction, refuses what the run's state forbids (`runs.errors`), writes once, and after
+commit tells live sockets. On PostgreSQL an import's events stream into one COPY while the caller's
+lines are still being parsed; a request's rows go in one statement. Never one query per event.
+Each run's row is advanced from the reduction state it carries, so appending N events costs O(N)
+whatever the run's length. The SQL itself is in `runs.sql`.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable
-from contextlib import ExitStack
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import Any
 
-import orjson
 from django.db import connection, transaction
-from django.db.models import Field, JSONField, Model
 from django.utils import timezone
-from psycopg.types.json import Jsonb
 
-from kahn_site.rows import bound_cursor, columns
-from runs import reduction
+from runs import reduction, sql
+from runs.errors import AlreadyWritten, RunDeletedError, RunEnded, RunNotStarted, SeqConflict, SeqGap
 from runs.live import LIVE_EVENTS_PER_MESSAGE, live_publish_changes
-from runs.models import Diagnostic, Event, Run, RunNode
+from runs.models import Diagnostic, Event, Run
 from runs.reduction import Diagnostic as ReducedDiagnostic
 from tenants.context import directly_in_request_transaction, tenant_atomic
 from tenants.models import Tenant
 
-T = TypeVar("T")
+__all__ = [
+    "Receipt",
+    "RunBatch",
+    "RunChange",
+    "RunDeletedError",
+    "RunLog",
+    "RunsImported",
+    "run_append_events",
+    "run_document_set",
+    "run_import_failed",
+    "runs_import",
+]
 
 # Copied straight from the reduction's row (its timestamps are parsed first).
 REDUCED_FIELDS = tuple(f for f in reduction.SUMMARY_FIELDS if f not in ("started", "ended"))
-# Run fields the write path owns; written back at every flush.
-ROW_FIELDS = (
-    *reduction.SUMMARY_FIELDS,
-    "complete",
-    "last_event_at",
-    "next_seq",
-    "reduction_state",
-    "errors",
-    "warnings",
-    "infos",
-    "graph",
-    "summary",
-    "log_offset",
-    "log_size_seen",
-    "log_lines",
-    "log_shrank",
-    "updated_at",
-)
-# A run's graph and summary are written once: an UPDATE carries them only when they changed, as
-# sending the run's DAG back with every batch cost the server more than the batch's own row did.
-DOCUMENT_FIELDS = ("graph", "summary")
-PROGRESS_FIELDS = tuple(f for f in ROW_FIELDS if f not in DOCUMENT_FIELDS)
-EVENT_COLUMNS = ("run_id", "seq", "tenant_id", "ts", "kind", "node", "payload")
-NODE_COLUMNS = ("run_id", "tenant_id", "node_id", "position", "state", "attempts")
 
 _SEVERITY_FIELD = {"error": "errors", "warning": "warnings", "info": "infos"}
 
-
-# Up to this many rows go in as one INSERT, with the rows as one JSON parameter: no temporary table
-# (DDL), no COPY round trips, and under row-level security no second copy of the rows. Measured as
-# the service role: 500 events in 2.9 ms against 4.3 ms through a temporary table, even at 1,000.
-# Past it, rows stream into a COPY while Python prepares the next: an import's bulk, not a request's.
-ROWS_IN_ONE_INSERT = 1000
-
-
-class _RowSink:
-    """Rows on their way into one table: on PostgreSQL, up to ROWS_IN_ONE_INSERT go in as one
-    INSERT ... SELECT FROM jsonb_to_recordset(...), and more stream into a COPY, opened when they
-    outgrow that; on SQLite they are gathered for one executemany.
-
-    PostgreSQL refuses COPY FROM into a table under row-level security for a role its policies
-    apply to ("use INSERT statements instead"). For such a role (the cloud service role, or an
-    owner under FORCE) a COPY goes into a temporary table and moves with one INSERT ... SELECT,
-    which the tenant policy checks, as the one-statement INSERT is checked; a role that bypasses
-    row-level security copies directly.
-
-    While a COPY is open the connection can run nothing else: `close()` before any other query.
-    """
-
-    def __init__(self, model: type[Model], columns: tuple[str, ...]) -> None:
-        shape = _table_shape(model, columns, connection.vendor)
-        self.db_table, self.table, self.names = shape.db_table, shape.table, shape.names
-        self.record, self.json_columns = shape.record, shape.json_columns
-        self.columns = columns
-        self.width = len(columns)
-        self.copying = connection.vendor == "postgresql"
-        self.staging: str | None = None
-        self._stack: ExitStack | None = None
-        self._copy: Any = None
-        self._rows: list[tuple[Any, ...]] = []
-
-    @property
-    def streaming(self) -> bool:
-        return self._copy is not None
-
-    def writer(self) -> Callable[[tuple[Any, ...]], None]:
-        """The function that takes one row: bound once per run, called once per row."""
-        if not self.copying:
-            return self._rows.append
-        if self._copy is not None:
-            return self._copy.write_row
-        return self._write
-
-    def _write(self, row: tuple[Any, ...]) -> None:
-        if self._copy is not None:
-            self._copy.write_row(row)
-            return
-        self._rows.append(row)
-        if len(self._rows) > ROWS_IN_ONE_INSERT:
-            self._open_copy()
-            for held in self._rows:
-                self._write(held)
-            self._rows = []
-
-    def _open_copy(self) -> None:
-        self._stack = ExitStack()
-        cursor = self._stack.enter_context(connection.cursor())
-        target = self.table
-        if not _role_bypasses_rls():
-            self.staging = connection.ops.quote_name(f"kahn_staging_{self.db_table}")
-            cursor.execute(
-                f"CREATE TEMPORARY TABLE {self.staging} ON COMMIT DROP AS "
-                f"SELECT {self.names} FROM {self.table} WITH NO DATA"
-            )
-            target = self.staging
-        self._copy = self._stack.enter_context(cursor.cursor.copy(f"COPY {target} ({self.names}) FROM STDIN"))
-
-    def discard(self) -> None:
-        """Ends a COPY in flight as failed, so the transaction can roll back."""
-        if self._stack is not None:
-            stack, self._stack, self._copy = self._stack, None, None
-            stack.__exit__(RuntimeError, RuntimeError("batch discarded"), None)
-        self.staging = None
-        self._rows = []
-
-    def close(self, writes: _Writes | None = None) -> None:
-        """Writes what is held. Rows that go in as one INSERT join `writes`, when given, to travel
-        with the flush's other writes (PostgreSQL only)."""
-        if self._stack is not None:
-            self._stack.close()
-            self._stack = self._copy = None
-            if self.staging is not None:
-                with connection.cursor() as cursor:
-                    cursor.execute(
-                        f"INSERT INTO {self.table} ({self.names}) SELECT {self.names} FROM {self.staging}"
-                    )
-                    cursor.execute(f"DROP TABLE {self.staging}")
-                self.staging = None
-        if self._rows:
-            rows, self._rows = self._rows, []
-            if not self.copying:
-                placeholders = ", ".join(["%s"] * self.width)
-                with connection.cursor() as cursor:
-                    cursor.executemany(
-                        f"INSERT INTO {self.table} ({self.names}) VALUES ({placeholders})", rows
-                    )
-                return
-            own = _Writes() if writes is None else writes
-            own.add(*self._insert_in_one(rows))
-            if writes is None:
-                own.execute()
-
-    def _insert_in_one(self, rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
-        """The INSERT of `rows` as one statement and its parameters."""
-        return (
-            f"INSERT INTO {self.table} ({self.names}) SELECT {self.names} "
-            f"FROM jsonb_to_recordset(%s::jsonb) AS r({self.record})",
-            [self._as_json(rows)],
-        )
-
-    def _as_json(self, rows: list[tuple[Any, ...]]) -> str:
-        """The rows as a JSON array of objects; a JSON column's text goes in as it is, unparsed."""
-        columns, json_columns = self.columns, self.json_columns
-        records = []
-        for row in rows:
-            record = dict(zip(columns, row, strict=True))
-            for index in json_columns:
-                value = row[index]
-                if isinstance(value, str):
-                    record[columns[index]] = orjson.Fragment(value)
-                elif isinstance(value, Jsonb):
-                    record[columns[index]] = value.obj
-            records.append(record)
-        return orjson.dumps(records).decode()
-
-
-class _Writes:
-    """The one-statement writes of a flush, sent to PostgreSQL as one statement: a producer's batch
-    (its events, its run row, its changed nodes) costs one round trip instead of three.
-
-    Each write is an INSERT or UPDATE bound on the server; all but the last travel as data-modifying
-    WITH clauses of the last. They cannot see one another's rows, and need not: each writes rows no
-    other reads or touches (the events, the run rows, the node rows).
-    """
-
-    def __init__(self) -> None:
-        self._statements: list[str] = []
-        self._params: list[Any] = []
-
-    def add(self, sql: str, params: list[Any]) -> None:
-        self._statements.append(sql)
-        self._params.extend(params)
-
-    def execute(self) -> None:
-        if not self._statements:
-            return
-        *clauses, last = self._statements
-        sql = last
-        if clauses:
-            sql = "WITH " + ", ".join(f"w{i} AS ({clause})" for i, clause in enumerate(clauses)) + " " + last
-        with bound_cursor() as cursor:
-            cursor.execute(sql, self._params)
-        self._statements, self._params = [], []
-
-
-@dataclass(frozen=True)
-class _TableShape:
-    db_table: str
-    table: str
-    names: str
-    # On PostgreSQL: the record type rows are read back as, and which columns are JSON.
-    record: str
-    json_columns: tuple[int, ...]
-
-
-@functools.cache
-def _table_shape(model: type[Model], columns: tuple[str, ...], vendor: str) -> _TableShape:
-    """A table's names and types for its sink, worked out once: a producer's request makes three
-    sinks, and asking every field for its type each time cost more than the rows it writes."""
-    quote = connection.ops.quote_name
-    record = ""
-    json_columns: tuple[int, ...] = ()
-    if vendor == "postgresql":
-        fields = {f.column: f for f in model._meta.concrete_fields}
-        types = [fields[c].db_type(connection) for c in columns]
-        record = ", ".join(f"{quote(c)} {t}" for c, t in zip(columns, types, strict=True))
-        json_columns = tuple(i for i, t in enumerate(types) if t == "jsonb")
-    return _TableShape(
-        db_table=model._meta.db_table,
-        table=quote(model._meta.db_table),
-        names=", ".join(quote(c) for c in columns),
-        record=record,
-        json_columns=json_columns,
-    )
-
-
-class _EventSink(_RowSink):
-    """Events on their way into runs_event. In one INSERT they travel as each run's payloads, one
-    JSON array after its first seq, beside their UTC times: the server takes `kind` and `node`
-    from the payload itself (what the row's columns are made of), and numbers the seqs. Half the
-    server's work of a row per column (measured: 500 events in 2.4 to 3.3 ms against 5.5 to 6.2), about the
-    cost of a COPY, and half the JSON for the client to write.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(Event, EVENT_COLUMNS)
-
-    def _insert_in_one(self, rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
-        # Consecutive seqs of one run form a group; the write path appends them in that order.
-        groups: list[tuple[int, int, int, list[str], list[str]]] = []
-        for run_pk, seq, tenant_id, ts, _kind, _node, payload in rows:
-            last = groups[-1] if groups else None
-            if last is not None and last[0] == run_pk and last[1] + len(last[3]) == seq:
-                last[3].append(payload)
-                last[4].append(ts)
-            else:
-                groups.append((run_pk, seq, tenant_id, [payload], [ts]))
-        records = orjson.dumps(
-            [
-                {
-                    "run_id": run_pk,
-                    "first_seq": first_seq,
-                    "tenant_id": tenant_id,
-                    "events": orjson.Fragment("[" + ",".join(payloads) + "]"),
-                    "ts": times,
-                }
-                for run_pk, first_seq, tenant_id, payloads, times in groups
-            ]
-        ).decode()
-        # `ts` is the UTC instant the write path worked out (`reduction.ts_utc`), not the payload's
-        # text: PostgreSQL refuses offsets past ±15:59 and rounds digits Python truncates.
-        return (
-            f"INSERT INTO {self.table} ({self.names}) "
-            "SELECT g.run_id, g.first_seq + e.n - 1, g.tenant_id, e.t::timestamptz, "
-            "e.p ->> 'event', e.p ->> 'node', e.p "
-            "FROM jsonb_to_recordset(%s::jsonb) "
-            "AS g(run_id bigint, first_seq bigint, tenant_id bigint, events jsonb, ts jsonb) "
-            "CROSS JOIN LATERAL ROWS FROM (jsonb_array_elements(g.events), jsonb_array_elements_text(g.ts)) "
-            "WITH ORDINALITY AS e(p, t, n)",
-            [records],
-        )
-
-
-def _role_bypasses_rls() -> bool:
-    """Whether this connection's role is exempt from row-level security (asked once per role)."""
-    role = connection.settings_dict.get("USER")
-    known = getattr(connection, "kahn_rls_exemption", None)
-    if known is None or known[0] != role:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user")
-            known = (role, bool(cursor.fetchone()[0]))
-        connection.kahn_rls_exemption = known  # type: ignore[attr-defined]  # a memo on Django's wrapper
-    return known[1]
+# What a log reading yields: a valid event with its JSON text, or a diagnostic about a line, in order.
+LogItem = tuple[dict[str, Any], str] | reduction.Diagnostic
 
 
 @dataclass
@@ -316,7 +58,7 @@ class RunChange:
 
     run: Run
     reduction: reduction.RunReduction
-    sink: _RowSink
+    sink: sql.RowSink
     created: bool
     appended: int = 0
     diagnostics: list[ReducedDiagnostic] = field(default_factory=list)
@@ -324,7 +66,7 @@ class RunChange:
     summary_set: bool = False
     # The graph or the summary was set by this batch (see DOCUMENT_FIELDS).
     documents_changed: bool = False
-    # Set by a caller that changed its own bookkeeping on the run (such as the archive's offsets).
+    # The archive's bookkeeping on the run (its log's offsets) changed.
     progress_changed: bool = False
     # The JSON text of the appended events, for live subscribers; None once there are more than one
     # live message carries (they then read them from the database).
@@ -349,8 +91,9 @@ class RunChange:
         self.extend(((event, payload),))
         return self.reduction.next_seq - 1
 
-    def extend(self, events: Iterable[tuple[dict[str, Any], str]]) -> None:
-        """Adds valid events with their JSON text, in order. The import's inner loop: kept lean."""
+    def extend(self, events: Iterable[LogItem]) -> None:
+        """Adds valid events with their JSON text, in order, and diagnostics found among them where
+        they stand (a log reading's malformed lines). The import's inner loop: kept lean."""
         apply, diagnostics = self.reduction.apply, self.diagnostics
         write = self.sink.writer()
         run_pk, tenant_id = self.run.pk, self.run.tenant_id
@@ -360,14 +103,18 @@ class RunChange:
         # Kept by reference (the strings exist anyway); one append per event is all it costs.
         keep = (self.live_payloads if self.live_payloads is not None else []).append
         first = seq = self.reduction.next_seq
-        for event, payload in events:
+        for item in events:
+            if isinstance(item, ReducedDiagnostic):
+                diagnostics.append(item)
+                continue
+            event, payload = item
             found = apply(event)
             if found:
                 diagnostics.extend(found)
             if self.run.graph is None and event["event"] == "run_start" and event.get("graph") is not None:
                 self.run.graph = event["graph"]  # the reduction adopted it too
                 self.nodes_changed = self.documents_changed = True
-            # The UTC instant, never the producer's text (see _EventSink); SQLite stores what
+            # The UTC instant, never the producer's text (see runs.sql.EventSink); SQLite stores what
             # Django's adapter writes.
             ts = adapt(utc(event["ts"])) if on_sqlite else utc_text(event["ts"])
             write((run_pk, seq, tenant_id, ts, event["event"], event.get("node"), payload))
@@ -405,20 +152,9 @@ class RunChange:
         return self.news or self.progress_changed
 
 
-class RunDeletedError(Exception):
-    """A write to a run that retention has soft-deleted: nothing is appended to a deleted run.
-
-    Appending would bring back a run its tenant's plan no longer keeps, half-visible; the run is
-    restored (in the admin) first, or stays deleted. `retention` says when and why it was deleted.
-    """
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"run {run_id!r} was deleted by retention")
-        self.run_id = run_id
-
-
 class RunBatch:
-    """Changes to some runs of one tenant, written by one flush. Use through `run_batch_write`.
+    """Changes to some runs of one tenant, written by one flush, inside the caller's transaction.
+    The services below use it; tests use it to store runs as an earlier version would have.
 
     Open (lock) every run first, then append: once events stream, the connection is busy.
     """
@@ -426,60 +162,73 @@ class RunBatch:
     def __init__(self, *, tenant: Tenant) -> None:
         self.tenant = tenant
         self.changes: dict[str, RunChange] = {}
-        self.events = _EventSink()
+        self.deleted: list[str] = []
+        self.events = sql.EventSink()
 
-    def open(self, run_ids: Iterable[str]) -> dict[str, RunChange]:
-        """Locks the named runs so concurrent writers of one run queue; missing runs get an id now
-        and their row at flush. Two writers that both find a run missing queue on a lock for its
-        id until the first commits; the second then finds the first's run and locks it."""
+    def open(
+        self, run_ids: Iterable[str], *, create: Collection[str] | None = None, skip_deleted: bool = False
+    ) -> dict[str, RunChange]:
+        """Locks the named runs until commit, so concurrent writers of one run queue, creating the
+        rows of missing ones first (those in `create`, when given): events are only ever written to
+        a run whose row exists. Returns the runs opened; a run neither found nor created is not.
+
+        Soft-deleted runs are locked too (hidden, one would look missing, and a new row would break
+        its unique run id): `RunDeletedError` names the first, unless `skip_deleted` (then they are
+        listed in `deleted`). A lock held by retention is waited for, then its deletion is seen
+        here. Lock order: several runs (an import) are created, then locked, each step in run id
+        order, so no two writers of overlapping runs wait for each other in a cycle; one run (a
+        producer's request) is locked, and created only if missing (its first batch), which holds
+        no other lock while it waits.
+        """
         if self.events.streaming:
             raise RuntimeError("open every run before appending events")
         wanted = [run_id for run_id in dict.fromkeys(run_ids) if run_id not in self.changes]
-        # Soft-deleted runs too: hidden, one would look missing, and a new row would break its
-        # unique run id. A lock held by retention is waited for, then its deletion is seen here.
-        # Several runs (an import): their creation locks first, then their rows, each in run id
-        # order, so that no two writers of overlapping runs wait for each other in a cycle. One run
-        # (a producer's request): its row, and its creation lock only if it is missing.
-        several = len(wanted) > 1
-        if several:
-            _lock_run_creation(self.tenant, wanted)
-        locked = {run.run_id: run for run in _runs_locked(self.tenant, wanted)}
-        missing = [run_id for run_id in wanted if run_id not in locked]
-        if missing and not several and _lock_run_creation(self.tenant, missing):
-            locked.update((run.run_id, run) for run in _runs_locked(self.tenant, missing))
-            missing = [run_id for run_id in wanted if run_id not in locked]
-        for run in locked.values():
+        if not wanted:
+            return {}
+        creatable = wanted if create is None else [run_id for run_id in wanted if run_id in create]
+        created: set[str] = set()
+        if len(wanted) == 1:
+            locked = sql.run_rows_locked(self.tenant, wanted)
+            if not locked and creatable:
+                created = sql.run_rows_create(self.tenant, creatable)
+                locked = sql.run_rows_locked(self.tenant, wanted)
+        else:
+            created = sql.run_rows_create(self.tenant, creatable)
+            locked = sql.run_rows_locked(self.tenant, wanted)
+        opened = {}
+        for run in locked:
             if run.deleted_at is not None:
-                raise RunDeletedError(run.run_id)
-        for run_id, pk in zip(missing, _allocate_run_ids(len(missing)), strict=True):
-            locked[run_id] = Run(pk=pk, tenant=self.tenant, run_id=run_id)
-        for run_id in wanted:
-            run = locked[run_id]
-            self.changes[run_id] = RunChange(
+                if not skip_deleted:
+                    raise RunDeletedError(run.run_id)
+                self.deleted.append(run.run_id)
+                continue
+            opened[run.run_id] = self.changes[run.run_id] = RunChange(
                 run=run,
-                reduction=reduction.RunReduction(run_id, run.reduction_state),
+                reduction=reduction.RunReduction(run.run_id, run.reduction_state),
                 sink=self.events,
-                created=run_id in missing,
+                created=run.run_id in created,
             )
-        return {run_id: self.changes[run_id] for run_id in wanted}
+        return opened
+
+    def discard(self) -> None:
+        """Ends a COPY in flight as failed, so the transaction can roll back."""
+        self.events.discard()
 
     def flush(self) -> list[RunChange]:
         """Writes every change; returns them, with each run row as now stored."""
-        # The writes that are one statement each travel as one (`_Writes`): one round trip, and one
-        # statement for PostgreSQL to run. Not psycopg's pipeline mode, which would keep them apart:
-        # measured on these writes, waiting for a pipeline's results cost more CPU under load than
-        # the round trips it saved. (A key's lookup does pipeline its two statements: they cannot
-        # be one, see tenants.models.ApiKeyManager.pre_tenant_by_hash.)
-        writes = _Writes()
+        # The writes that are one statement each travel as one (`runs.sql.Writes`): one round
+        # trip, and one statement for PostgreSQL to run. Not psycopg's pipeline mode, which would
+        # keep them apart: measured on these writes, waiting for a pipeline's results cost more CPU
+        # under load than the round trips it saved. (A key's lookup does pipeline its two
+        # statements: they cannot be one, see tenants.models.ApiKeyManager.pre_tenant_by_hash.)
+        writes = sql.Writes()
         self.events.close(writes)
         changes = [c for c in self.changes.values() if c.touched]
         now = timezone.now()
         for change in changes:
             self._advance_row(change, now)
-        self._insert_rows([c.run for c in changes if c.created], writes)
-        updated = [c for c in changes if not c.created]
-        self._update_rows([c.run for c in updated if c.documents_changed], ROW_FIELDS, writes)
-        self._update_rows([c.run for c in updated if not c.documents_changed], PROGRESS_FIELDS, writes)
+        sql.run_rows_update([c.run for c in changes if c.documents_changed], sql.ROW_FIELDS, writes)
+        sql.run_rows_update([c.run for c in changes if not c.documents_changed], sql.PROGRESS_FIELDS, writes)
         self._write_nodes([c for c in changes if c.nodes_changed], writes)
         writes.execute()
         self._write_diagnostics(changes)
@@ -507,29 +256,6 @@ class RunBatch:
             setattr(run, name, getattr(run, name) + 1)
         run.updated_at = now
 
-    def _insert_rows(self, runs: list[Run], writes: _Writes) -> None:
-        columns = ("id", "tenant", "run_id", "created_at", *ROW_FIELDS)
-        sink = _RowSink(Run, ("id", "tenant_id", *columns[2:]))
-        write = sink.writer()
-        for run in runs:
-            write(_row_values(run, columns))
-        sink.close(writes)
-
-    def _update_rows(self, runs: list[Run], fields: tuple[str, ...], writes: _Writes) -> None:
-        if not runs:
-            return
-        sql = _update_sql(fields)
-        params = [(*_row_values(run, fields), run.pk) for run in runs]
-        # On PostgreSQL, bound on the server (kahn_site.rows.bound_cursor): the JSON columns travel
-        # as parameters instead of being quoted into the SQL text by Python, the statement is
-        # prepared after a few uses, and psycopg pipelines executemany, so hundreds of runs cost
-        # about one round trip.
-        if len(params) == 1 and connection.vendor == "postgresql":
-            writes.add(sql, list(params[0]))  # a producer's batch: with its other writes
-            return
-        with bound_cursor() as cursor:
-            cursor.executemany(sql, params)
-
     def _write_diagnostics(self, changes: list[RunChange]) -> None:
         rows = [
             Diagnostic(
@@ -548,164 +274,295 @@ class RunBatch:
         if rows:
             Diagnostic.objects.bulk_create(rows)
 
-    def _write_nodes(self, changes: list[RunChange], writes: _Writes) -> None:
-        # A batch moves few of a run's nodes: new nodes are inserted and changed ones updated, so a
-        # producer's single event costs one node row, not a rewrite of the run's DAG.
-        sink = _RowSink(RunNode, NODE_COLUMNS)
-        write = sink.writer()
-        changed: list[tuple[Any, ...]] = []
+    def _write_nodes(self, changes: list[RunChange], writes: sql.Writes) -> None:
+        new: list[tuple[int, str, int, str, int]] = []
+        changed: list[tuple[int, str, int, str, int]] = []
         for change in changes:
-            stored = change.stored_nodes
+            stored, run_pk = change.stored_nodes, change.run.pk
             for position, (node, state, attempts) in enumerate(change.reduction.node_states()):
                 before = stored.get(node)
                 if before is None:
-                    write((change.run.pk, self.tenant.pk, node, position, state, attempts))
+                    new.append((run_pk, node, position, state, attempts))
                 elif before != (position, state, attempts):
-                    changed.append((position, state, attempts, change.run.pk, node, self.tenant.pk))
-        sink.close(writes)
-        if not changed:
-            return
-        table = connection.ops.quote_name(RunNode._meta.db_table)
-        # One node row by its (run, node) unique index: a producer's event moves one node.
-        by_row = (
-            f"UPDATE {table} SET position = %s, state = %s, attempts = %s "
-            "WHERE run_id = %s AND node_id = %s AND tenant_id = %s"
-        )
-        if connection.vendor != "postgresql":
-            with connection.cursor() as cursor:
-                cursor.executemany(by_row, changed)
-        elif len(changed) == 1:
-            writes.add(by_row, list(changed[0]))
-        else:
-            # Several nodes: one statement, the rows as one JSON parameter, so a batch that moves
-            # every node of a run costs one plan and no client-side parsing of a placeholder a
-            # value. The planner cannot see inside the JSON, so the runs are named apart, and one
-            # run as one value: for an array, the plan PostgreSQL kept read every node row of the
-            # tenant to join a handful (milliseconds per request).
-            names = ("position", "state", "attempts", "run_id", "node_id")
-            records = orjson.dumps([dict(zip(names, row[:5], strict=True)) for row in changed]).decode()
-            run_pks = sorted({row[3] for row in changed})
-            runs_named, run_param = ("= %s", run_pks[0]) if len(run_pks) == 1 else ("= ANY(%s)", run_pks)
-            writes.add(
-                f"UPDATE {table} AS n SET position = v.position, state = v.state, attempts = v.attempts "
-                "FROM jsonb_to_recordset(%s::jsonb) "
-                "AS v(position integer, state varchar, attempts integer, run_id bigint, node_id varchar) "
-                f"WHERE n.run_id {runs_named} AND n.run_id = v.run_id AND n.node_id = v.node_id "
-                "AND n.tenant_id = %s",
-                [records, run_param, self.tenant.pk],
-            )
-
-
-def _row_values(run: Run, names: tuple[str, ...] = ROW_FIELDS) -> tuple[Any, ...]:
-    """Run fields as database parameters. JSON is encoded by orjson, several times faster than the
-    encoder Django would use; on PostgreSQL the other values go as they are (psycopg adapts numbers,
-    text and aware datetimes itself), on SQLite each is prepared by its own field (SQLite stores
-    times as Django's text, not the driver's). Every producer's request writes one run row."""
-    values = []
-    on_postgresql = connection.vendor == "postgresql"
-    for attname, is_json, model_field in _row_fields(names, connection.vendor):
-        value = getattr(run, attname)
-        if is_json:
-            values.append(None if value is None else _json_param(value, on_postgresql))
-        elif model_field is None:
-            values.append(value)
-        else:
-            values.append(model_field.get_db_prep_save(value, connection))
-    return tuple(values)
-
-
-@functools.cache
-def _row_fields(names: tuple[str, ...], vendor: str) -> tuple[tuple[str, bool, Any], ...]:
-    """For each name: its attribute, whether it is JSON, and the field to prepare it (None: as is)."""
-    fields = [cast(Field, Run._meta.get_field(name)) for name in names]
-    return tuple((f.attname, isinstance(f, JSONField), None if vendor == "postgresql" else f) for f in fields)
-
-
-def _json_param(value: Any, on_postgresql: bool) -> Any:
-    text = orjson.dumps(value).decode()
-    return Jsonb(value, dumps=lambda _: text) if on_postgresql else text
-
-
-@functools.cache
-def _update_sql(fields: tuple[str, ...]) -> str:
-    """The UPDATE of these run fields by id, written once (every producer's request runs one)."""
-    quote = connection.ops.quote_name
-    # Every name is a concrete field's, with a column (get_field may also answer a relation).
-    assignments = ", ".join(
-        f"{quote(cast(str, cast(Field, Run._meta.get_field(f)).column))} = %s" for f in fields
-    )
-    return f"UPDATE {Run._meta.db_table} SET {assignments} WHERE id = %s"
-
-
-def _runs_locked(tenant: Tenant, run_ids: list[str]) -> list[Run]:
-    """The tenant's runs of these ids, soft-deleted ones too, each row locked until commit.
-
-    Every producer's request starts here, so it is one hand-written statement (`kahn_site.rows`),
-    not a queryset compiled anew each time; the rows are locked in run id order, so two writers of
-    overlapping runs queue instead of deadlocking.
-    """
-    if not run_ids:
-        return []
-    run = columns(Run, "r")
-    if connection.vendor == "postgresql" and len(run_ids) == 1:
-        # A producer's request: a plan PostgreSQL makes once and keeps (for an array it planned anew
-        # each time, which cost more than the lookup).
-        where, params, lock = "r.run_id = %s", [tenant.pk, run_ids[0]], " FOR UPDATE"
-    elif connection.vendor == "postgresql":
-        where, params, lock = "r.run_id = ANY(%s)", [tenant.pk, run_ids], " FOR UPDATE"
-    else:  # one writer at a time: SQLite has no row locks to take
-        where, params, lock = f"r.run_id IN ({', '.join(['%s'] * len(run_ids))})", [tenant.pk, *run_ids], ""
-    with bound_cursor() as cursor:
-        cursor.execute(
-            f"SELECT {run.sql} FROM {Run._meta.db_table} r WHERE r.tenant_id = %s AND {where} "
-            f"ORDER BY r.run_id{lock}",
-            params,
-        )
-        return [run.instance(row) for row in cursor.fetchall()]
-
-
-def _lock_run_creation(tenant: Tenant, run_ids: list[str]) -> bool:
-    """Takes, until commit, a lock on creating each of these runs (PostgreSQL); whether it did.
-
-    A transaction-level advisory lock per (tenant, run id), taken in run id order: a writer that
-    would create a run waits here for any other writer about to create it, and reads after. SQLite
-    has one writer at a time, so nobody else can be creating the run.
-    """
-    if connection.vendor != "postgresql":
-        return False
-    with bound_cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s || ':' || run_id, 0)) "
-            "FROM unnest(%s::text[]) AS run_id ORDER BY run_id",
-            [str(tenant.pk), sorted(run_ids)],
-        )
-    return True
-
-
-def _allocate_run_ids(count: int) -> list[int]:
-    """Primary keys for runs about to be inserted, so their events can be written before them."""
-    if not count:
-        return []
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(
-                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
-                [Run._meta.db_table, count],
-            )
-            return [pk for (pk,) in cursor.fetchall()]
-        # SQLite has one writer at a time (transactions begin IMMEDIATE), so the next ids are free;
-        # sqlite_sequence remembers ids of deleted rows too, which are never reused.
-        cursor.execute(
-            "SELECT MAX(n) FROM (SELECT MAX(id) AS n FROM runs_run UNION ALL "
-            "SELECT seq FROM sqlite_sequence WHERE name = 'runs_run')"
-        )
-        (last,) = cursor.fetchone()
-        start = (last or 0) + 1
-        return list(range(start, start + count))
+                    changed.append((run_pk, node, position, state, attempts))
+        sql.run_nodes_write(self.tenant, new, changed, writes)
 
 
 def _datetime(value: str | None) -> datetime | None:
     return reduction.parse_ts(value) if value is not None else None
+
+
+@contextmanager
+def _batch_written(tenant: Tenant) -> Iterator[RunBatch]:
+    """One transaction for `tenant` around a batch: flushed at the end, and live sockets told of
+    what it changed after the outermost commit, never of what may still roll back.
+
+    Inside an enclosing transaction it is a savepoint, so a caller may catch an error and go on;
+    directly inside a request's own transaction it is not: the request is the unit of work, rolled
+    back whole with an error answer, and a savepoint would cost a producer's every request two
+    round trips.
+    """
+    with tenant_atomic(tenant, savepoint=not directly_in_request_transaction()):
+        batch = RunBatch(tenant=tenant)
+        try:
+            yield batch
+        except BaseException:
+            batch.discard()
+            raise
+        changes = batch.flush()
+        transaction.on_commit(partial(live_publish_changes, changes), robust=True)
+
+
+def _run_opened(batch: RunBatch, run_id: str) -> RunChange | None:
+    """The run, locked (created if missing); None if retention soft-deleted it. The caller then
+    leaves its transaction, which wrote nothing, without an error, and raises RunDeletedError
+    after it: a request's transaction is then still usable to read retention's record of when
+    and why, for the answer."""
+    return batch.open([run_id], skip_deleted=True).get(run_id)
+
+
+# ---------------------------------------------------------------- a producer's batch
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What is stored after a batch: the producer's next batch starts at `next_seq`."""
+
+    run_id: str
+    accepted: int
+    duplicates: int
+    next_seq: int
+    # Whether this batch created the run (its first): the caller may refuse a run id retention
+    # removed for good, in the same transaction.
+    created: bool = field(default=False, compare=False)
+
+
+def run_append_events(
+    *,
+    tenant: Tenant,
+    run_id: str,
+    events: Sequence[dict[str, Any]],
+    payloads: Sequence[str],
+    first_seq: int | None = None,
+) -> Receipt:
+    """Appends valid events (`reduction.validate_event`, without their `seq`) to a run, created by
+    its first batch, all of them or none. `payloads` are their JSON texts as stored; `first_seq`,
+    when the producer numbered the batch, is the seq of its first event: a retry of stored events
+    is counted as duplicates, and a gap or a different event at a stored seq is refused.
+
+    Refusals (`runs.errors`): RunDeletedError, SeqGap, SeqConflict, RunNotStarted, RunEnded.
+    """
+    duplicates = 0
+    with _batch_written(tenant) as batch:
+        change = _run_opened(batch, run_id)
+        if change is not None:
+            duplicates = _appended(change, events, payloads, first_seq)
+    if change is None:
+        raise RunDeletedError(run_id)
+    return Receipt(
+        run_id=run_id,
+        accepted=len(events) - duplicates,
+        duplicates=duplicates,
+        next_seq=change.reduction.next_seq,
+        created=change.created,
+    )
+
+
+def _appended(
+    change: RunChange, events: Sequence[dict[str, Any]], payloads: Sequence[str], first_seq: int | None
+) -> int:
+    """Appends the events a run does not have yet; returns how many it had (a producer's retry)."""
+    next_seq = change.reduction.next_seq
+    duplicates = _already_stored(change, events, first_seq, next_seq) if first_seq is not None else 0
+    new_events = events[duplicates:]
+    if new_events:
+        if next_seq == 0 and new_events[0]["event"] != "run_start":
+            raise RunNotStarted(
+                f"the first event of a run must be run_start, not {new_events[0]['event']!r}",
+                details={"index": duplicates},
+            )
+        ended = change.reduction.complete
+        for index, event in enumerate(new_events, start=duplicates):
+            if ended:
+                raise RunEnded(
+                    "the run has ended: nothing is accepted after run_end",
+                    details={"index": index, "next_seq": next_seq},
+                )
+            ended = event["event"] == "run_end"
+        change.extend(zip(new_events, payloads[duplicates:], strict=True))
+    return duplicates
+
+
+def _already_stored(change: RunChange, events: Sequence[dict[str, Any]], first: int, next_seq: int) -> int:
+    """How many leading events of a batch are retries of stored ones; a different one is a conflict."""
+    if first > next_seq:
+        raise SeqGap(
+            f"the batch starts at seq {first} but the run's next seq is {next_seq}",
+            details={"next_seq": next_seq, "first_seq": first},
+        )
+    overlap = min(next_seq - first, len(events))
+    if overlap <= 0:
+        return 0
+    stored = dict(
+        Event.objects.filter(run_id=change.run.pk, seq__gte=first, seq__lt=first + overlap).values_list(
+            "seq", "payload"
+        )
+    )
+    for offset in range(overlap):
+        seq = first + offset
+        if stored.get(seq) != events[offset]:
+            raise SeqConflict(
+                f"seq {seq} is already stored with other content",
+                details={"seq": seq, "index": offset, "next_seq": next_seq},
+            )
+    return overlap
+
+
+@dataclass(frozen=True)
+class DocumentWritten:
+    """Whether a graph or summary was newly stored, and whether this write created the run."""
+
+    written: bool
+    created: bool
+
+
+DOCUMENT_KINDS = ("graph", "summary")
+
+
+def run_document_set(*, tenant: Tenant, run_id: str, kind: str, document: dict[str, Any]) -> DocumentWritten:
+    """Writes a run's graph or its summary (`kind`), once: the same document again is fine, a
+    different one is refused (AlreadyWritten). A graph is valid (`reduction.validate_graph`)."""
+    if kind not in DOCUMENT_KINDS:
+        raise ValueError(f"a run's documents are {DOCUMENT_KINDS}, not {kind!r}")
+    written = False
+    with _batch_written(tenant) as batch:
+        change = _run_opened(batch, run_id)
+        if change is not None:
+            written = _document_written(change, kind, document)
+    if change is None:
+        raise RunDeletedError(run_id)
+    return DocumentWritten(written=written, created=change.created)
+
+
+def _document_written(change: RunChange, kind: str, document: dict[str, Any]) -> bool:
+    stored = getattr(change.run, kind)
+    if stored is not None:
+        if stored != document:
+            raise AlreadyWritten(
+                f"the run's {kind} is written once, and differs from this one", details={"kind": kind}
+            )
+        return False
+    if kind == "graph":
+        change.set_graph(document)
+    else:
+        change.set_summary(document)
+    return True
+
+
+# ---------------------------------------------------------------- an archive's runs
+
+
+@dataclass
+class RunLog:
+    """What one run's folder holds beyond what was imported, as its reader found it.
+
+    `log_offset` is where the reading began: the run's stored offset when it was read. A run whose
+    stored offset has moved since (another import got there first) is left alone and named in
+    `RunsImported.stale`, to be read again.
+    """
+
+    run_id: str
+    # Whether the run had no row when it was read: only then is its row created.
+    new: bool = True
+    log_offset: int = 0
+    # The log's size as read, or None when the log was not read (none yet, or it shrank before).
+    log_size: int | None = None
+    # The offset after the last complete line read, and how many complete lines that was.
+    log_end: int = 0
+    lines: int = 0
+    # Those lines' valid events with their JSON text, and diagnostics about the others, in order.
+    # Consumed once, after every run of the import is locked: it may be a generator parsing them.
+    items: Iterable[LogItem] = ()
+    graph: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
+
+
+@dataclass
+class RunsImported:
+    changes: list[RunChange] = field(default_factory=list)
+    # Runs soft-deleted by retention: never written (SPEC section 9).
+    deleted: list[str] = field(default_factory=list)
+    # Runs another import advanced since they were read: left alone, to be read again.
+    stale: list[str] = field(default_factory=list)
+
+
+def runs_import(*, tenant: Tenant, runs: Sequence[RunLog]) -> RunsImported:
+    """Adds to each run what its folder holds beyond what was imported, in one transaction, and
+    clears the import error of a run this import now stores. Runs soft-deleted by retention and
+    runs read at a stale offset are left out (see `RunsImported`)."""
+    imported = RunsImported()
+    with _batch_written(tenant) as batch:
+        # Only a run read as new is created: one read at an offset had a row, and if that row is
+        # gone (retention removed it meanwhile) the run is not brought back.
+        changes = batch.open(
+            [log.run_id for log in runs],
+            create={log.run_id for log in runs if log.new},
+            skip_deleted=True,
+        )
+        imported.deleted = batch.deleted
+        for log in runs:
+            change = changes.get(log.run_id)
+            if log.run_id in imported.deleted:
+                continue
+            if change is None or change.run.log_offset != log.log_offset:
+                imported.stale.append(log.run_id)
+                batch.changes.pop(log.run_id, None)
+        _import_errors_cleared(tenant, [c.run for c in batch.changes.values() if c.run.import_error])
+        for log in runs:
+            change = batch.changes.get(log.run_id)
+            if change is not None:
+                _import_log(change, log)
+        # The block's end flushes the batch; these are the changes it writes.
+        opened = list(batch.changes.values())
+    imported.changes = [c for c in opened if c.touched]
+    return imported
+
+
+def _import_log(change: RunChange, log: RunLog) -> None:
+    run = change.run
+    if log.graph is not None:
+        change.set_graph(log.graph)
+    if log.log_size is not None and not run.log_shrank:
+        run.log_size_seen = log.log_size
+        change.progress_changed = True
+        if log.log_size < run.log_offset:
+            run.log_shrank = True
+            change.diagnose(
+                reduction.Diagnostic(
+                    "log_shrank",
+                    f"the log is {log.log_size} bytes, shorter than the {run.log_offset} bytes already "
+                    "imported; nothing stored was removed and the log is no longer read",
+                    line=run.log_lines,
+                    details={"size": log.log_size, "imported_bytes": run.log_offset},
+                )
+            )
+        else:
+            change.extend(log.items)
+            run.log_offset = log.log_end
+            run.log_lines += log.lines
+    if log.summary is not None:
+        change.set_summary(log.summary)
+
+
+def _import_errors_cleared(tenant: Tenant, runs: list[Run]) -> None:
+    """Clears the import error of runs whose import now goes through (before events stream: the
+    connection is then busy)."""
+    if runs:
+        Run.objects.including_deleted().filter(tenant=tenant, pk__in=[run.pk for run in runs]).update(
+            import_error="", import_failures=0, import_retry_at=None
+        )
+        for run in runs:
+            run.import_error, run.import_failures, run.import_retry_at = "", 0, None
 
 
 # A run the archive import could not store is tried again after this delay, doubled with each
@@ -725,48 +582,12 @@ def run_import_failed(*, tenant: Tenant, run_id: str, error: str, now: datetime)
     stored), creating its row if it has none yet, so that its page says why it is not there; returns
     when it is tried again. Its own transaction: the one that failed was rolled back."""
     with tenant_atomic(tenant):
-        _lock_run_creation(tenant, [run_id])
-        run = Run.objects.including_deleted().select_for_update().filter(run_id=run_id).first()
-        failures = (run.import_failures if run is not None else 0) + 1
-        retry_at = now + import_retry_delay(failures)
-        if run is None:
-            Run.objects.create(
-                tenant=tenant, run_id=run_id, import_error=error, import_failures=1, import_retry_at=retry_at
-            )
-        else:
-            run.import_error, run.import_failures, run.import_retry_at = error, failures, retry_at
-            run.save(update_fields=["import_error", "import_failures", "import_retry_at"])
-    return retry_at
-
-
-def run_import_succeeded(*, tenant: Tenant, runs: list[Run]) -> None:
-    """Clears the import error of runs whose import now goes through (in the batch that imports
-    them, before its events stream: the connection is then busy)."""
-    if runs:
-        Run.objects.including_deleted().filter(tenant=tenant, pk__in=[run.pk for run in runs]).update(
-            import_error="", import_failures=0, import_retry_at=None
+        sql.run_rows_create(tenant, [run_id])
+        (run,) = sql.run_rows_locked(tenant, [run_id])
+        run.import_failures += 1
+        retry_at = now + import_retry_delay(run.import_failures)
+        run.import_error, run.import_retry_at = error, retry_at
+        Run.objects.including_deleted().filter(pk=run.pk).update(
+            import_error=error, import_failures=run.import_failures, import_retry_at=retry_at
         )
-        for run in runs:
-            run.import_error, run.import_failures, run.import_retry_at = "", 0, None
-
-
-def run_batch_write(*, tenant: Tenant, write: Callable[[RunBatch], T]) -> tuple[T, list[RunChange]]:
-    """Runs `write(batch)` in one transaction for `tenant`, then flushes the batch.
-
-    Inside an enclosing transaction it is a savepoint, so a caller may catch an error and go on (the
-    importer drops a run retention deleted and writes its chunk again); directly inside a request's
-    own transaction it is not: the request is the unit of work, rolled back whole with an error
-    answer, and a savepoint would cost a producer's every request two round trips.
-    """
-    with tenant_atomic(tenant, savepoint=not directly_in_request_transaction()):
-        batch = RunBatch(tenant=tenant)
-        try:
-            result = write(batch)
-        except BaseException:
-            batch.events.discard()
-            raise
-        changes = batch.flush()
-        # Live sockets learn of what is committed, never of what may still roll back: after the
-        # outermost commit (a request's own transaction, in cloud mode), or not at all.
-        transaction.on_commit(partial(live_publish_changes, changes), robust=True)
-        return result, changes
+    return retry_at

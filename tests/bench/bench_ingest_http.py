@@ -264,18 +264,18 @@ def start_runs(world: World, prefixes: list[str], threads: int) -> None:
     be answered before its second is sent, which wrk cannot promise while runs are being created."""
     import orjson
 
-    from runs.services import run_batch_write
+    from runs.services import RunBatch
+    from tenants.context import tenant_atomic
     from tenants.models import Tenant
 
     tenant = Tenant.objects.get(pk=world.tenant_id)
-
-    def write(batch) -> None:
+    with tenant_atomic(tenant):
+        batch = RunBatch(tenant=tenant)
         names = [run_id for prefix in prefixes for run_id in run_ids(prefix, threads)]
         for run_id, change in batch.open(names).items():
             event = orjson.loads(run_start_line(run_id))
             change.append(event, orjson.dumps(event).decode())
-
-    run_batch_write(tenant=tenant, write=write)
+        batch.flush()
 
 
 def wait_until_idle(world: World) -> None:

@@ -500,24 +500,25 @@ def test_two_producers_creating_one_run_queue_and_the_second_finds_the_first_run
     from django.db import connection
 
     from ingest.services import Receipt, events_parse, run_append_batch
-    from runs.services import run_batch_write
+    from runs.services import RunBatch
+    from tenants.context import tenant_atomic
 
     if connection.vendor != "postgresql":
-        pytest.skip("PostgreSQL's row and advisory locks")
+        pytest.skip("PostgreSQL's row locks")
     start = {"ts": T, "event": "run_start", "run_id": "racing"}
     opened, release = threading.Event(), threading.Event()
     outcomes: dict[str, object] = {}
 
     def first() -> None:
-        def write(batch):
-            change = batch.open(["racing"])["racing"]
-            change.append(start, orjson.dumps(start).decode())
-            opened.set()
-            release.wait(30)
-            return change.created
-
         try:
-            outcomes["first"], _ = run_batch_write(tenant=local_tenant, write=write)
+            with tenant_atomic(local_tenant):
+                batch = RunBatch(tenant=local_tenant)
+                change = batch.open(["racing"])["racing"]
+                change.append(start, orjson.dumps(start).decode())
+                opened.set()
+                release.wait(30)
+                batch.flush()
+                outcomes["first"] = change.created
         finally:
             connection.close()
 
@@ -535,7 +536,7 @@ def test_two_producers_creating_one_run_queue_and_the_second_finds_the_first_run
     waiting = 0
     for _ in range(300):
         with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
             (waiting,) = cursor.fetchone()
         if waiting:
             break

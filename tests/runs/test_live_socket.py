@@ -296,7 +296,7 @@ def test_events_a_socket_missed_are_read_from_the_database(local_tenant):
         assert await events_until(socket, 2) == [0, 1]
 
         def write_without_publishing() -> None:
-            # RunBatch alone, outside run_batch_write: stored, and no message about it.
+            # RunBatch alone, outside the services that publish: stored, and no message about it.
             with tenant_atomic(local_tenant):
                 batch = RunBatch(tenant=local_tenant)
                 change = batch.open(["run_live"])["run_live"]

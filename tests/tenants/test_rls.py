@@ -15,7 +15,8 @@ from django.apps import apps
 from django.db import DatabaseError, connection, connections, transaction
 
 from runs.models import Diagnostic, Event, Run, RunNode
-from runs.services import EVENT_COLUMNS, ROWS_IN_ONE_INSERT, RunBatch, _RowSink
+from runs.services import RunBatch
+from runs.sql import EVENT_COLUMNS, ROWS_IN_ONE_INSERT, RowSink
 from tenants.context import (
     TENANT_SETTING,
     USER_SETTING,
@@ -152,7 +153,7 @@ def test_the_write_path_cannot_plant_rows_in_another_tenant(world_runs, as_servi
     with tenant_atomic(globex):
         globex_run = Run.objects.get(run_id="globex_nightly").pk
     with pytest.raises(DatabaseError, match="row-level security"), tenant_atomic(acme):
-        sink = _RowSink(Event, EVENT_COLUMNS)
+        sink = RowSink(Event, EVENT_COLUMNS)
         write = sink.writer()
         for seq in range(100, 100 + size):
             write((globex_run, seq, globex.pk, "2026-11-20T10:00:00.000Z", "note", None, "{}"))
