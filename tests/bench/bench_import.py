@@ -17,7 +17,8 @@ project's simulator, as `manage.py simulate_archive --runs 7250 --nodes 40` does
              row-level security applies and events go through the staging table (COPY cannot
              write under RLS for such a role), as in production.
 
-Targets (issue: the foundation): import ≤ 1.5 x floor; re-import ≤ 10 % of the import.
+Targets: import ≤ 2.0 x floor (the write-path issue; the foundation asked 1.5 x); re-import ≤ 10 %
+of the import.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def main() -> None:
     row = f"{as_service:>9.2f}{n / as_service:>12,.0f}{as_service / floor:>9.2f}"
     print(f"{'ingest_archive as the service role':<34}{row}")
     print()
-    verdict(f"import ≤ 1.5 x raw COPY: {imported / floor:.2f} x", imported / floor <= 1.5)
+    verdict(f"import ≤ 2.0 x raw COPY: {imported / floor:.2f} x", imported / floor <= 2.0)
     verdict(f"re-import ≤ 10 % of import: {100 * reimported / imported:.1f} %", reimported / imported <= 0.10)
 
 
