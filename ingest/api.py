@@ -25,7 +25,7 @@ from ingest.ratelimit import TenantIngestRateThrottle, ratelimit_headers
 from kahn_site.api_errors import ApiError, RunDeleted, api_error_from
 from retention.errors import run_deleted_error
 from runs.api import ERRORS, RUN_ID, ErrorSerializer, RunEventsApi, RunGraphApi, RunSummaryApi
-from runs.errors import RunDeletedError, RunWriteRefused
+from runs.errors import Refused, RunDeletedError
 from runs.reduction import run_id_valid
 from tenants.context import tenant_current
 from tenants.models import Tenant
@@ -58,7 +58,7 @@ def _refusals_answered(tenant: Tenant) -> Iterator[None]:
         raise run_deleted_error(tenant=tenant, run_id=exc.run_id) or RunDeleted(
             exc.message, details=exc.details
         ) from None
-    except (services.BatchRefused, RunWriteRefused) as exc:
+    except Refused as exc:
         raise api_error_from(exc) from None
 
 

@@ -11,7 +11,7 @@ serialised while batches of other runs proceed. Refusals are plain exceptions (`
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +20,7 @@ import orjson
 
 from retention.selectors import run_deletion
 from runs import reduction
-from runs.errors import RunDeletedError
+from runs.errors import Refused, RunDeletedError
 from runs.services import Receipt, run_append_events, run_document_set
 from tenants.context import directly_in_request_transaction, tenant_atomic
 from tenants.models import Tenant
@@ -36,16 +36,11 @@ JSON_TYPES = ("application/json",)
 # ---------------------------------------------------------------- what a body is refused for
 
 
-class BatchRefused(Exception):
-    """A body the contract refuses, before anything is written: its `code`, a sentence for people
-    and `details` for machines. The API edge gives each its HTTP status (ingest.api)."""
+class BatchRefused(Refused):
+    """A body the contract refuses, before anything is written. The API edge gives each its HTTP
+    status (ingest.api)."""
 
     code = "invalid_body"
-
-    def __init__(self, message: str, *, details: Mapping[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = dict(details or {})
 
 
 class InvalidBody(BatchRefused):

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 
-class RunWriteRefused(Exception):
-    """A write the run's state forbids; nothing of it was stored."""
+class Refused(Exception):
+    """A refusal of the contract's: its `code`, a sentence for people and `details` for machines.
+    The write path's refusals below, and a body's (`ingest.services.BatchRefused`), are its kinds."""
 
     code: ClassVar[str] = "invalid_request"
 
@@ -17,6 +18,10 @@ class RunWriteRefused(Exception):
         super().__init__(message)
         self.message = message
         self.details = dict(details or {})
+
+
+class RunWriteRefused(Refused):
+    """A write the run's state forbids; nothing of it was stored."""
 
 
 class RunDeletedError(RunWriteRefused):
