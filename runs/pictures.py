@@ -7,6 +7,7 @@ re-colours the same shapes in the browser from the data attributes set here.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -90,27 +91,22 @@ def dag_picture(
 ) -> DagPicture:
     """The DAG at one moment: `states` and `attempts` say how each node stood then."""
     depth = timeline.depth()
-    layers: dict[int, list[str]] = {}
+    drawn = set(order)
+    pairs: list[tuple[str, str]] = []
+    undrawn_edges = 0
     for node_id in order:
-        layers.setdefault(depth.get(node_id, 0), []).append(node_id)
-    row_of: dict[str, float] = {}
-    for layer in sorted(layers):
-        members = layers[layer]
-        if layer:
-            # Barycentre ordering: a node sits near the rows of its dependencies, so edges cross less.
-            members.sort(key=lambda n: _mean([row_of[d] for d in timeline.nodes[n].deps if d in row_of], 1e9))
-        for row, node_id in enumerate(members):
-            row_of[node_id] = row
-
-    positions = {
-        node_id: (DAG_PAD + layer * (NODE_W + COLUMN_GAP), DAG_PAD + row * (NODE_H + ROW_GAP))
-        for layer, members in layers.items()
-        for row, node_id in enumerate(members)
-    }
+        for dep in timeline.nodes[node_id].deps:
+            if dep not in drawn:
+                continue
+            if len(pairs) >= MAX_DRAWN_EDGES:
+                undrawn_edges += 1
+                continue
+            pairs.append((dep, node_id))
+    layout = dag_layout(order, {n: depth.get(n, 0) for n in order}, pairs)
     blocking = timeline.blocking_edges(states)
     nodes = []
     for node_id in order:
-        x, y = positions[node_id]
+        x, y = layout.positions[node_id]
         node = timeline.nodes[node_id]
         extra = "".join(f"\n{k}: {v}" for k, v in node.extra.items())
         nodes.append(
@@ -126,26 +122,144 @@ def dag_picture(
                 title=f"{node_id}: {states[node_id]}, {_attempts_text(attempts[node_id])}{extra}",
             )
         )
-    edges: list[DagEdge] = []
-    undrawn_edges = 0
-    for node_id in order:
-        for dep in timeline.nodes[node_id].deps:
-            if dep not in positions:
-                continue
-            if len(edges) >= MAX_DRAWN_EDGES:
-                undrawn_edges += 1
-                continue
-            (x1, y1), (x2, y2) = positions[dep], positions[node_id]
-            x1, y1, y2 = x1 + NODE_W, y1 + NODE_H // 2, y2 + NODE_H // 2
-            bend = max(24, (x2 - x1) // 2)
-            path = f"M{x1},{y1} C{x1 + bend},{y1} {x2 - bend},{y2} {x2},{y2}"
-            edges.append(DagEdge(dep, node_id, path, (dep, node_id) in blocking))
-    width = DAG_PAD * 2 + (max(layers, default=0) + 1) * (NODE_W + COLUMN_GAP) - COLUMN_GAP
-    tallest = max((len(m) for m in layers.values()), default=1)
-    height = DAG_PAD * 2 + tallest * (NODE_H + ROW_GAP) - ROW_GAP
+    edges = [
+        DagEdge(dep, node_id, path, (dep, node_id) in blocking)
+        for (dep, node_id), path in zip(pairs, layout.paths, strict=True)
+    ]
     # Blocking edges last, so they are drawn over the others.
     edges.sort(key=lambda e: e.blocking)
-    return DagPicture(width, height, nodes, edges, undrawn_edges=undrawn_edges)
+    return DagPicture(layout.width, layout.height, nodes, edges, undrawn_edges=undrawn_edges)
+
+
+# A layered (Sugiyama-style) layout, written here rather than taken from a library: the guarantee
+# the picture needs (no edge passes under a box but its own two) follows from three short steps on
+# the columns the page already draws (layers by dependency depth), while the layout libraries on
+# offer either need a binary outside the project's Python dependencies (Graphviz's dot, ELK) or
+# choose their own layering and node placement, so the guarantee would still rest on geometry
+# checked here. The steps:
+# - an edge that skips columns gets a dummy in each column it crosses: a thin slot of that column
+#   that no box uses, where the edge runs straight across;
+# - barycentre sweeps, down and up, order each column's boxes and dummies so edges cross less;
+# - each column stacks its members top to bottom; between columns an edge is a curve whose control
+#   points stay inside the gap, so it can only bend where there are no boxes.
+# An edge that does not point rightwards (a cycle in a malformed graph) runs along a lane above
+# every box, joining it through the gaps beside its two ends.
+DUMMY_H = 16  # the height of an edge's slot in a column it crosses
+LANE_H = 16  # the lane above the boxes, there only when an edge needs it
+SWEEPS = 4
+
+# A column member: a node's id, or (edge index, layer) for an edge crossing that layer.
+Member = str | tuple[int, int]
+
+
+@dataclass
+class DagLayout:
+    positions: dict[str, tuple[int, int]]  # each box's top left corner
+    paths: list[str]  # one per edge, in the order given
+    width: int
+    height: int
+
+
+def dag_layout(order: Sequence[str], layer_of: dict[str, int], pairs: Sequence[tuple[str, str]]) -> DagLayout:
+    """Boxes in columns by `layer_of`, and a path for each (source, target) of `pairs`."""
+    last = max(layer_of.values(), default=0)
+    columns: list[list[Member]] = [[] for _ in range(last + 1)]
+    for node_id in order:
+        columns[layer_of[node_id]].append(node_id)
+    before: dict[Member, list[Member]] = {}
+    after: dict[Member, list[Member]] = {}
+    chains: list[list[Member]] = []
+    for index, (source, target) in enumerate(pairs):
+        low, high = layer_of[source], layer_of[target]
+        if high <= low:
+            chains.append([])
+            continue
+        chain: list[Member] = [source, *((index, layer) for layer in range(low + 1, high)), target]
+        for layer, member in zip(range(low + 1, high), chain[1:-1], strict=True):
+            columns[layer].append(member)
+        for left, right in itertools.pairwise(chain):
+            after.setdefault(left, []).append(right)
+            before.setdefault(right, []).append(left)
+        chains.append(chain)
+
+    _reduce_crossings(columns, before, after)
+
+    tops: dict[Member, int] = {}
+    lane = LANE_H if any(not chain for chain in chains) else 0
+    bottom = 0
+    for column in columns:
+        y = DAG_PAD + lane
+        for member in column:
+            tops[member] = y
+            y += NODE_H + ROW_GAP if isinstance(member, str) else DUMMY_H
+        bottom = max(bottom, y)
+    positions = {node_id: (_column_x(layer_of[node_id]), tops[node_id]) for node_id in order}
+
+    paths = []
+    for (source, target), chain in zip(pairs, chains, strict=True):
+        (sx, sy), (tx, ty) = positions[source], positions[target]
+        start, end = (sx + NODE_W, sy + NODE_H // 2), (tx, ty + NODE_H // 2)
+        if not chain:
+            paths.append(_lane_path(start, end, DAG_PAD + lane // 2))
+            continue
+        points = [start]
+        for member in chain[1:-1]:
+            assert isinstance(member, tuple)
+            x, y = _column_x(member[1]), tops[member] + DUMMY_H // 2
+            points += [(x, y), (x + NODE_W, y)]
+        points.append(end)
+        paths.append(_path_through(points))
+    width = DAG_PAD * 2 + (last + 1) * (NODE_W + COLUMN_GAP) - COLUMN_GAP
+    height = max(bottom - ROW_GAP, DAG_PAD + NODE_H) + DAG_PAD
+    return DagLayout(positions, paths, width, height)
+
+
+def _column_x(layer: int) -> int:
+    return DAG_PAD + layer * (NODE_W + COLUMN_GAP)
+
+
+def _reduce_crossings(
+    columns: list[list[Member]], before: dict[Member, list[Member]], after: dict[Member, list[Member]]
+) -> None:
+    """Barycentre sweeps: each member moves towards the mean place of its neighbours in the column
+    swept from; members with none keep their place. Sorting is stable, so ties keep the graph's order."""
+    sweeps = [(range(1, len(columns)), before, -1), (range(len(columns) - 2, -1, -1), after, 1)]
+    for _ in range(SWEEPS):
+        for layers, neighbours, step in sweeps:
+            for layer in layers:
+                place = {member: i for i, member in enumerate(columns[layer + step])}
+                column = columns[layer]
+                keys = {
+                    member: _mean([place[n] for n in neighbours.get(member, ()) if n in place], float(i))
+                    for i, member in enumerate(column)
+                }
+                column.sort(key=keys.__getitem__)
+
+
+def _path_through(points: list[tuple[int, int]]) -> str:
+    """Straight across each column the edge crosses, a curve within each gap between columns.
+
+    `points` alternate: a point leaving a column (a box's right side, or a dummy's) and one entering
+    the next. A gap's curve has its control points inside the gap, and a cubic stays within the
+    hull of its control points, so it never reaches into a column."""
+    (x, y), *rest = points
+    parts = [f"M{x},{y}"]
+    for i, (nx, ny) in enumerate(rest):
+        if i % 2:
+            parts.append(f"L{nx},{ny}")
+        else:
+            middle = (x + nx) // 2
+            parts.append(f"C{middle},{y} {middle},{ny} {nx},{ny}")
+        x, y = nx, ny
+    return " ".join(parts)
+
+
+def _lane_path(start: tuple[int, int], end: tuple[int, int], lane_y: int) -> str:
+    """An edge that points left or stays in its column: out into the gap on its source's right,
+    up to the lane above every box, along it, and down the gap on its target's left."""
+    (sx, sy), (tx, ty) = start, end
+    out, back = sx + DAG_PAD // 2, tx - DAG_PAD // 2
+    return f"M{sx},{sy} L{out},{sy} L{out},{lane_y} L{back},{lane_y} L{back},{ty} L{tx},{ty}"
 
 
 def _attempts_text(attempts: int) -> str:
