@@ -127,8 +127,11 @@ def process_tree(pid: int) -> list[int]:
     tree = [pid]
     for parent in tree:
         for task in os.listdir(f"/proc/{parent}/task"):
-            with open(f"/proc/{parent}/task/{task}/children") as children:
-                tree.extend(int(child) for child in children.read().split())
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as children:
+                    tree.extend(int(child) for child in children.read().split())
+            except FileNotFoundError:
+                continue  # a thread that ended since the listing: it has no children to count
     return tree
 
 
