@@ -1,14 +1,17 @@
 """The pages: history, run replay and node across runs, as a browser without JavaScript gets them."""
 
+import itertools
 import json
 import re
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from ingest.simulator import archive_synthesize
+from runs.pictures import GANTT_CHART_W, GANTT_LABEL_W
 from tenants.models import Tenant
 from tests.conftest import ingest_quietly, write_archive_run
 
@@ -284,6 +287,55 @@ def test_run_same_ts_draws_three_attempts_at_one_instant(client, imported):
     assert gantt_bars(html, "auth-table") == ["o-failed", "o-failed", "o-ok"]
     assert node_state(html, "auth-table") == "done"
     assert "\u00d73" in dag_node(html, "auth-table")  # the retry badge
+
+
+def gantt_rects(html: str, node_id: str) -> list[dict[str, str]]:
+    """The attributes of each attempt bar of a node's timeline row, in order."""
+    row = element(
+        html, rf'data-node="{re.escape(node_id)}">[^<]*</text>(\s*<rect class="attempt[^>]*>.*?</rect>)*'
+    )
+    return [
+        dict(re.findall(r'([\w-]+)="([^"]*)"', rect)) | {"narrow": str(" data-narrow" in rect)}
+        for rect in re.findall(r'<rect class="attempt[^>]*>', row)
+    ]
+
+
+def test_zero_length_attempts_are_wide_enough_apart_and_failures_solid_red(client, imported):
+    html = page(client, "/runs/run_same_ts/")
+    bars = gantt_rects(html, "auth-table")
+    assert [bar["data-outcome"] for bar in bars] == ["failed", "failed", "ok"]
+    for bar in bars:
+        assert float(bar["width"]) >= 6
+    for left, right in itertools.pairwise(bars):
+        assert float(right["x"]) >= float(left["x"]) + float(left["width"]) + 2
+    # Too narrow for stripes, the failed bars are filled with the failure colour.
+    assert [bar["narrow"] for bar in bars[:2]] == ["True", "True"]
+    assert (
+        ".gantt .o-failed[data-narrow] { fill: var(--failed); }"
+        in (settings.BASE_DIR / "static" / "scope.css").read_text()
+    )
+
+
+def test_back_to_back_attempts_are_drawn_apart(client, imported):
+    html = page(client, "/runs/run_failed/")
+    bars = gantt_rects(html, "api-routes")
+    assert len(bars) == 3
+    for left, right in itertools.pairwise(bars):
+        assert float(right["x"]) >= float(left["x"]) + float(left["width"]) + 2
+
+
+@pytest.mark.parametrize("run_id", ["run_clean", "run_failed", "run_same_ts", "run_crashed"])
+def test_the_timeline_axis_runs_to_the_run_end_with_labels_apart(client, imported, run_id):
+    html = page(client, f"/runs/{run_id}/")
+    svg = element(html, r'<svg class="gantt".*?</svg>')
+    ticks = [
+        (float(x), label)
+        for x, label in re.findall(r'<text class="tick" x="([\d.]+)"[^>]*>([^<]+)</text>', svg)
+    ]
+    assert ticks[-1][0] == GANTT_LABEL_W + GANTT_CHART_W  # the run's end
+    assert ticks[0] == (GANTT_LABEL_W, "0s")
+    for (left, _), (right, _) in itertools.pairwise(ticks):
+        assert right - left >= 48
 
 
 def test_diagnostics_panel_names_code_severity_and_place(client, imported):
