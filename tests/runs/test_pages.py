@@ -338,6 +338,15 @@ def test_the_timeline_axis_runs_to_the_run_end_with_labels_apart(client, importe
         assert right - left >= 48
 
 
+def test_zero_failed_and_blocked_are_not_in_the_failure_colour(client, imported):
+    html = page(client, "/runs/run_clean/")
+    assert '<span class="count">0 failed</span>' in html
+    assert '<span class="count">0 blocked</span>' in html
+    html = page(client, "/runs/run_failed/")
+    assert '<span class="count s-failed">1 failed</span>' in html
+    assert '<span class="count s-blocked">2 blocked</span>' in html
+
+
 def test_diagnostics_panel_names_code_severity_and_place(client, imported):
     html = page(client, "/runs/run_dirty/")
     panel = element(html, r'<ul class="diagnostics">.*?</ul>')
@@ -443,6 +452,13 @@ def test_the_node_index_ranks_flaky_and_failing_nodes_first(client, imported):
     nodes = re.findall(r'<a class="node-link" href="/nodes/([^/]+)/">', html)
     assert nodes[0] == "api-routes"
     assert set(nodes) >= {"schema-init", "lint", "fetch", "build", "warm-up"}
+
+
+def test_a_node_that_never_failed_shows_no_failure_colour(client, imported):
+    html = page(client, "/nodes/lint/")
+    assert '<div class="stat"><span class="value">0</span><span class="label">failed</span></div>' in html
+    html = page(client, "/nodes/api-routes/")
+    assert '<div class="stat s-failed"><span class="value">1</span><span class="label">failed</span>' in html
 
 
 def test_an_unknown_node_is_a_404_page(client, imported):
