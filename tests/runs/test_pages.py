@@ -122,6 +122,15 @@ def test_bad_filters_are_explained_not_a_crash(client, imported):
     assert history_rows(html) == []
 
 
+@pytest.mark.parametrize("size", ["9999", "0", "-1", "ten"])
+def test_a_bad_page_size_says_what_was_wrong_never_no_runs_yet(client, imported, size):
+    html = page(client, f"/?page_size={size}")
+    errors = element(html, r'<ul class="form-errors".*?</ul>')
+    assert f"Per page: {size} is not a page size here: choose one of 25, 50, 100, 200." in errors
+    assert "No runs yet" not in html
+    assert "No runs shown: a filter value above is not valid." in html
+
+
 def test_history_pages_with_cursor_links_keeping_filters(client, many_runs):
     seen, url = [], "/?page_size=25"
     while url:
