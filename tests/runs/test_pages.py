@@ -456,6 +456,24 @@ def test_a_node_across_runs(client, imported):
     }
 
 
+def test_a_node_page_names_run_results_in_the_history_words(client, imported):
+    html = page(client, "/nodes/api-routes/")
+    words = dict(
+        re.findall(
+            r'href="/runs/(\w+)/">\1</a></td>.*?'
+            r'<td>(?:<span class="badge v-\w+">)?([^<]*)(?:</span>)?</td>\s*</tr>',
+            html,
+            re.S,
+        )
+    )
+    assert words["run_flaky"] == "flaky"
+    assert words["run_crashed"] == "interrupted"
+    assert words["run_failed"] == "failed"
+    assert words["run_clean"] == "clean"
+    assert "clean_with_flake" not in html
+    assert "not finished" not in html
+
+
 def test_the_node_index_ranks_flaky_and_failing_nodes_first(client, imported):
     html = page(client, "/nodes/")
     nodes = re.findall(r'<a class="node-link" href="/nodes/([^/]+)/">', html)
