@@ -135,11 +135,15 @@ class Run(models.Model):
 
     def status_at(self, now: datetime) -> str:
         """complete, running, or interrupted once its last event is older than KAHN_STALE_AFTER."""
-        if self.complete:
-            return "complete"
-        last = self.last_event_at or self.created_at
-        stale = now - timedelta(seconds=settings.KAHN_STALE_AFTER)
-        return "interrupted" if last < stale else "running"
+        return run_status(self.complete, self.last_event_at or self.created_at, now)
+
+
+def run_status(complete: bool, last_heard: datetime, now: datetime) -> str:
+    """`Run.status_at` from the run's fields, for readers that hold them without the run."""
+    if complete:
+        return "complete"
+    stale = now - timedelta(seconds=settings.KAHN_STALE_AFTER)
+    return "interrupted" if last_heard < stale else "running"
 
 
 class Event(models.Model):

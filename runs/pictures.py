@@ -27,6 +27,13 @@ LABEL_CHARS = 22
 GANTT_LABEL_W, GANTT_CHART_W = 190, 760
 GANTT_ROW_H, GANTT_BAR_H = 24, 14
 GANTT_TOP, GANTT_BOTTOM = 8, 26
+# An attempt with no length (start and record at one `ts`) still needs a bar wide enough to see its
+# colour, and back-to-back attempts of one node need a gap so two bars never read as one.
+GANTT_MIN_BAR_W, GANTT_BAR_GAP = 6.0, 2.0
+# Bars narrower than this cannot show the failure stripes: they are filled solid instead.
+GANTT_STRIPED_W = 12.0
+# An axis label closer than this to the label at the run's end is dropped, so labels never overlap.
+GANTT_TICK_ROOM = 48
 # A closed attempt's outcome by its `ok`, which is None where its end told none (at run_end, say).
 GANTT_OUTCOMES: dict[bool | None, str] = {True: "ok", False: "failed"}
 
@@ -286,6 +293,8 @@ class GanttBar:
     start_seq: int
     end_seq: int | None
     title: str
+    # Too narrow for the failure stripes: drawn in solid colour.
+    narrow: bool = False
     hidden: bool = False
 
 
@@ -346,10 +355,9 @@ def gantt_picture(
     rows = []
     for index, node_id in enumerate(order):
         row = GanttRow(node_id, short(node_id, 26), GANTT_TOP + index * GANTT_ROW_H, states[node_id])
-        for attempt in timeline.nodes[node_id].attempts:
-            x = x_of(attempt.start)
-            end_x = x_of(attempt.end) if attempt.end is not None else final_x
-            final_width = max(2.0, end_x - x)
+        attempts = timeline.nodes[node_id].attempts
+        spans = _bar_spans([(x_of(a.start), x_of(a.end) if a.end is not None else final_x) for a in attempts])
+        for attempt, (x, final_width) in zip(attempts, spans, strict=True):
             outcome = "open" if attempt.open else GANTT_OUTCOMES.get(attempt.ok, "unknown")
             bar = GanttBar(
                 node=node_id,
@@ -362,13 +370,14 @@ def gantt_picture(
                 start_seq=attempt.start_seq,
                 end_seq=attempt.end_seq,
                 title=_bar_title(node_id, attempt, outcome),
+                narrow=final_width < GANTT_STRIPED_W,
             )
             if at is not None:
                 if attempt.start_seq > at:
                     bar.hidden = True
                 elif attempt.end_seq is None or attempt.end_seq > at:
                     bar.outcome = "open"
-                    bar.width = round(max(2.0, (cursor_x or x) - x), 1)
+                    bar.width = round(max(GANTT_MIN_BAR_W, (cursor_x or x) - x), 1)
             row.bars.append(bar)
         for seq, state in timeline.nodes[node_id].changes:
             if state == "blocked":
@@ -376,7 +385,14 @@ def gantt_picture(
                 row.marks.append(GanttMark(round(x_of(times.get(seq)), 1), seq, "blocked", hidden))
         rows.append(row)
     axis_y = GANTT_TOP + len(order) * GANTT_ROW_H
-    ticks = [(round(GANTT_LABEL_W + s * scale, 1), seconds_label(s)) for s in _nice_ticks(span)]
+    # The axis runs to the run's end: its last label is the run's length, and a regular tick too
+    # close to it gives way.
+    ticks = [
+        (round(GANTT_LABEL_W + s * scale, 1), seconds_label(s))
+        for s in _nice_ticks(span)
+        if (span - s) * scale >= GANTT_TICK_ROOM
+    ]
+    ticks.append((round(GANTT_LABEL_W + span * scale, 1), seconds_label(span)))
     return GanttPicture(
         width=GANTT_LABEL_W + GANTT_CHART_W + 72,  # room for a "blocked" mark at the very end
         height=axis_y + GANTT_BOTTOM,
@@ -386,6 +402,26 @@ def gantt_picture(
         cursor_x=round(cursor_x, 1) if cursor_x is not None else None,
         axis_y=axis_y,
     )
+
+
+def _bar_spans(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """x and width of each attempt's bar: at least GANTT_MIN_BAR_W wide, GANTT_BAR_GAP apart.
+
+    A bar that would touch the next one is cut short when it is long enough to lose the gap,
+    otherwise the next bar moves right: a few pixels off true time, never two attempts as one bar.
+    """
+    placed: list[list[float]] = []
+    # Rounded as drawn at every step, so the gap holds in the page's numbers too.
+    for start_x, end_x in spans:
+        x = round(start_x, 1)
+        if placed:
+            previous = placed[-1]
+            room = round(x - GANTT_BAR_GAP - previous[0], 1)
+            if previous[1] > room:
+                previous[1] = max(GANTT_MIN_BAR_W, room)
+            x = max(x, round(previous[0] + previous[1] + GANTT_BAR_GAP, 1))
+        placed.append([x, max(GANTT_MIN_BAR_W, round(end_x - x, 1))])
+    return [(x, width) for x, width in placed]
 
 
 def _bar_title(node_id: str, attempt: Any, outcome: str) -> str:

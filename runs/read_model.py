@@ -70,9 +70,13 @@ class RunRow:
 
     @property
     def verdict(self) -> str | None:
-        """What the pages show as one word: the outcome of a complete run, else its status."""
-        key = self.outcome if self.status == "complete" else self.status
-        return "flaky" if key == "clean_with_flake" else key
+        return verdict_word(self.status, self.outcome)
+
+
+def verdict_word(status: str, outcome: str | None) -> str | None:
+    """What the pages show as one word: the outcome of a complete run, else its status."""
+    key = outcome if status == "complete" else status
+    return "flaky" if key == "clean_with_flake" else key
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,8 +21,8 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
-from runs.models import Diagnostic, Event, Run, RunNode
-from runs.read_model import DiagnosticRow, NodeDetail, RunDetail, RunRow
+from runs.models import Diagnostic, Event, Run, RunNode, run_status
+from runs.read_model import DiagnosticRow, NodeDetail, RunDetail, RunRow, verdict_word
 from runs.reduction import RunReduction, run_id_valid
 from runs.timeline import EventRow, NodeTimeline, build_timeline
 from tenants.models import Tenant
@@ -313,6 +313,13 @@ class NodeRun:
     run_complete: bool
     state: str
     attempts: int
+    # complete, running or interrupted (`Run.status_at`) when read.
+    run_status: str = "complete"
+
+    @property
+    def run_verdict(self) -> str | None:
+        """The run's result in the history's words: clean, flaky, failed, running, interrupted."""
+        return verdict_word(self.run_status, self.run_outcome)
 
     @property
     def verdict(self) -> str:
@@ -322,7 +329,7 @@ class NodeRun:
         return self.state
 
 
-def node_runs(*, tenant: Tenant, node_id: str, limit: int) -> list[NodeRun]:
+def node_runs(*, tenant: Tenant, node_id: str, limit: int, now: datetime | None = None) -> list[NodeRun]:
     """The node's last `limit` runs, newest first.
 
     Walked from the runs' newest-first index, each run checked for the node, so a node present in
@@ -334,8 +341,9 @@ def node_runs(*, tenant: Tenant, node_id: str, limit: int) -> list[NodeRun]:
         Run.objects.filter(tenant=tenant)
         .filter(_has_node(tenant, node_id))
         .order_by(F("started").desc(nulls_first=True), F("id").desc())
-        .values_list("pk", "run_id", "started", "outcome", "complete")[:limit]
+        .values_list("pk", "run_id", "started", "outcome", "complete", "last_event_at", "created_at")[:limit]
     )
+    now = now or timezone.now()
     this_node = {
         run_pk: (state, attempts)
         for run_pk, state, attempts in RunNode.objects.filter(
@@ -343,8 +351,10 @@ def node_runs(*, tenant: Tenant, node_id: str, limit: int) -> list[NodeRun]:
         ).values_list("run_id", "state", "attempts")
     }
     return [
-        NodeRun(run_id, started, outcome, complete, *this_node[pk])
-        for pk, run_id, started, outcome, complete in runs
+        NodeRun(
+            run_id, started, outcome, complete, *this_node[pk], run_status(complete, last or created, now)
+        )
+        for pk, run_id, started, outcome, complete, last, created in runs
     ]
 
 

@@ -44,6 +44,9 @@ VERDICT_FILTERS = {
 }
 
 
+PAGE_SIZES = (25, 50, 100, MAX_PAGE_SIZE)
+
+
 class HistoryFilterForm(forms.Form):
     status = forms.ChoiceField(
         required=False,
@@ -61,8 +64,13 @@ class HistoryFilterForm(forms.Form):
         required=False,
         coerce=int,
         empty_value=DEFAULT_PAGE_SIZE,  # type: ignore[arg-type]  # any value, in Django; str in its stubs
-        choices=[(n, n) for n in (25, 50, 100, MAX_PAGE_SIZE)],
+        choices=[(n, n) for n in PAGE_SIZES],
         label="Per page",
+        error_messages={
+            "invalid_choice": "%(value)s is not a page size here: choose one of "
+            + ", ".join(map(str, PAGE_SIZES))
+            + "."
+        },
     )
 
     def filters(self) -> selectors.RunFilters:

@@ -1,14 +1,17 @@
 """The pages: history, run replay and node across runs, as a browser without JavaScript gets them."""
 
+import itertools
 import json
 import re
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from ingest.simulator import archive_synthesize
+from runs.pictures import GANTT_CHART_W, GANTT_LABEL_W
 from tenants.models import Tenant
 from tests.conftest import ingest_quietly, write_archive_run
 
@@ -117,6 +120,15 @@ def test_bad_filters_are_explained_not_a_crash(client, imported):
     assert 'class="form-errors"' in html
     assert "Started from: Enter a valid date." in html
     assert history_rows(html) == []
+
+
+@pytest.mark.parametrize("size", ["9999", "0", "-1", "ten"])
+def test_a_bad_page_size_says_what_was_wrong_never_no_runs_yet(client, imported, size):
+    html = page(client, f"/?page_size={size}")
+    errors = element(html, r'<ul class="form-errors".*?</ul>')
+    assert f"Per page: {size} is not a page size here: choose one of 25, 50, 100, 200." in errors
+    assert "No runs yet" not in html
+    assert "No runs shown: a filter value above is not valid." in html
 
 
 def test_history_pages_with_cursor_links_keeping_filters(client, many_runs):
@@ -286,6 +298,64 @@ def test_run_same_ts_draws_three_attempts_at_one_instant(client, imported):
     assert "\u00d73" in dag_node(html, "auth-table")  # the retry badge
 
 
+def gantt_rects(html: str, node_id: str) -> list[dict[str, str]]:
+    """The attributes of each attempt bar of a node's timeline row, in order."""
+    row = element(
+        html, rf'data-node="{re.escape(node_id)}">[^<]*</text>(\s*<rect class="attempt[^>]*>.*?</rect>)*'
+    )
+    return [
+        dict(re.findall(r'([\w-]+)="([^"]*)"', rect)) | {"narrow": str(" data-narrow" in rect)}
+        for rect in re.findall(r'<rect class="attempt[^>]*>', row)
+    ]
+
+
+def test_zero_length_attempts_are_wide_enough_apart_and_failures_solid_red(client, imported):
+    html = page(client, "/runs/run_same_ts/")
+    bars = gantt_rects(html, "auth-table")
+    assert [bar["data-outcome"] for bar in bars] == ["failed", "failed", "ok"]
+    for bar in bars:
+        assert float(bar["width"]) >= 6
+    for left, right in itertools.pairwise(bars):
+        assert float(right["x"]) >= float(left["x"]) + float(left["width"]) + 2
+    # Too narrow for stripes, the failed bars are filled with the failure colour.
+    assert [bar["narrow"] for bar in bars[:2]] == ["True", "True"]
+    assert (
+        ".gantt .o-failed[data-narrow] { fill: var(--failed); }"
+        in (settings.BASE_DIR / "static" / "scope.css").read_text()
+    )
+
+
+def test_back_to_back_attempts_are_drawn_apart(client, imported):
+    html = page(client, "/runs/run_failed/")
+    bars = gantt_rects(html, "api-routes")
+    assert len(bars) == 3
+    for left, right in itertools.pairwise(bars):
+        assert float(right["x"]) >= float(left["x"]) + float(left["width"]) + 2
+
+
+@pytest.mark.parametrize("run_id", ["run_clean", "run_failed", "run_same_ts", "run_crashed"])
+def test_the_timeline_axis_runs_to_the_run_end_with_labels_apart(client, imported, run_id):
+    html = page(client, f"/runs/{run_id}/")
+    svg = element(html, r'<svg class="gantt".*?</svg>')
+    ticks = [
+        (float(x), label)
+        for x, label in re.findall(r'<text class="tick" x="([\d.]+)"[^>]*>([^<]+)</text>', svg)
+    ]
+    assert ticks[-1][0] == GANTT_LABEL_W + GANTT_CHART_W  # the run's end
+    assert ticks[0] == (GANTT_LABEL_W, "0s")
+    for (left, _), (right, _) in itertools.pairwise(ticks):
+        assert right - left >= 48
+
+
+def test_zero_failed_and_blocked_are_not_in_the_failure_colour(client, imported):
+    html = page(client, "/runs/run_clean/")
+    assert '<span class="count">0 failed</span>' in html
+    assert '<span class="count">0 blocked</span>' in html
+    html = page(client, "/runs/run_failed/")
+    assert '<span class="count s-failed">1 failed</span>' in html
+    assert '<span class="count s-blocked">2 blocked</span>' in html
+
+
 def test_diagnostics_panel_names_code_severity_and_place(client, imported):
     html = page(client, "/runs/run_dirty/")
     panel = element(html, r'<ul class="diagnostics">.*?</ul>')
@@ -386,11 +456,36 @@ def test_a_node_across_runs(client, imported):
     }
 
 
+def test_a_node_page_names_run_results_in_the_history_words(client, imported):
+    html = page(client, "/nodes/api-routes/")
+    words = dict(
+        re.findall(
+            r'href="/runs/(\w+)/">\1</a></td>.*?'
+            r'<td>(?:<span class="badge v-\w+">)?([^<]*)(?:</span>)?</td>\s*</tr>',
+            html,
+            re.S,
+        )
+    )
+    assert words["run_flaky"] == "flaky"
+    assert words["run_crashed"] == "interrupted"
+    assert words["run_failed"] == "failed"
+    assert words["run_clean"] == "clean"
+    assert "clean_with_flake" not in html
+    assert "not finished" not in html
+
+
 def test_the_node_index_ranks_flaky_and_failing_nodes_first(client, imported):
     html = page(client, "/nodes/")
     nodes = re.findall(r'<a class="node-link" href="/nodes/([^/]+)/">', html)
     assert nodes[0] == "api-routes"
     assert set(nodes) >= {"schema-init", "lint", "fetch", "build", "warm-up"}
+
+
+def test_a_node_that_never_failed_shows_no_failure_colour(client, imported):
+    html = page(client, "/nodes/lint/")
+    assert '<div class="stat"><span class="value">0</span><span class="label">failed</span></div>' in html
+    html = page(client, "/nodes/api-routes/")
+    assert '<div class="stat s-failed"><span class="value">1</span><span class="label">failed</span>' in html
 
 
 def test_an_unknown_node_is_a_404_page(client, imported):
