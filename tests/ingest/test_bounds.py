@@ -823,12 +823,12 @@ def accepted_by_schema(event: dict) -> bool:
 # A few hundred examples over both write paths and both databases: each reads every page and
 # endpoint of the run it wrote, which is most of its cost.
 PROPERTY = settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 # An import per example costs more than a request: fewer of them.
-ARCHIVE_PROPERTY = settings(PROPERTY, max_examples=100)
+ARCHIVE_PROPERTY = settings(PROPERTY, max_examples=60)
 
 
 @PROPERTY
