@@ -201,11 +201,14 @@ class Diagnostic(models.Model):
 class RunNode(models.Model):
     """A node's final state in one run: answers "runs that have node X" and "how flaky is X"."""
 
-    # A database constraint on the run, checked at commit with a key lookup a row; none on the
-    # tenant: an import writes a node row per node of every run, and a second lookup a row would
-    # guard nothing the run's constraint and the tenant's PROTECT do not. The (run, node) unique
-    # index below leads with run_id: no second index on the foreign key.
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, db_index=False, related_name="nodes")
+    # No database constraints, as for events: an import writes a node row per node of every run,
+    # and checking each row's run at commit cost more than a third of the import's floor (README,
+    # Benchmarks). The write path, the only writer, creates the run's row first and holds its lock;
+    # retention deletes a run's node rows with it. The (run, node) unique index below leads with
+    # run_id: no second index on the foreign key.
+    run = models.ForeignKey(
+        Run, on_delete=models.CASCADE, db_index=False, db_constraint=False, related_name="nodes"
+    )
     tenant = models.ForeignKey(
         Tenant, on_delete=models.PROTECT, db_index=False, db_constraint=False, related_name="+"
     )

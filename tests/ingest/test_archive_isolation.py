@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
+from ingest import archive as archive_module
 from ingest.archive import archive_import
 from runs.models import Diagnostic, Event, Run
 from runs.services import IMPORT_RETRY_FIRST
@@ -277,6 +279,45 @@ def test_the_command_exits_0_naming_the_run_it_could_not_import(local_tenant, ar
     assert "warning: could not import runs/run_hostile: " in result.stderr
     for run_id in other_runs(archive, "run_hostile"):
         assert_imported_whole(archive, run_id)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_chunks_imported_two_at_a_time_each_lose_only_the_run_refused(
+    local_tenant, archive, committed_refusal, monkeypatch
+):
+    # PostgreSQL imports two chunks at once, each on its own connection (ingest.archive.
+    # _import_chunks); two runs a chunk make the demo archive four chunks, one of them refused.
+    if connection.vendor != "postgresql":
+        pytest.skip("chunks go one at a time on SQLite")
+    monkeypatch.setattr(archive_module, "CHUNK_RUNS", 2)
+    threads: set[str] = set()
+    import_chunk = archive_module._import_chunk
+
+    def import_chunk_seen(*args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return import_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(archive_module, "_import_chunk", import_chunk_seen)
+    out, err = ingest(archive)
+    assert len(threads) == 2 and threading.current_thread().name not in threads, threads
+    for run_id in other_runs(archive, "run_hostile"):
+        assert_imported_whole(archive, run_id)
+    hostile = Run.objects.get(run_id="run_hostile")
+    assert REFUSAL in hostile.import_error
+    assert not Event.objects.filter(run=hostile).exists()
+    assert "warning: could not import runs/run_hostile: " in err
+    assert f"imported {Event.objects.count()} events into 6 runs (7 in the archive)" in out
+    # The table lists the runs in the archive's order, whichever chunk committed first.
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("run_")]
+    assert listed == other_runs(archive, "run_hostile"), out
+    # Every connection a chunk opened was closed with it.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert cursor.fetchone() == (0,)
 
 
 @pytest.mark.django_db(transaction=True)
