@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from itertools import zip_longest
 from operator import attrgetter
 from typing import Any
 
@@ -22,7 +23,18 @@ from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from runs.models import Diagnostic, Event, Run, RunNode, run_status
-from runs.read_model import DiagnosticRow, NodeDetail, RunDetail, RunRow, verdict_word
+from runs.read_model import (
+    DiagnosticRow,
+    Divergence,
+    EventStep,
+    NodeComparison,
+    NodeDetail,
+    NodeSide,
+    RunComparison,
+    RunDetail,
+    RunRow,
+    verdict_word,
+)
 from runs.reduction import RunReduction, run_id_valid
 from runs.timeline import EventRow, NodeTimeline, build_timeline
 from tenants.models import Tenant
@@ -413,3 +425,111 @@ def node_stats(*, tenant: Tenant, last_runs: int) -> list[NodeStats]:
     ]
     stats.sort(key=lambda s: (-(s.flaked + s.failed) / max(s.ran, 1), -s.failed, s.node_id))
     return stats
+
+
+# ---------------------------------------------------------------- two runs side by side
+
+# What a comparison reads of each run: its row, its graph (the timeline's nodes) and the reduction's
+# state (each node's final state and attempts).
+_COMPARED_COLUMNS = (*RUN_ROW_COLUMNS, "graph", "reduction_state")
+
+
+def run_comparison(*, tenant: Tenant, run_a: str, run_b: str, now: datetime | None = None) -> RunComparison:
+    """Run `run_b` beside run `run_a`: both rows, every node of either with its state, attempts and
+    time in each, and the first event at which their logs differ; raises `Run.DoesNotExist` with
+    the first of the two ids that names no run of the tenant."""
+    wanted = [run_id for run_id in (run_a, run_b) if run_id_valid(run_id)]
+    found = {
+        run.run_id: run
+        for run in Run.objects.only(*_COMPARED_COLUMNS).filter(tenant=tenant, run_id__in=wanted)
+    }
+    for run_id in (run_a, run_b):
+        if run_id not in found:
+            raise Run.DoesNotExist(run_id)
+    a, b = found[run_a], found[run_b]
+    row_a, row_b = run_rows([a, b], tenant=tenant, now=now or timezone.now())
+    events_a = run_event_facts(tenant=tenant, run=a.pk)
+    events_b = events_a if b.pk == a.pk else run_event_facts(tenant=tenant, run=b.pk)
+    sides_a, sides_b = _node_sides(a, events_a), _node_sides(b, events_b)
+    order = [*sides_a, *(node_id for node_id in sides_b if node_id not in sides_a)]
+    nodes = [NodeComparison(id=node_id, a=sides_a.get(node_id), b=sides_b.get(node_id)) for node_id in order]
+    nodes.sort(key=lambda node: not node.differs)  # stable: each group keeps the graph's order
+    return RunComparison(
+        a=row_a,
+        b=row_b,
+        nodes=tuple(nodes),
+        divergence=_first_divergence(events_a, events_b),
+        events_a=len(events_a),
+        events_b=len(events_b),
+    )
+
+
+def _node_sides(run: Run, events: list[EventRow]) -> dict[str, NodeSide]:
+    """Each node of a run, in graph order then first appearance, as `run_detail` reads it: state and
+    attempts from the stored reduction, attempts' durations from the replayed log."""
+    timeline = build_timeline(run.graph, events)
+    sides = {}
+    for node_id, state, attempt_count in _reduction(run.run_id, run.reduction_state).node_states():
+        node = timeline.nodes.get(node_id)
+        durations = [attempt.duration_s for attempt in node.attempts] if node else []
+        took = round(sum(d for d in durations if d is not None), 3) if durations else None
+        sides[node_id] = NodeSide(
+            state=state, attempts=attempt_count, duration_s=None if None in durations else took
+        )
+    return sides
+
+
+def _first_divergence(events_a: list[EventRow], events_b: list[EventRow]) -> Divergence | None:
+    """The first seq at which the logs differ in what their events did (`EventStep.key`), or where
+    one ends before the other; None when they agree event by event.
+
+    Both are read in seq order, position by position: a log's seqs run 0, 1, 2 ... with no gap.
+    """
+    for row_a, row_b in zip_longest(events_a, events_b):
+        step_a = _event_step(row_a) if row_a is not None else None
+        step_b = _event_step(row_b) if row_b is not None else None
+        if step_a is None or step_b is None or step_a.key != step_b.key:
+            seq = step_a.seq if step_a is not None else step_b.seq  # type: ignore[union-attr]
+            return Divergence(seq=seq, a=step_a, b=step_b)
+    return None
+
+
+def _event_step(row: EventRow) -> EventStep:
+    seq, _ts, kind, node, facts = row
+    if kind == "transition":
+        return EventStep(
+            seq=seq,
+            kind=kind,
+            node=node,
+            source=facts.get("from"),
+            target=facts.get("to"),
+            attempt=facts.get("attempt"),
+        )
+    if kind == "node_attempt":
+        return EventStep(seq=seq, kind=kind, node=node, attempt=facts.get("attempt"), ok=facts.get("ok"))
+    if kind == "run_end":
+        return EventStep(seq=seq, kind=kind, node=node, exit_code=facts.get("exit_code"))
+    return EventStep(seq=seq, kind=kind, node=node)
+
+
+def run_previous_of_graph(*, tenant: Tenant, run: RunRow) -> str | None:
+    """The id of the latest run before `run` in history order (by `started`, then id) that has the
+    same graph, or None.
+
+    The same graph is the same set of node ids, as the node rows store them (graph.json's and any an
+    event named): no digest of a graph is stored, and a run whose producer sent no graph.json still
+    has its nodes. With as many nodes, the same set is one where none of the other run's nodes is
+    missing from this one's; the walk goes newest first and stops at the first such run.
+    """
+    if run.total_nodes == 0:
+        return None
+    ours = RunNode.objects.filter(tenant=tenant, run=run.id).values("node_id")
+    not_ours = RunNode.objects.filter(tenant=tenant, run=OuterRef("pk")).exclude(node_id__in=ours)
+    return (
+        Run.objects.filter(tenant=tenant, total_nodes=run.total_nodes)
+        .filter(_older_than(RunPosition(run.started, run.id)))
+        .filter(~Exists(not_ours))
+        .order_by(F("started").desc(nulls_first=True), F("id").desc())
+        .values_list("run_id", flat=True)
+        .first()
+    )
