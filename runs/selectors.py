@@ -35,7 +35,7 @@ from runs.read_model import (
     RunRow,
     verdict_word,
 )
-from runs.reduction import RunReduction, run_id_valid
+from runs.reduction import AttemptFacts, RunReduction, run_id_valid
 from runs.timeline import EventRow, NodeTimeline, build_timeline
 from tenants.models import Tenant
 
@@ -465,18 +465,36 @@ def run_comparison(*, tenant: Tenant, run_a: str, run_b: str, now: datetime | No
 
 
 def _node_sides(run: Run, events: list[EventRow]) -> dict[str, NodeSide]:
-    """Each node of a run, in graph order then first appearance, as `run_detail` reads it: state and
-    attempts from the stored reduction, attempts' durations from the replayed log."""
-    timeline = build_timeline(run.graph, events)
+    """Each node of a run, in graph order then first appearance: its state and attempts from the
+    stored reduction (as `run_detail` reads them), and the time its attempts took from a replay of
+    its log (`RunReduction.replay`, whose attempts the timeline lays out)."""
+    replayed = RunReduction(run.run_id, history=True)
+    if run.graph is not None:
+        replayed.set_graph(run.graph)
+    for seq, ts, kind, node, facts in events:
+        replayed.replay(seq, ts, kind, node, facts)
+    history = replayed.history
+    assert history is not None
+    times = {seq: ts for seq, ts, _kind, _node, _facts in events}
     sides = {}
     for node_id, state, attempt_count in _reduction(run.run_id, run.reduction_state).node_states():
-        node = timeline.nodes.get(node_id)
-        durations = [attempt.duration_s for attempt in node.attempts] if node else []
-        took = round(sum(d for d in durations if d is not None), 3) if durations else None
-        sides[node_id] = NodeSide(
-            state=state, attempts=attempt_count, duration_s=None if None in durations else took
-        )
+        told = history.nodes.get(node_id)
+        durations = [_attempt_seconds(facts, times) for facts in told.attempts] if told else []
+        known = [seconds for seconds in durations if seconds is not None]
+        # Not run, or an attempt still open: how long it took is not known yet.
+        took = round(sum(known), 3) if known and len(known) == len(durations) else None
+        sides[node_id] = NodeSide(state=state, attempts=attempt_count, duration_s=took)
     return sides
+
+
+def _attempt_seconds(facts: AttemptFacts, times: dict[int, datetime]) -> float | None:
+    """How long an attempt took: its record's duration, or from its start to the event that ended
+    it when it had none (as the timeline draws it); None while it is open."""
+    if facts.recorded:
+        return facts.duration_s
+    if facts.end_seq is None:
+        return None
+    return (times[facts.end_seq] - times[facts.start_seq]).total_seconds()
 
 
 def _first_divergence(events_a: list[EventRow], events_b: list[EventRow]) -> Divergence | None:

@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django import forms
+from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
@@ -34,6 +35,8 @@ MAX_DRAWN_NODES = 300
 # Where the pages' live updates come from (kahn_site.asgi routes it; SPEC section 7).
 LIVE_SOCKET_PATH = "/ws/live"
 NODE_RUN_CHOICES = (20, 50, 100, 200)
+# Rows of a comparison's node table a page: two 2,000-node runs side by side stay a page to read.
+COMPARED_NODES_PER_PAGE = 200
 
 VERDICT_FILTERS = {
     "failed": {"outcome": "failed"},
@@ -355,7 +358,7 @@ def run_compare_page(request: HttpRequest, run_id: str, other_id: str) -> HttpRe
         "comparison": comparison,
         "a": comparison.a,
         "b": comparison.b,
-        "nodes": nodes,
+        "nodes": Paginator(nodes, COMPARED_NODES_PER_PAGE).get_page(request.GET.get("page")),
         "only_differences": only_differences,
         "divergence": divergence,
         # Each run's event where the logs part ways, with its length, for a log that ended before.

@@ -6,7 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
+from ingest.simulator import archive_synthesize, synthetic_run_id
 from tests.conftest import SAMPLE_ARCHIVE, ingest_quietly, write_archive_run
 from tests.runs.test_pages import element, page
 
@@ -170,6 +173,66 @@ def test_added_and_removed_nodes(client, imported):
     )
 
 
+def test_a_failed_run_beside_an_interrupted_one(client, imported):
+    html = page(client, "/runs/run_failed/compare/run_crashed/")
+    assert totals_cells(html, "Result")[:2] == ["failed", "interrupted"]
+    # run_crashed's log stops during api-routes' first attempt: how long it took is not known.
+    assert node_cells(html, "api-routes") == [
+        "api-routes", "changed", "failed", "running", "3", "1", MINUS + "2", "1m 10.6s", "—", "",
+    ]  # fmt: skip
+    assert node_cells(html, "integration-tests")[:4] == ["integration-tests", "changed", "blocked", "pending"]
+
+
+def move(second: int, source: str, target: str, attempt: int) -> dict:
+    """A transition of node `build`, `second` seconds into 2026-11-22T10:00."""
+    ts = f"2026-11-22T10:00:0{second}.000Z"
+    return {
+        "ts": ts,
+        "event": "transition",
+        "node": "build",
+        "from": source,
+        "to": target,
+        "attempt": attempt,
+    }
+
+
+def test_an_attempt_without_its_record_took_until_its_node_moved_on(client, imported):
+    graph = {"version": 1, "nodes": [{"id": "build", "deps": []}]}
+
+    def log(run_id: str, *, lost_record: bool) -> list[dict]:
+        last = 2 if lost_record else 1
+        # With a lost record, the first attempt fails 5 s in without a node_attempt; a second succeeds.
+        retry = [move(5, "running", "failed", 1), move(5, "failed", "running", 2)] if lost_record else []
+        record = {"event": "node_attempt", "node": "build", "ok": True, "duration_s": 2.0, "exit_code": 0}
+        return [
+            {"ts": "2026-11-22T10:00:00.000Z", "event": "run_start", "run_id": run_id},
+            move(0, "pending", "running", 1),
+            *retry,
+            {"ts": "2026-11-22T10:00:07.000Z", **record, "attempt": last},
+            move(7, "running", "done", last),
+            {"ts": "2026-11-22T10:00:08.000Z", "event": "run_end", "exit_code": 0},
+        ]
+
+    write_archive_run(imported, "run_build_once", log("run_build_once", lost_record=False), graph=graph)
+    write_archive_run(imported, "run_build_twice", log("run_build_twice", lost_record=True), graph=graph)
+    ingest_quietly(imported)
+    html = page(client, "/runs/run_build_once/compare/run_build_twice/")
+    # 5 s from its start to its failure, and the second attempt's recorded 2 s.
+    assert node_cells(html, "build") == [
+        "build",
+        "changed",
+        "done",
+        "done",
+        "1",
+        "2",
+        "+1",
+        "2s",
+        "7s",
+        "+5s",
+    ]
+    assert divergence_rows(html)["b"][0] == "transition build running → failed (attempt 1)"
+
+
 def test_a_swap_link_puts_b_first(client, imported):
     html = page(client, "/runs/run_clean/compare/run_flaky/")
     assert 'id="compare-swap" href="/runs/run_flaky/compare/run_clean/"' in html
@@ -269,3 +332,45 @@ def test_another_tenants_run_cannot_be_compared_or_linked(cloud, world, sample_a
     page(cloud, "/runs/run_between/compare/run_between/")
     # globex's run has no earlier run of its graph in globex, whatever acme holds.
     assert previous_link(page(cloud, "/runs/run_between/")) is None
+
+
+# ---------------------------------------------------------------- big runs
+
+
+@pytest.fixture
+def big_pair(imported: Path) -> tuple[str, str]:
+    """Two runs of one synthetic 250-node DAG, whose flaky and failing nodes differ."""
+    archive_synthesize(imported, runs=2, nodes=250, seed=3, flake=0.1, fail=0.004)
+    ingest_quietly(imported)
+    return synthetic_run_id(3, 0), synthetic_run_id(3, 1)
+
+
+def test_a_big_comparison_pages_its_nodes_differences_first(client, big_pair):
+    a, b = big_pair
+    html = page(client, f"/runs/{a}/compare/{b}/")
+    rows = node_rows(html)
+    assert len(rows) == 200
+    differing = int(re.search(r"(\d+) of 250 differ", html).group(1))
+    assert 0 < differing < 200
+    assert [change != "same" for _node, change in rows] == [True] * differing + [False] * (200 - differing)
+    assert "nodes 1\N{EN DASH}200 of 250" in html
+    assert re.search(r'<a rel="next" href="\?page=2#compare-nodes">', html)
+    second = page(client, f"/runs/{a}/compare/{b}/?page=2")
+    assert len(node_rows(second)) == 50
+    assert {node for node, _ in rows}.isdisjoint(node for node, _ in node_rows(second))
+    # The filter starts again from the first page.
+    assert re.search(r'href="\?show=differences">Only differences', second)
+    assert len(node_rows(page(client, f"/runs/{a}/compare/{b}/?show=differences"))) == differing
+
+
+def test_the_comparisons_queries_do_not_grow_with_the_runs(client, big_pair):
+    def queries(url: str) -> list[str]:
+        with CaptureQueriesContext(connection) as captured:
+            page(client, url)
+        return [query["sql"] for query in captured.captured_queries]
+
+    small = queries("/runs/run_clean/compare/run_flaky/")
+    big = queries(f"/runs/{big_pair[0]}/compare/{big_pair[1]}/")
+    assert len(small) == len(big)
+    # The two runs in one query, then each one's log.
+    assert sum('FROM "runs_event"' in sql for sql in big) == 2
