@@ -283,10 +283,13 @@ class EventStep:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Divergence:
-    """The first seq at which two logs differ, and each log's event there (None: that log had
-    already ended)."""
+    """Where two runs first did something different: the earliest event at which one node's own
+    story (the run's, for events that name no node) differs between the two logs. Each side's
+    event there, with its own seq; None where that story had already ended in its log."""
 
-    seq: int
+    node: str | None
+    # How many of that story's events the two logs share before it.
+    shared: int
     a: EventStep | None
     b: EventStep | None
 
@@ -301,6 +304,9 @@ class RunComparison:
     # Nodes that differ first, then the same ones; each group in a's order, then b's additions.
     nodes: tuple[NodeComparison, ...]
     divergence: Divergence | None
+    # The first seq at which the logs differ event by event, the order of parallel nodes' events
+    # included; None when they agree all along.
+    order_differs_at: int | None
     # Events in each log.
     events_a: int
     events_b: int

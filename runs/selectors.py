@@ -449,16 +449,19 @@ def run_comparison(*, tenant: Tenant, run_a: str, run_b: str, now: datetime | No
     a, b = found[run_a], found[run_b]
     row_a, row_b = run_rows([a, b], tenant=tenant, now=now or timezone.now())
     events_a = run_event_facts(tenant=tenant, run=a.pk)
-    events_b = events_a if b.pk == a.pk else run_event_facts(tenant=tenant, run=b.pk)
+    events_b = run_event_facts(tenant=tenant, run=b.pk)
     sides_a, sides_b = _node_sides(a, events_a), _node_sides(b, events_b)
     order = [*sides_a, *(node_id for node_id in sides_b if node_id not in sides_a)]
     nodes = [NodeComparison(id=node_id, a=sides_a.get(node_id), b=sides_b.get(node_id)) for node_id in order]
     nodes.sort(key=lambda node: not node.differs)  # stable: each group keeps the graph's order
+    steps_a = [_event_step(row) for row in events_a]
+    steps_b = [_event_step(row) for row in events_b]
     return RunComparison(
         a=row_a,
         b=row_b,
         nodes=tuple(nodes),
-        divergence=_first_divergence(events_a, events_b),
+        divergence=_first_divergence(steps_a, steps_b),
+        order_differs_at=_order_differs_at(steps_a, steps_b),
         events_a=len(events_a),
         events_b=len(events_b),
     )
@@ -497,18 +500,43 @@ def _attempt_seconds(facts: AttemptFacts, times: dict[int, datetime]) -> float |
     return (times[facts.end_seq] - times[facts.start_seq]).total_seconds()
 
 
-def _first_divergence(events_a: list[EventRow], events_b: list[EventRow]) -> Divergence | None:
-    """The first seq at which the logs differ in what their events did (`EventStep.key`), or where
-    one ends before the other; None when they agree event by event.
+def _first_divergence(steps_a: list[EventStep], steps_b: list[EventStep]) -> Divergence | None:
+    """The earliest event at which a node's own story differs between two logs (`Divergence`), or
+    None when every node, and the run itself, did the same things in the same order.
 
-    Both are read in seq order, position by position: a log's seqs run 0, 1, 2 ... with no gap.
+    Each story is its events in seq order, compared step by step by what they did
+    (`EventStep.key`). Parallel nodes interleave differently from run to run, so the logs are not
+    compared position by position here: that order is `_order_differs_at`'s to report.
     """
-    for row_a, row_b in zip_longest(events_a, events_b):
-        step_a = _event_step(row_a) if row_a is not None else None
-        step_b = _event_step(row_b) if row_b is not None else None
+    stories_a, stories_b = _stories(steps_a), _stories(steps_b)
+    found: tuple[tuple[float, float, str], Divergence] | None = None
+    for node in stories_a.keys() | stories_b.keys():
+        story = zip_longest(stories_a.get(node, ()), stories_b.get(node, ()))
+        for shared, (step_a, step_b) in enumerate(story):
+            if step_a is not None and step_b is not None and step_a.key == step_b.key:
+                continue
+            seqs = sorted(step.seq for step in (step_a, step_b) if step is not None)
+            # The earlier side first; ties broken by the other side, then the node's id.
+            place = (seqs[0], seqs[-1] if len(seqs) == 2 else float("inf"), node or "")
+            if found is None or place < found[0]:
+                found = (place, Divergence(node=node, shared=shared, a=step_a, b=step_b))
+            break
+    return found[1] if found is not None else None
+
+
+def _stories(steps: list[EventStep]) -> dict[str | None, list[EventStep]]:
+    """A log's events by the node they name (None: the run's own), each list in seq order."""
+    stories: dict[str | None, list[EventStep]] = {}
+    for step in steps:
+        stories.setdefault(step.node, []).append(step)
+    return stories
+
+
+def _order_differs_at(steps_a: list[EventStep], steps_b: list[EventStep]) -> int | None:
+    """The first seq at which the logs differ event by event, or where the shorter one ends."""
+    for step_a, step_b in zip_longest(steps_a, steps_b):
         if step_a is None or step_b is None or step_a.key != step_b.key:
-            seq = step_a.seq if step_a is not None else step_b.seq  # type: ignore[union-attr]
-            return Divergence(seq=seq, a=step_a, b=step_b)
+            return step_a.seq if step_a is not None else step_b.seq
     return None
 
 

@@ -40,14 +40,18 @@ def totals_cells(html: str, label: str) -> list[str]:
 
 
 def divergence_rows(html: str) -> dict[str, tuple[str, str]]:
-    """side -> (the event's words, or what stands instead; the link's href, or "")."""
-    rows = re.findall(r'<tr data-side="(\w)">(.*?)</tr>', html, re.S)
+    """side -> (what its event did, or what stands instead; the event's link, or "")."""
     found = {}
-    for side, row in rows:
+    for side, row in re.findall(r'<tr data-side="(\w)">(.*?)</tr>', html, re.S):
         cells = re.findall(r"<td>(.*?)</td>", row, re.S)
         link = re.search(r'class="event-link" href="([^"]+)"', row)
-        found[side] = (re.sub(r"<[^>]+>", "", cells[0]).strip(), link.group(1) if link else "")
+        found[side] = (re.sub(r"<[^>]+>", "", cells[1]).strip(), link.group(1) if link else "")
     return found
+
+
+def divergence_node(html: str) -> str:
+    summary = element(html, r'<p id="divergence-summary">.*?</p>')
+    return re.sub(r"<[^>]+>", "", summary).strip()
 
 
 def copy_run(root: Path, source: str, run_id: str, *, lines: int | None = None, ts_shift: str = "") -> None:
@@ -100,15 +104,18 @@ def test_run_flaky_beside_run_clean_node_by_node(client, imported):
 
 def test_the_first_event_where_run_flaky_and_run_clean_part_ways(client, imported):
     html = page(client, "/runs/run_clean/compare/run_flaky/")
-    # Events 0-8 start the same nodes in the same order (at other times); at 9 run_clean records
-    # users-table's success while run_flaky records auth-table's first failure.
-    assert (
-        "The logs first differ at <strong>event 9</strong>; events 0\N{EN DASH}8 did the same in both" in html
+    # auth-table's first attempt, begun at event 7 in both, fails in run_flaky (event 9) where it
+    # succeeded in run_clean (event 11): the first node whose own story differs.
+    assert divergence_node(html) == (
+        "The first thing the runs did differently concerns node auth-table, "
+        "after 1 matching event of its own:"
     )
     assert divergence_rows(html) == {
-        "a": ("node_attempt users-table attempt 1 ok", "/runs/run_clean/?at=9&amp;log_from=0#event-9"),
+        "a": ("node_attempt auth-table attempt 1 ok", "/runs/run_clean/?at=11&amp;log_from=0#event-11"),
         "b": ("node_attempt auth-table attempt 1 failed", "/runs/run_flaky/?at=9&amp;log_from=0#event-9"),
     }
+    # Event by event, the logs part at 9 too: users-table's record in run_clean.
+    assert "the logs first differ at event 9." in html
     # The link opens each run as it stood after that event, with the event in its log.
     run_page = page(client, "/runs/run_flaky/?at=9&log_from=0")
     assert re.search(r'<tr id="event-9"[^>]*class="[^"]*current', run_page)
@@ -126,9 +133,15 @@ def test_only_the_differences_on_request(client, copies):
 
 @pytest.fixture
 def copies(imported: Path) -> Path:
-    """run_clean again (the same log, an hour later), and its first ten events alone."""
+    """run_clean again (the same log, a day later), its first ten events alone, and its log with
+    events 7 and 8 (two nodes starting at once) logged the other way round."""
     copy_run(imported, "run_clean", "run_clean_again", ts_shift="2026-11-21")
     copy_run(imported, "run_clean", "run_clean_cut", lines=10)
+    copy_run(imported, "run_clean", "run_clean_swapped", ts_shift="2026-11-22")
+    log = imported / "runs" / "run_clean_swapped" / "transitions.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    lines[7], lines[8] = lines[8], lines[7]
+    log.write_text("".join(lines))
     ingest_quietly(imported)
     return imported
 
@@ -140,15 +153,24 @@ def test_logs_that_did_the_same_do_not_diverge(client, copies):
     assert "0 of 7 differ" in html
 
 
+def test_parallel_nodes_logged_in_another_order_did_the_same(client, copies):
+    html = page(client, "/runs/run_clean/compare/run_clean_swapped/")
+    assert 'id="divergence-summary"' not in html
+    assert (
+        "Every node did the same things in both runs; only the order in which parallel nodes' events" in html
+    )
+    assert "first at event 7." in html
+
+
 def test_a_log_that_stops_early_diverges_where_it_ends(client, copies):
     html = page(client, "/runs/run_clean/compare/run_clean_cut/")
-    assert "The logs first differ at <strong>event 10</strong>" in html
+    assert divergence_node(html).endswith("node users-table, after 2 matching events of its own:")
     rows = divergence_rows(html)
     assert rows["a"] == (
         "transition users-table running → done (attempt 1)",
         "/runs/run_clean/?at=10&amp;log_from=0#event-10",
     )
-    assert rows["b"] == ("none: its log ends after event 9", "")
+    assert rows["b"] == ("none: its events for users-table stop here; the log ends after event 9", "")
     # run_clean_cut stopped mid-run: its running nodes and what it never started differ.
     assert dict(node_rows(html))["lint"] == "same"
     assert node_cells(html, "auth-table")[:4] == ["auth-table", "changed", "done", "running"]
@@ -164,13 +186,16 @@ def test_added_and_removed_nodes(client, imported):
     assert "9 of 9 differ: 2 added in b, 7 removed from a" in html
     assert node_cells(html, "fetch")[:7] == ["fetch", "added", "not in a", "done", "", "1", ""]
     assert node_cells(html, "lint")[:7] == ["lint", "removed", "done", "not in b", "1", "", ""]
-    # Both begin with run_start; the first transition names another node.
-    rows = divergence_rows(html)
-    assert rows["a"][0] == "transition schema-init pending → running (attempt 1)"
-    assert rows["b"] == (
-        "transition fetch pending → running (attempt 1)",
-        "/runs/run_inline/?at=1&amp;log_from=0#event-1",
-    )
+    # Both begin with run_start; at event 1 each starts a node the other does not have (the tie
+    # goes to the node named first).
+    assert divergence_node(html).endswith("node fetch:")
+    assert divergence_rows(html) == {
+        "a": ("none: this run has no event for fetch", ""),
+        "b": (
+            "transition fetch pending → running (attempt 1)",
+            "/runs/run_inline/?at=1&amp;log_from=0#event-1",
+        ),
+    }
 
 
 def test_a_failed_run_beside_an_interrupted_one(client, imported):
