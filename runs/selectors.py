@@ -429,7 +429,7 @@ def node_stats(*, tenant: Tenant, last_runs: int) -> list[NodeStats]:
 
 # ---------------------------------------------------------------- two runs side by side
 
-# What a comparison reads of each run: its row, its graph (the timeline's nodes) and the reduction's
+# What a comparison reads of each run: its row, its graph (for the replay) and the reduction's
 # state (each node's final state and attempts).
 _COMPARED_COLUMNS = (*RUN_ROW_COLUMNS, "graph", "reduction_state")
 

@@ -3,6 +3,7 @@ the first event at which the logs part ways; and the run page's link to the prev
 
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from ingest.simulator import archive_synthesize, synthetic_run_id
+from retention.services import retention_soft_delete_expired
 from tests.conftest import SAMPLE_ARCHIVE, ingest_quietly, write_archive_run
 from tests.runs.test_pages import element, page
 
@@ -280,6 +282,15 @@ def test_a_swap_link_puts_b_first(client, imported):
 def test_a_run_that_does_not_exist_is_a_404_naming_it(client, imported, url, named):
     html = page(client, url, status=404)
     assert f"There is no run named “{named}” to compare." in html
+
+
+def test_a_run_removed_by_retention_says_so_as_its_own_page_does(client, imported, local_tenant):
+    # The sample runs are from 2026-11-20; a year on, every one of them is past 90 days.
+    retention_soft_delete_expired(tenant=local_tenant, actor="test", now=datetime(2027, 12, 1, tzinfo=UTC))
+    response = client.get("/runs/run_clean/compare/run_flaky/")
+    assert response.status_code == 410
+    assert "run_clean" in response.text and "90 days" in response.text
+    assert client.get("/runs/run_flaky/compare/run_flaky/").status_code == 410
 
 
 def test_ids_no_run_can_have_are_a_404(client, imported):
