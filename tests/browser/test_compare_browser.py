@@ -45,6 +45,14 @@ def test_run_flaky_compared_with_the_previous_run_of_its_graph(server_url, brows
     assert violations(page) == []
     page.screenshot(path=str(ARTIFACTS / "compare-run_flaky-run_clean.png"), full_page=True)
 
+    # At 360 px each card keeps within the page: its wide tables scroll inside it.
+    page.set_viewport_size({"width": 360, "height": 800})
+    for card in ("#compare-totals", "#compare-divergence", "#compare-nodes"):
+        box = page.locator(card).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 360, (card, box)
+    page.screenshot(path=str(ARTIFACTS / "compare-run_flaky-run_clean-360.png"), full_page=True)
+    page.set_viewport_size({"width": 1360, "height": 900})
+
     # Only the differences, then the diverging event in run_flaky's own log.
     page.get_by_role("link", name="Only differences").click()
     expect(rows).to_have_count(3)
