@@ -273,7 +273,8 @@ class EventStep:
         if self.kind == "transition":
             what = f"{self.source} → {self.target} (attempt {self.attempt})"
         elif self.kind == "node_attempt":
-            what = f"attempt {self.attempt} {'ok' if self.ok else 'failed'}"
+            result = "" if self.ok is None else " ok" if self.ok else " failed"
+            what = f"attempt {self.attempt}{result}"
         elif self.kind == "run_end":
             what = f"exit code {self.exit_code}"
         else:
