@@ -197,3 +197,129 @@ def run_detail_data(detail: RunDetail) -> dict[str, Any]:
             for d in detail.diagnostics
         ],
     }
+
+
+# ---------------------------------------------------------------- two runs side by side
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSide:
+    """A node in one of two runs compared: its final state and attempts (the reduction's), and the
+    time its attempts took (the timeline's)."""
+
+    state: str
+    attempts: int
+    # The sum of its attempts' durations; None when it never ran or an attempt has not ended.
+    duration_s: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeComparison:
+    """One node of two runs: in both, only in b (added), or only in a (removed)."""
+
+    id: str
+    a: NodeSide | None
+    b: NodeSide | None
+
+    @property
+    def change(self) -> str:
+        """added, removed, changed (its state or attempts differ) or same. Durations alone never
+        make a node differ: no two runs take the same time."""
+        if self.a is None:
+            return "added"
+        if self.b is None:
+            return "removed"
+        if (self.a.state, self.a.attempts) != (self.b.state, self.b.attempts):
+            return "changed"
+        return "same"
+
+    @property
+    def differs(self) -> bool:
+        return self.change != "same"
+
+    @property
+    def attempts_delta(self) -> int | None:
+        return self.b.attempts - self.a.attempts if self.a and self.b else None
+
+    @property
+    def duration_delta(self) -> float | None:
+        if self.a is None or self.b is None or self.a.duration_s is None or self.b.duration_s is None:
+            return None
+        return round(self.b.duration_s - self.a.duration_s, 3)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventStep:
+    """What one event did, as a comparison weighs it: its kind, its node, and the state, attempt
+    and result it records. Never its time, duration, error text or run id, which differ between
+    any two runs that did the same thing."""
+
+    seq: int
+    kind: str
+    node: str | None
+    source: str | None = None
+    target: str | None = None
+    attempt: int | None = None
+    ok: bool | None = None
+    exit_code: int | None = None
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (self.kind, self.node, self.source, self.target, self.attempt, self.ok, self.exit_code)
+
+    @property
+    def words(self) -> str:
+        """The event in the run page's words, limited to what was compared."""
+        if self.kind == "transition":
+            what = f"{self.source} → {self.target} (attempt {self.attempt})"
+        elif self.kind == "node_attempt":
+            result = "" if self.ok is None else " ok" if self.ok else " failed"
+            what = f"attempt {self.attempt}{result}"
+        elif self.kind == "run_end":
+            what = f"exit code {self.exit_code}"
+        else:
+            what = ""
+        return " ".join(part for part in (self.kind, self.node or "", what) if part)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Divergence:
+    """Where two runs first did something different: the earliest event at which one node's own
+    story (the run's, for events that name no node) differs between the two logs. Each side's
+    event there, with its own seq; None where that story had already ended in its log."""
+
+    node: str | None
+    # How many of that story's events the two logs share before it.
+    shared: int
+    a: EventStep | None
+    b: EventStep | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunComparison:
+    """Run b beside run a (`runs.selectors.run_comparison`): their rows, their nodes one by one,
+    and where their logs first part ways."""
+
+    a: RunRow
+    b: RunRow
+    # Nodes that differ first, then the same ones; each group in a's order, then b's additions.
+    nodes: tuple[NodeComparison, ...]
+    divergence: Divergence | None
+    # The first seq at which the logs differ event by event, the order of parallel nodes' events
+    # included; None when they agree all along.
+    order_differs_at: int | None
+    # Events in each log.
+    events_a: int
+    events_b: int
+
+    @property
+    def differing(self) -> int:
+        return sum(1 for node in self.nodes if node.differs)
+
+    @property
+    def added(self) -> int:
+        return sum(1 for node in self.nodes if node.a is None)
+
+    @property
+    def removed(self) -> int:
+        return sum(1 for node in self.nodes if node.b is None)

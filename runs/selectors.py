@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from itertools import zip_longest
 from operator import attrgetter
 from typing import Any
 
@@ -22,8 +23,19 @@ from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from runs.models import Diagnostic, Event, Run, RunNode, run_status
-from runs.read_model import DiagnosticRow, NodeDetail, RunDetail, RunRow, verdict_word
-from runs.reduction import RunReduction, run_id_valid
+from runs.read_model import (
+    DiagnosticRow,
+    Divergence,
+    EventStep,
+    NodeComparison,
+    NodeDetail,
+    NodeSide,
+    RunComparison,
+    RunDetail,
+    RunRow,
+    verdict_word,
+)
+from runs.reduction import AttemptFacts, RunReduction, run_id_valid
 from runs.timeline import EventRow, NodeTimeline, build_timeline
 from tenants.models import Tenant
 
@@ -413,3 +425,157 @@ def node_stats(*, tenant: Tenant, last_runs: int) -> list[NodeStats]:
     ]
     stats.sort(key=lambda s: (-(s.flaked + s.failed) / max(s.ran, 1), -s.failed, s.node_id))
     return stats
+
+
+# ---------------------------------------------------------------- two runs side by side
+
+# What a comparison reads of each run: its row, its graph (for the replay) and the reduction's
+# state (each node's final state and attempts).
+_COMPARED_COLUMNS = (*RUN_ROW_COLUMNS, "graph", "reduction_state")
+
+
+def run_comparison(*, tenant: Tenant, run_a: str, run_b: str, now: datetime | None = None) -> RunComparison:
+    """Run `run_b` beside run `run_a`: both rows, every node of either with its state, attempts and
+    time in each, and the first event at which their logs differ; raises `Run.DoesNotExist` with
+    the first of the two ids that names no run of the tenant."""
+    wanted = [run_id for run_id in (run_a, run_b) if run_id_valid(run_id)]
+    found = {
+        run.run_id: run
+        for run in Run.objects.only(*_COMPARED_COLUMNS).filter(tenant=tenant, run_id__in=wanted)
+    }
+    for run_id in (run_a, run_b):
+        if run_id not in found:
+            raise Run.DoesNotExist(run_id)
+    a, b = found[run_a], found[run_b]
+    row_a, row_b = run_rows([a, b], tenant=tenant, now=now or timezone.now())
+    events_a = run_event_facts(tenant=tenant, run=a.pk)
+    events_b = run_event_facts(tenant=tenant, run=b.pk)
+    sides_a, sides_b = _node_sides(a, events_a), _node_sides(b, events_b)
+    order = [*sides_a, *(node_id for node_id in sides_b if node_id not in sides_a)]
+    nodes = [NodeComparison(id=node_id, a=sides_a.get(node_id), b=sides_b.get(node_id)) for node_id in order]
+    nodes.sort(key=lambda node: not node.differs)  # stable: each group keeps the graph's order
+    steps_a = [_event_step(row) for row in events_a]
+    steps_b = [_event_step(row) for row in events_b]
+    return RunComparison(
+        a=row_a,
+        b=row_b,
+        nodes=tuple(nodes),
+        divergence=_first_divergence(steps_a, steps_b),
+        order_differs_at=_order_differs_at(steps_a, steps_b),
+        events_a=len(events_a),
+        events_b=len(events_b),
+    )
+
+
+def _node_sides(run: Run, events: list[EventRow]) -> dict[str, NodeSide]:
+    """Each node of a run, in graph order then first appearance: its state and attempts from the
+    stored reduction (as `run_detail` reads them), and the time its attempts took from a replay of
+    its log (`RunReduction.replay`, whose attempts the timeline lays out)."""
+    replayed = RunReduction(run.run_id, history=True)
+    if run.graph is not None:
+        replayed.set_graph(run.graph)
+    for seq, ts, kind, node, facts in events:
+        replayed.replay(seq, ts, kind, node, facts)
+    history = replayed.history
+    assert history is not None
+    times = {seq: ts for seq, ts, _kind, _node, _facts in events}
+    sides = {}
+    for node_id, state, attempt_count in _reduction(run.run_id, run.reduction_state).node_states():
+        told = history.nodes.get(node_id)
+        durations = [_attempt_seconds(facts, times) for facts in told.attempts] if told else []
+        known = [seconds for seconds in durations if seconds is not None]
+        # Not run, or an attempt still open: how long it took is not known yet.
+        took = round(sum(known), 3) if known and len(known) == len(durations) else None
+        sides[node_id] = NodeSide(state=state, attempts=attempt_count, duration_s=took)
+    return sides
+
+
+def _attempt_seconds(facts: AttemptFacts, times: dict[int, datetime]) -> float | None:
+    """How long an attempt took: its record's duration, or from its start to the event that ended
+    it when it had none (as the timeline draws it); None while it is open."""
+    if facts.recorded:
+        return facts.duration_s
+    if facts.end_seq is None:
+        return None
+    return (times[facts.end_seq] - times[facts.start_seq]).total_seconds()
+
+
+def _first_divergence(steps_a: list[EventStep], steps_b: list[EventStep]) -> Divergence | None:
+    """The earliest event at which a node's own story differs between two logs (`Divergence`), or
+    None when every node, and the run itself, did the same things in the same order.
+
+    Each story is its events in seq order, compared step by step by what they did
+    (`EventStep.key`). Parallel nodes interleave differently from run to run, so the logs are not
+    compared position by position here: that order is `_order_differs_at`'s to report.
+    """
+    stories_a, stories_b = _stories(steps_a), _stories(steps_b)
+    found: tuple[tuple[float, float, str], Divergence] | None = None
+    for node in stories_a.keys() | stories_b.keys():
+        story = zip_longest(stories_a.get(node, ()), stories_b.get(node, ()))
+        for shared, (step_a, step_b) in enumerate(story):
+            if step_a is not None and step_b is not None and step_a.key == step_b.key:
+                continue
+            seqs = sorted(step.seq for step in (step_a, step_b) if step is not None)
+            # The earlier side first; ties broken by the other side, then the node's id.
+            place = (seqs[0], seqs[-1] if len(seqs) == 2 else float("inf"), node or "")
+            if found is None or place < found[0]:
+                found = (place, Divergence(node=node, shared=shared, a=step_a, b=step_b))
+            break
+    return found[1] if found is not None else None
+
+
+def _stories(steps: list[EventStep]) -> dict[str | None, list[EventStep]]:
+    """A log's events by the node they name (None: the run's own), each list in seq order."""
+    stories: dict[str | None, list[EventStep]] = {}
+    for step in steps:
+        stories.setdefault(step.node, []).append(step)
+    return stories
+
+
+def _order_differs_at(steps_a: list[EventStep], steps_b: list[EventStep]) -> int | None:
+    """The first seq at which the logs differ event by event, or where the shorter one ends."""
+    for step_a, step_b in zip_longest(steps_a, steps_b):
+        if step_a is None or step_b is None or step_a.key != step_b.key:
+            return step_a.seq if step_a is not None else step_b.seq
+    return None
+
+
+def _event_step(row: EventRow) -> EventStep:
+    seq, _ts, kind, node, facts = row
+    if kind == "transition":
+        return EventStep(
+            seq=seq,
+            kind=kind,
+            node=node,
+            source=facts.get("from"),
+            target=facts.get("to"),
+            attempt=facts.get("attempt"),
+        )
+    if kind == "node_attempt":
+        return EventStep(seq=seq, kind=kind, node=node, attempt=facts.get("attempt"), ok=facts.get("ok"))
+    if kind == "run_end":
+        return EventStep(seq=seq, kind=kind, node=node, exit_code=facts.get("exit_code"))
+    return EventStep(seq=seq, kind=kind, node=node)
+
+
+def run_previous_of_graph(*, tenant: Tenant, run: RunRow) -> str | None:
+    """The id of the latest run before `run` in history order (by `started`, then id) that has the
+    same graph, or None.
+
+    The same graph is the same set of node ids, as the node rows store them (graph.json's and any an
+    event named): no digest of a graph is stored, and a run whose producer sent no graph.json still
+    has its nodes. With as many nodes, the same set is one where none of the other run's nodes is
+    missing from this one's; the walk goes newest first and stops at the first such run.
+    """
+    if run.total_nodes == 0:
+        return None
+    ours = RunNode.objects.filter(tenant=tenant, run=run.id).values("node_id")
+    not_ours = RunNode.objects.filter(tenant=tenant, run=OuterRef("pk")).exclude(node_id__in=ours)
+    return (
+        Run.objects.filter(tenant=tenant, total_nodes=run.total_nodes)
+        .filter(_older_than(RunPosition(run.started, run.id)))
+        .filter(~Exists(not_ours))
+        .order_by(F("started").desc(nulls_first=True), F("id").desc())
+        .values_list("run_id", flat=True)
+        .first()
+    )

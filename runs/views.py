@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django import forms
+from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
@@ -34,6 +35,8 @@ MAX_DRAWN_NODES = 300
 # Where the pages' live updates come from (kahn_site.asgi routes it; SPEC section 7).
 LIVE_SOCKET_PATH = "/ws/live"
 NODE_RUN_CHOICES = (20, 50, 100, 200)
+# Rows of a comparison's node table a page: two 2,000-node runs side by side stay a page to read.
+COMPARED_NODES_PER_PAGE = 200
 
 VERDICT_FILTERS = {
     "failed": {"outcome": "failed"},
@@ -183,6 +186,7 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         "log_paged": timeline.last_seq >= EVENTS_PER_PAGE,
         "producer": next((f.get("producer") for _s, _t, kind, _n, f in events if kind == "run_start"), None),
         "elapsed": _elapsed(run),
+        "previous_run": selectors.run_previous_of_graph(tenant=tenant, run=run),
         # static/live.js: events after the last one drawn, and the page's parts redrawn as they come.
         "live": {
             "socket": LIVE_SOCKET_PATH,
@@ -329,3 +333,48 @@ def node_index(request: HttpRequest) -> HttpResponse:
     stats = selectors.node_stats(tenant=tenant_current(), last_runs=last)
     context = {"nav": "nodes", "stats": stats, "last": last, "last_choices": (50, 100, 200, 500, 1000)}
     return render(request, "runs/nodes.html", context)
+
+
+def run_compare_page(request: HttpRequest, run_id: str, other_id: str) -> HttpResponse:
+    """Run `other_id` beside run `run_id`, node by node, and the first event where they part ways."""
+    tenant = tenant_current()
+    if run_id == other_id:
+        try:
+            run = selectors.run_get(tenant=tenant, run_id=run_id)
+        except Run.DoesNotExist:
+            return _no_run_to_compare(request, run_id)
+        (row,) = selectors.run_rows([run], tenant=tenant, now=timezone.now())
+        previous = selectors.run_previous_of_graph(tenant=tenant, run=row)
+        return render(request, "runs/compare.html", {"nav": "runs", "same": row, "previous": previous})
+    try:
+        comparison = selectors.run_comparison(tenant=tenant, run_a=run_id, run_b=other_id)
+    except Run.DoesNotExist as missing:
+        return _no_run_to_compare(request, str(missing))
+    only_differences = request.GET.get("show") == "differences"
+    nodes = [node for node in comparison.nodes if node.differs] if only_differences else comparison.nodes
+    divergence = comparison.divergence
+    context = {
+        "nav": "runs",
+        "comparison": comparison,
+        "a": comparison.a,
+        "b": comparison.b,
+        "nodes": Paginator(nodes, COMPARED_NODES_PER_PAGE).get_page(request.GET.get("page")),
+        "only_differences": only_differences,
+        "divergence": divergence,
+        # Each run's event where the logs part ways, with its length, for a log that ended before.
+        "divergence_sides": [
+            ("a", comparison.a, divergence.a, comparison.events_a),
+            ("b", comparison.b, divergence.b, comparison.events_b),
+        ]
+        if divergence
+        else [],
+    }
+    return render(request, "runs/compare.html", context)
+
+
+def _no_run_to_compare(request: HttpRequest, run_id: str) -> HttpResponse:
+    """A run removed by retention says so (410), as its own page does; any other is a 404 naming it."""
+    deletion = run_deletion(tenant=tenant_current(), run_id=run_id) if run_id_valid(run_id) else None
+    if deletion is not None:
+        return run_deleted_page(request, deletion)
+    raise Http404(f"There is no run named “{run_id}” to compare.")

@@ -81,3 +81,23 @@ def page_start(seq: int | None, size: int) -> int:
 @register.filter
 def attempts_text(count: int) -> str:
     return "not run" if count == 0 else "1 attempt" if count == 1 else f"{count} attempts"
+
+
+# Differences are signed as in print, where a hyphen is too short to read as minus.
+MINUS = "\N{MINUS SIGN}"
+
+
+@register.simple_tag
+def count_delta(a: int, b: int) -> str:
+    """b minus a with its sign: +2, 0, or MINUS 1."""
+    difference = b - a
+    return f"+{difference}" if difference > 0 else f"{MINUS}{-difference}" if difference < 0 else "0"
+
+
+@register.simple_tag
+def seconds_delta(a: float, b: float) -> str:
+    """b minus a as a duration with its sign: +1m 20.0s, 0s, or MINUS 4.5s."""
+    difference = round(b - a, 3)
+    if difference == 0:
+        return "0s"
+    return ("+" if difference > 0 else MINUS) + seconds_label(abs(difference))
