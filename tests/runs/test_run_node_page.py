@@ -7,6 +7,8 @@ import re
 from urllib.parse import quote
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from ingest.simulator import archive_synthesize
 from tenants.models import Tenant
@@ -333,3 +335,23 @@ def test_diagnostics_are_listed_in_log_order(client, local_tenant, tmp_path):
     assert '<a class="sev sev-error" href="#run-diagnostics">2 errors</a>' in html
     assert '<a class="sev sev-warning" href="#run-diagnostics">1 warning</a>' in html
     assert '<a class="sev sev-info" href="#run-diagnostics">2 infos</a>' in html
+
+
+def test_the_node_across_runs_links_to_it_in_each_run(client, imported):
+    html = page(client, "/nodes/api-routes/")
+    assert '<a href="/runs/run_failed/nodes/api-routes/" title="api-routes in run_failed">' in html
+
+
+def test_a_node_page_costs_the_same_queries_in_a_small_and_a_large_run(client, local_tenant, tmp_path):
+    archive_synthesize(tmp_path, runs=1, nodes=5, seed=11)
+    archive_synthesize(tmp_path, runs=1, nodes=400, seed=12)
+    ingest_quietly(tmp_path)
+    counts = []
+    for run_id in ("run_11_000000", "run_12_000000"):
+        first = client.get(f"/api/v1/runs/{run_id}/").json()["nodes"][0]["id"]
+        with CaptureQueriesContext(connection) as queries:
+            page(client, node_url(run_id, first))
+        counts.append(len(queries))
+    # The tenant, the run, its node's events replayed, the events shown, its diagnostics (and, on
+    # PostgreSQL, the savepoint around the request's tenant).
+    assert counts[0] == counts[1] <= 7
