@@ -4,6 +4,7 @@ shown. Through the pages, as a browser without JavaScript gets them."""
 
 import html as html_lib
 import re
+from datetime import timedelta
 from urllib.parse import quote
 
 import pytest
@@ -11,8 +12,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from ingest.simulator import archive_synthesize
+from retention.services import retention_soft_delete_expired
 from tenants.models import Tenant
 from tests.conftest import ingest_quietly, write_archive_run
+from tests.retention.conftest import T0, store_run
 from tests.runs.test_pages import dag_node, element, page
 from tests.tenants.conftest import cloud
 
@@ -169,6 +172,15 @@ def test_a_node_not_in_the_run_is_a_404_page_that_says_so(client, imported):
     assert "There is no run named “run_nope”." in page(client, "/runs/run_nope/nodes/fetch/", status=404)
     page(client, "/runs/run_failed/nodes/%00/", status=404)
     page(client, f"/runs/run_failed/nodes/{'x' * 300}/", status=404)
+
+
+def test_a_node_of_a_soft_deleted_run_says_the_run_was_deleted(client, local_tenant):
+    store_run(local_tenant, "expired", T0 - timedelta(days=100))
+    assert client.get("/runs/expired/nodes/build/").status_code == 200
+    retention_soft_delete_expired(tenant=local_tenant, actor="test", now=T0)
+    response = client.get("/runs/expired/nodes/build/")
+    assert response.status_code == 410
+    assert "more than the 90 days" in response.content.decode()
 
 
 def test_another_tenants_run_node_is_a_404(client, imported, tmp_path):
