@@ -116,12 +116,8 @@ def test_attempts_at_one_instant_are_all_listed(client, imported):
     assert [row["result"] for row in rows] == ["failed", "failed", "ok"]
 
 
-@pytest.mark.parametrize(
-    "run_id",
-    ["run_clean", "run_flaky", "run_failed", "run_crashed", "run_same_ts", "run_dirty", "run_inline"],
-)
-def test_every_node_page_agrees_with_the_runs_api(client, imported, run_id):
-    """The page replays only the node's events; the API replays the whole log: they agree."""
+def assert_node_pages_agree_with_the_api(client, run_id: str) -> None:
+    """The node page replays only the node's events; the API replays the whole log: they agree."""
     detail = client.get(f"/api/v1/runs/{run_id}/").json()
     for node in detail["nodes"]:
         html = page(client, node_url(run_id, node["id"]))
@@ -137,6 +133,23 @@ def test_every_node_page_agrees_with_the_runs_api(client, imported, run_id):
             for a in node["attempts"]
         ]
         assert shown == expected, node["id"]
+
+
+@pytest.mark.parametrize(
+    "run_id",
+    ["run_clean", "run_flaky", "run_failed", "run_crashed", "run_same_ts", "run_dirty", "run_inline"],
+)
+def test_every_node_page_agrees_with_the_runs_api(client, imported, run_id):
+    assert_node_pages_agree_with_the_api(client, run_id)
+
+
+def test_node_pages_of_simulated_runs_agree_with_the_api(client, local_tenant, tmp_path):
+    archive_synthesize(tmp_path, runs=4, nodes=25, seed=5)
+    ingest_quietly(tmp_path)
+    runs = client.get("/api/v1/runs/").json()["results"]
+    assert sum(run["total_attempts"] - run["total_nodes"] + run["blocked"] for run in runs) > 0  # retries
+    for run in runs:
+        assert_node_pages_agree_with_the_api(client, run["run_id"])
 
 
 def test_clicking_a_node_in_the_dag_or_the_timeline_opens_it_in_this_run(client, imported):
