@@ -3,7 +3,8 @@ node of a run (`RunNodeDetail`).
 
 Frozen values built by one selector each (`runs.selectors.run_rows`, `runs.selectors.run_detail`,
 `runs.selectors.run_node_detail`) and shown by the read API, the pages and live messages alike, so a
-status, a verdict or a count means the same wherever it appears. Model instances stay as the database gave them.
+status, a verdict or a count means the same wherever it appears. Model instances stay as the
+database gave them.
 
 The JSON the API and live sockets send is built here, without DRF: live messages leave from the
 write path, which must not load the API's machinery. The API's serializers describe that JSON for
