@@ -1,8 +1,10 @@
-"""What readers see of a run: a row of history (`RunRow`) and one run in full (`RunDetail`).
+"""What readers see of a run: a row of history (`RunRow`), one run in full (`RunDetail`) and one
+node of a run (`RunNodeDetail`).
 
-Frozen values built by one selector each (`runs.selectors.run_rows`, `runs.selectors.run_detail`)
-and shown by the read API, the pages and live messages alike, so a status, a verdict or a count
-means the same wherever it appears. Model instances stay as the database gave them.
+Frozen values built by one selector each (`runs.selectors.run_rows`, `runs.selectors.run_detail`,
+`runs.selectors.run_node_detail`) and shown by the read API, the pages and live messages alike, so a
+status, a verdict or a count means the same wherever it appears. Model instances stay as the
+database gave them.
 
 The JSON the API and live sockets send is built here, without DRF: live messages leave from the
 write path, which must not load the API's machinery. The API's serializers describe that JSON for
@@ -121,6 +123,50 @@ class RunDetail(RunRow):
     # The log as the pictures and replay read it, and the story laid out from it.
     events: tuple[EventRow, ...]
     timeline: Timeline
+
+
+def node_verdict(state: str, attempts: int) -> str:
+    """A node's result in one run as one word: failed, flaked (done after retries), clean (done
+    first time), or the state it stopped in (blocked, pending, running)."""
+    if state == "done":
+        return "flaked" if attempts > 1 else "clean"
+    return state
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeNeighbour:
+    """A dependency or dependent of a node in one run, with its final state there; `state` is None
+    for a dependency the graph names but the run does not have."""
+
+    id: str
+    state: str | None
+    attempt_count: int
+
+    @property
+    def verdict(self) -> str | None:
+        return node_verdict(self.state, self.attempt_count) if self.state is not None else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunNodeDetail:
+    """One node in one run: its row in the run, its attempts, its neighbours in the graph, the
+    events that name it and the diagnostics about it."""
+
+    run: RunRow
+    node: NodeDetail
+    # The graph's fields of the node besides its id and deps (labels, kinds).
+    extra: dict[str, Any]
+    dependencies: tuple[NodeNeighbour, ...]
+    dependents: tuple[NodeNeighbour, ...]
+    # The first events that name it, in seq order, with their whole payloads; `event_count` in all.
+    events: tuple[EventRow, ...]
+    event_count: int
+    # In seq order; stored ones, and the time-dependent ones of an interrupted run.
+    diagnostics: tuple[DiagnosticRow, ...]
+
+    @property
+    def verdict(self) -> str:
+        return node_verdict(self.node.state, self.node.attempt_count)
 
 
 # What the API and live sockets show of a row, in this order (SPEC section 6).

@@ -52,6 +52,7 @@ SEVERITY = {
     "run_id_mismatch": "warning",
     "died_mid_attempt": "info",
     "unknown_event": "info",
+    "ts_went_back": "info",
 }
 
 # The fields of a run row (SPEC section 4, besides run_id): what `RunReduction.row()` gives, what
@@ -475,6 +476,12 @@ class RunHistory:
             self.moved_on(node, seq, None)
 
 
+def _earlier(ts: str, than: str) -> bool:
+    """Whether one valid timestamp is an earlier instant than another (offsets may differ)."""
+    instant, other = ts_utc(ts), ts_utc(than)
+    return instant is not None and other is not None and instant < other
+
+
 class ReductionStateError(ValueError):
     """A stored state this code cannot read: written by another version of the reduction."""
 
@@ -483,7 +490,8 @@ class RunReduction:
     """A run's state, advanced one event at a time in ``seq`` order.
 
     Order is append order: many events share a ``ts``, so nothing here ever sorts or compares by
-    ``ts``; it is read only for ``started``, ``ended`` and ``last_event_ts``.
+    ``ts``; it is read only for ``started``, ``ended`` and ``last_event_ts``, and to note a
+    producer's clock that moved back (``ts_went_back``).
 
     The state (`to_state`, given back to the constructor) is this class's own business: readers
     ask the reduction (`died_mid_attempt`, `node_states`, `row`) rather than read its keys. It
@@ -561,9 +569,13 @@ class RunReduction:
         """Take the next event (already valid by `validate_event`); it becomes ``seq = next_seq``."""
         seq = self.next_seq
         self.next_seq += 1
-        self.last_event_ts = event["ts"]
         kind = event["event"]
         diagnostics: list[Diagnostic] = []
+        previous_ts, ts = self.last_event_ts, event["ts"]
+        # Noted, never acted on: order is append order whatever the clock said.
+        if previous_ts is not None and ts != previous_ts and _earlier(ts, previous_ts):
+            diagnostics.append(self._ts_went_back(previous_ts, ts, seq, kind, event.get("node")))
+        self.last_event_ts = ts
         if seq == 0 and kind != "run_start":
             diagnostics.append(
                 Diagnostic("missing_run_start", f"the first event is {kind!r}, not 'run_start'", seq=seq)
@@ -632,6 +644,18 @@ class RunReduction:
         if self.has_graph:
             diagnostics.append(self._unknown_node(node, seq))
         return values
+
+    def _ts_went_back(self, previous_ts: str, ts: str, seq: int, kind: str, node: Any) -> Diagnostic:
+        details: dict[str, Any] = {"ts": ts, "previous_ts": previous_ts, "event": kind}
+        if isinstance(node, str):
+            details["node"] = node
+        return Diagnostic(
+            "ts_went_back",
+            f"{kind!r} event at {ts} is earlier than the event before it, at {previous_ts}: "
+            "the producer's clock moved back",
+            seq=seq,
+            details=details,
+        )
 
     def _unknown_node(self, node: str, seq: int | None) -> Diagnostic:
         return Diagnostic(

@@ -8,7 +8,8 @@ SQL for filtering and in Python for rows already loaded (`Run.status_at`), from 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from itertools import zip_longest
@@ -29,10 +30,13 @@ from runs.read_model import (
     EventStep,
     NodeComparison,
     NodeDetail,
+    NodeNeighbour,
     NodeSide,
     RunComparison,
     RunDetail,
+    RunNodeDetail,
     RunRow,
+    node_verdict,
     verdict_word,
 )
 from runs.reduction import AttemptFacts, RunReduction, run_id_valid
@@ -246,19 +250,144 @@ def run_detail(*, tenant: Tenant, run_id: str, now: datetime | None = None) -> R
             if name not in ROW_FIELDS and name != "reduction_state"
         },
         nodes=tuple(nodes),
-        diagnostics=(*stored, *computed),
+        diagnostics=tuple(diagnostics_in_log_order([*stored, *computed])),
         summary_mismatch=mismatch,
         events=tuple(events),
         timeline=timeline,
     )
 
 
+def diagnostics_in_log_order(diagnostics: Iterable[DiagnosticRow]) -> list[DiagnosticRow]:
+    """Diagnostics where they stand in the log: by `seq`; one with only a line number (a malformed
+    line of an archive, which is no event) before the event that followed that line; those with no
+    place (summary.json's, a late graph's) last. Ties keep the order they were found in.
+
+    An archive's lines are its events and its malformed lines, in order, so the events before line
+    L are the L - 1 lines before it less the malformed ones among them.
+    """
+    diagnostics = list(diagnostics)
+    malformed = sorted(d.line for d in diagnostics if d.code == "malformed_line" and d.line is not None)
+
+    def place(d: DiagnosticRow) -> tuple[int, int, int]:
+        if d.seq is not None:
+            return (0, d.seq, 1)
+        if d.line is None:
+            return (1, 0, 0)
+        if d.code == "malformed_line":
+            return (0, d.line - 1 - bisect_left(malformed, d.line), 0)
+        # Found after reading lines 1 to `line` (a log that shrank): after their events.
+        return (0, d.line - bisect_right(malformed, d.line), 0)
+
+    return sorted(diagnostics, key=place)
+
+
+class NodeNotInRun(LookupError):
+    """The run exists, and has no node of that name."""
+
+
+# The events a node's page lists; the run's log, filtered by the node, pages through the rest.
+NODE_EVENTS_SHOWN = 200
+
+
+def run_node_detail(
+    *, tenant: Tenant, run_id: str, node_id: str, now: datetime | None = None
+) -> RunNodeDetail:
+    """One node in one run: its state and attempts (by the reduction's rules, as the run's page
+    draws them), its dependencies' and dependents' states, the events that name it and the
+    diagnostics about it. Raises `Run.DoesNotExist`, or `NodeNotInRun`.
+
+    Only the node's own events are replayed, with the run's start and end: a node's attempts
+    depend on nothing else, so a node of a 2,000-node run costs its own events, not the run's.
+    """
+    if not run_id_valid(run_id):
+        raise Run.DoesNotExist(run_id)
+    run = Run.objects.only(*RUN_ROW_COLUMNS, "graph", "reduction_state").get(tenant=tenant, run_id=run_id)
+    (row,) = run_rows([run], tenant=tenant, now=now or timezone.now())
+    states = {
+        node: (state, attempts)
+        for node, state, attempts in _reduction(run_id, run.reduction_state).node_states()
+    }
+    if node_id not in states:
+        raise NodeNotInRun(node_id)
+    facts = _event_facts(
+        Event.objects.filter(tenant=tenant, run=run).filter(
+            Q(node=node_id) | Q(kind__in=("run_start", "run_end"))
+        )
+    )
+    story = build_timeline(None, facts).nodes.get(node_id)
+    declared = {node["id"]: node for node in (run.graph or {}).get("nodes", [])}
+    graph_node = declared.get(node_id, {})
+    deps = list(graph_node.get("deps", []))
+    state, attempt_count = states[node_id]
+
+    def neighbour(other: str) -> NodeNeighbour:
+        other_state, other_attempts = states.get(other, (None, 0))
+        return NodeNeighbour(id=other, state=other_state, attempt_count=other_attempts)
+
+    events = run_events(tenant=tenant, run=run, node=node_id, limit=NODE_EVENTS_SHOWN)
+    stored = [
+        DiagnosticRow(code=code, severity=severity, seq=seq, line=line, message=message, details=details)
+        for code, severity, seq, line, message, details in Diagnostic.objects.filter(
+            tenant=tenant, run=run, details__node=node_id
+        )
+        .order_by("id")
+        .values_list("code", "severity", "seq", "line", "message", "details")
+    ]
+    computed = [
+        DiagnosticRow(
+            code=d.code, severity=d.severity, seq=d.seq, line=d.line, message=d.message, details=d.details
+        )
+        for d in row.open_attempts
+        if d.details.get("node") == node_id
+    ]
+    return RunNodeDetail(
+        run=row,
+        node=NodeDetail(
+            id=node_id,
+            state=state,
+            attempt_count=attempt_count,
+            deps=deps,
+            attempts=tuple(story.attempts) if story else (),
+        ),
+        extra={k: v for k, v in graph_node.items() if k not in ("id", "deps")},
+        dependencies=tuple(neighbour(dep) for dep in deps),
+        dependents=tuple(
+            neighbour(other) for other, node in declared.items() if node_id in node.get("deps", ())
+        ),
+        events=tuple(events.values_list("seq", "ts", "kind", "node", "payload")),
+        event_count=sum(1 for _seq, _ts, _kind, node, _facts in facts if node == node_id),
+        diagnostics=tuple(diagnostics_in_log_order([*stored, *computed])),
+    )
+
+
 def run_events(
-    *, tenant: Tenant, run: Run | int, after_seq: int = -1, limit: int | None = None
+    *,
+    tenant: Tenant,
+    run: Run | int,
+    after_seq: int = -1,
+    limit: int | None = None,
+    node: str | None = None,
+    kind: str | None = None,
 ) -> QuerySet[Event]:
-    """A run's events in `seq` (append) order; `ts` never orders anything."""
+    """A run's events in `seq` (append) order, those naming `node` or of `kind` when given; `ts`
+    never orders anything."""
     events = Event.objects.filter(tenant=tenant, run=run, seq__gt=after_seq).order_by("seq")
+    if node is not None:
+        events = events.filter(node=node)
+    if kind is not None:
+        events = events.filter(kind=kind)
     return events[:limit] if limit is not None else events
+
+
+def run_event_kinds(*, tenant: Tenant, run: Run | int) -> list[str]:
+    """The kinds of event a run's log holds, sorted: what its log can be filtered by."""
+    kinds = Event.objects.filter(tenant=tenant, run=run).order_by().values_list("kind", flat=True)
+    return sorted(set(kinds.distinct()))
+
+
+def run_event_names_node(*, tenant: Tenant, run: Run | int, node: str) -> bool:
+    """Whether an event of the run names `node` (of any kind: an unknown kind may name one too)."""
+    return "\x00" not in node and Event.objects.filter(tenant=tenant, run=run, node=node).exists()
 
 
 def run_stored_next_seq(*, tenant: Tenant, run_id: str) -> int:
@@ -288,10 +417,13 @@ def run_event_facts(*, tenant: Tenant, run: Run | int) -> list[EventRow]:
     The database extracts those few keys, so a long run's payloads are neither shipped nor parsed
     whole: on a 2,000-event run that is most of the page's time.
     """
+    return _event_facts(Event.objects.filter(tenant=tenant, run=run))
+
+
+def _event_facts(events: QuerySet[Event]) -> list[EventRow]:
     names = {f"fact_{i}": name for i, name in enumerate(EVENT_FACTS)}
     rows = (
-        Event.objects.filter(tenant=tenant, run=run)
-        .order_by("seq")
+        events.order_by("seq")
         .annotate(**{alias: KT(f"payload__{name}") for alias, name in names.items()})
         .values_list("seq", "ts", "kind", "node", *names)
     )
@@ -336,9 +468,7 @@ class NodeRun:
     @property
     def verdict(self) -> str:
         """failed, flaked (done after retries), clean (done first time), or the state it stopped in."""
-        if self.state == "done":
-            return "flaked" if self.attempts > 1 else "clean"
-        return self.state
+        return node_verdict(self.state, self.attempts)
 
 
 def node_runs(*, tenant: Tenant, node_id: str, limit: int, now: datetime | None = None) -> list[NodeRun]:

@@ -26,6 +26,7 @@ page_urlpatterns = [
     path("", views.run_history, name="history"),
     path("runs/<str:run_id>/", views.run_page, name="run"),
     path("runs/<str:run_id>/compare/<str:other_id>/", views.run_compare_page, name="run-compare"),
+    path("runs/<str:run_id>/nodes/<node_id:node_id>/", views.run_node_page, name="run-node"),
     path("nodes/", views.node_index, name="nodes"),
     path("nodes/<node_id:node_id>/", views.node_page, name="node"),
 ]

@@ -8,12 +8,13 @@ query goes through `runs.selectors` with the current tenant.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django import forms
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.utils import timezone
 from rest_framework.request import Request
@@ -29,6 +30,7 @@ from runs.read_model import RunDetail
 from runs.reduction import run_id_valid
 from runs.timeline import EventRow
 from tenants.context import tenant_current
+from tenants.models import Tenant
 
 EVENTS_PER_PAGE = 100
 MAX_DRAWN_NODES = 300
@@ -156,9 +158,9 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         states = {node_id: timeline.nodes[node_id].state_at(at) for node_id in order}
         attempts = {node_id: timeline.nodes[node_id].attempts_at(at) for node_id in order}
 
-    log_from = _int_param(request, "log_from", default=0, low=0, high=max(0, timeline.last_seq))
-    log_page = selectors.run_events(tenant=tenant, run=run.id, after_seq=log_from - 1, limit=EVENTS_PER_PAGE)
-    log = [_event_row(*row) for row in log_page.values_list("seq", "ts", "kind", "node", "payload")]
+    log = event_log_page(request, tenant=tenant, run=run)
+    if log.jump is not None:
+        return HttpResponseRedirect(log.jump)
 
     drawn = drawn_nodes(order, timeline)
     gantt = gantt_picture(timeline, drawn, states, at)
@@ -180,10 +182,7 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         "diagnostics": run.diagnostics,
         "mismatch": run.summary_mismatch,
         "log": log,
-        "log_from": log_from,
-        "log_previous": max(0, log_from - EVENTS_PER_PAGE) if log_from > 0 else None,
-        "log_next": log_from + EVENTS_PER_PAGE if log_from + EVENTS_PER_PAGE <= timeline.last_seq else None,
-        "log_paged": timeline.last_seq >= EVENTS_PER_PAGE,
+        "log_from": log.start,
         "producer": next((f.get("producer") for _s, _t, kind, _n, f in events if kind == "run_start"), None),
         "elapsed": _elapsed(run),
         "previous_run": selectors.run_previous_of_graph(tenant=tenant, run=run),
@@ -196,6 +195,108 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         },
     }
     return render(request, "runs/run.html", context)
+
+
+class EventLogFilterForm(forms.Form):
+    """The run page's event log: the events naming a node, of a kind, or from a seq (`?seq=N`
+    jumps to event N). Each value is checked against the run, and a bad one is named."""
+
+    node = forms.CharField(required=False, max_length=200)
+    kind = forms.CharField(required=False, max_length=64)
+    seq = forms.CharField(required=False, max_length=40, label="Event")
+
+    def __init__(self, data: Any, *, tenant: Tenant, run: RunDetail, kinds: list[str]) -> None:
+        super().__init__(data)
+        self.tenant, self.run, self.kinds = tenant, run, kinds
+
+    def clean_node(self) -> str | None:
+        node = self.cleaned_data["node"] or None
+        if node is None or any(n.id == node for n in self.run.nodes):
+            return node
+        # An event of a kind the reduction does not know may name a node the run lacks.
+        if selectors.run_event_names_node(tenant=self.tenant, run=self.run.id, node=node):
+            return node
+        raise forms.ValidationError(f"“{node}” is not a node of this run.")
+
+    def clean_kind(self) -> str | None:
+        kind = self.cleaned_data["kind"] or None
+        if kind is not None and kind not in self.kinds:
+            kinds = ", ".join(self.kinds) or "none"
+            raise forms.ValidationError(
+                f"“{kind}” is not a kind of event in this run's log, which has {kinds}."
+            )
+        return kind
+
+    def clean_seq(self) -> int | None:
+        text = self.cleaned_data["seq"].strip()
+        if not text:
+            return None
+        last_seq = self.run.next_seq - 1
+        try:
+            seq = int(text)
+        except ValueError:
+            seq = -1
+        if not 0 <= seq <= last_seq:
+            span = f"its events are 0 to {last_seq}" if last_seq >= 0 else "it has no events yet"
+            raise forms.ValidationError(f"“{text}” is not an event of this run: {span}.")
+        return seq
+
+
+@dataclass(frozen=True, slots=True)
+class EventLogPage:
+    """One page of a run's event log as its page shows it, or where a jump to a seq goes."""
+
+    form: EventLogFilterForm
+    rows: list[dict[str, Any]]
+    # The first seq the page may show, and where the pages before and after it start.
+    start: int
+    previous: int | None
+    next: int | None
+    filtered: bool
+    # Events the filters match; every event of the run, unfiltered.
+    matching: int
+    # A `?seq=N` jump: the address of the page that shows event N, at it.
+    jump: str | None = None
+
+
+def event_log_page(request: HttpRequest, *, tenant: Tenant, run: RunDetail) -> EventLogPage:
+    """The page of the log `?log_from`, `?node` and `?kind` ask for; a bad filter is named on the
+    page and not applied. Pages follow seq: a page starts at an event, the next after its last."""
+    kinds = selectors.run_event_kinds(tenant=tenant, run=run.id)
+    form = EventLogFilterForm(request.GET, tenant=tenant, run=run, kinds=kinds)
+    form.is_valid()
+    node, kind, seq = (form.cleaned_data.get(name) for name in ("node", "kind", "seq"))
+    filtered = node is not None or kind is not None
+    matching = selectors.run_events(tenant=tenant, run=run.id, node=node, kind=kind)
+    if seq is not None:
+        if filtered and not matching.filter(seq=seq).exists():
+            filtered = False  # the filters hide that event: the jump goes to it in the whole log
+        query = request.GET.copy()
+        for name in ("seq", "log_from", *(() if filtered else ("node", "kind"))):
+            query.pop(name, None)
+        # The whole log pages by hundreds, as the diagnostics' links do; a filtered one starts at it.
+        query["log_from"] = str(seq if filtered else seq - seq % EVENTS_PER_PAGE)
+        return EventLogPage(form, [], 0, None, None, filtered, 0, jump=f"?{query.urlencode()}#event-{seq}")
+    last_seq = run.next_seq - 1
+    start = _int_param(request, "log_from", default=0, low=0, high=max(0, last_seq))
+    page = list(
+        matching.filter(seq__gte=start).values_list("seq", "ts", "kind", "node", "payload")[
+            : EVENTS_PER_PAGE + 1
+        ]
+    )
+    earlier = []
+    if start > 0:
+        before = matching.filter(seq__lt=start).order_by("-seq")
+        earlier = list(before.values_list("seq", flat=True)[:EVENTS_PER_PAGE])
+    return EventLogPage(
+        form=form,
+        rows=[_event_row(*row) for row in page[:EVENTS_PER_PAGE]],
+        start=start,
+        previous=earlier[-1] if earlier else None,
+        next=page[EVENTS_PER_PAGE][0] if len(page) > EVENTS_PER_PAGE else None,
+        filtered=filtered,
+        matching=matching.count() if filtered else last_seq + 1,
+    )
 
 
 def drawn_nodes(order: list[str], timeline: Any) -> list[str]:
@@ -299,6 +400,32 @@ def _event_label(events: Sequence[EventRow], seq: int) -> str:
         if row_seq == seq:
             return _short_event(row_seq, kind, node, payload)
     return ""
+
+
+def run_node_page(request: HttpRequest, run_id: str, node_id: str) -> HttpResponse:
+    """One node in one run: what clicking it in the run's DAG or timeline opens."""
+    tenant = tenant_current()
+    try:
+        detail = selectors.run_node_detail(tenant=tenant, run_id=run_id, node_id=node_id)
+    except Run.DoesNotExist:
+        deletion = run_deletion(tenant=tenant, run_id=run_id) if run_id_valid(run_id) else None
+        if deletion is not None:
+            return run_deleted_page(request, deletion)
+        raise Http404(f"There is no run named “{run_id}”.") from None
+    except selectors.NodeNotInRun:
+        raise Http404(f"Run “{run_id}” has no node named “{node_id}”.") from None
+    attempts = detail.node.attempts
+    context = {
+        "nav": "runs",
+        "run": detail.run,
+        "node": detail.node,
+        "detail": detail,
+        "first_start": attempts[0].start if attempts else None,
+        "last_end": attempts[-1].end if attempts else None,
+        "events": [_event_row(*row) for row in detail.events],
+        "events_shown": selectors.NODE_EVENTS_SHOWN,
+    }
+    return render(request, "runs/run_node.html", context)
 
 
 def node_page(request: HttpRequest, node_id: str) -> HttpResponse:

@@ -44,7 +44,8 @@ def percent(value: float) -> str:
 
 
 @register.simple_tag
-def diagnostic_counts(counts: dict[str, int]) -> str:
+def diagnostic_counts(counts: dict[str, int], link: str = "") -> str:
+    """Counts by severity, most severe first; each a link to `link` (the list) when given."""
     parts = [
         (severity, counts[severity], one if counts[severity] == 1 else many)
         for severity, one, many in SEVERITY_WORDS
@@ -52,6 +53,9 @@ def diagnostic_counts(counts: dict[str, int]) -> str:
     ]
     if not parts:
         return mark_safe('<span class="muted">none</span>')
+    if link:
+        linked = [(severity, link, count, word) for severity, count, word in parts]
+        return format_html_join(" ", '<a class="sev sev-{}" href="{}">{} {}</a>', linked)
     return format_html_join(" ", '<span class="sev sev-{}">{} {}</span>', parts)
 
 

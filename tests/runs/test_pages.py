@@ -51,7 +51,9 @@ def blocking_edges(html: str) -> set[tuple[str, str]]:
 def gantt_bars(html: str, node_id: str) -> list[str]:
     """The class of each attempt bar of a node's timeline row, in order."""
     row = element(
-        html, rf'data-node="{re.escape(node_id)}">[^<]*</text>(\s*<rect class="attempt[^>]*>.*?</rect>)*'
+        html,
+        rf'data-node="{re.escape(node_id)}">[^<]*</text>(?:</a>)?'
+        r'(\s*<rect class="attempt[^>]*>.*?</rect>)*',
     )
     return re.findall(r'<rect class="attempt ([^"]+)"', row)
 
@@ -301,7 +303,9 @@ def test_run_same_ts_draws_three_attempts_at_one_instant(client, imported):
 def gantt_rects(html: str, node_id: str) -> list[dict[str, str]]:
     """The attributes of each attempt bar of a node's timeline row, in order."""
     row = element(
-        html, rf'data-node="{re.escape(node_id)}">[^<]*</text>(\s*<rect class="attempt[^>]*>.*?</rect>)*'
+        html,
+        rf'data-node="{re.escape(node_id)}">[^<]*</text>(?:</a>)?'
+        r'(\s*<rect class="attempt[^>]*>.*?</rect>)*',
     )
     return [
         dict(re.findall(r'([\w-]+)="([^"]*)"', rect)) | {"narrow": str(" data-narrow" in rect)}

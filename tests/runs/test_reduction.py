@@ -133,7 +133,8 @@ def test_run_crashed_is_incomplete_and_died_mid_attempt():
 
 def test_missing_run_start_and_events_after_run_end_are_errors():
     reduction, diagnostics = reduce_events("r", [t("a", "pending", "running", 1), record("a", 1), END, START])
-    assert codes(diagnostics) == ["missing_run_start", "events_after_run_end"]
+    # The late run_start is also earlier than run_end: the producer's clock went back.
+    assert codes(diagnostics) == ["missing_run_start", "ts_went_back", "events_after_run_end"]
     by_code = {d.code: d for d in diagnostics}
     assert by_code["missing_run_start"].seq == 0 and by_code["missing_run_start"].severity == "error"
     assert by_code["events_after_run_end"].seq == 3
@@ -183,6 +184,20 @@ def test_unknown_nodes_and_unknown_events():
     assert codes(diagnostics) == ["unknown_node", "unknown_event"]
     assert diagnostics[0].details == {"node": "ghost"}
     assert reduction.row()["total_nodes"] == 3  # graph nodes plus any node an event names
+
+
+def test_a_ts_earlier_than_the_one_before_is_noted_and_changes_nothing_else():
+    back = {**record("a", 1), "ts": "2026-11-20T09:59:59.999Z"}
+    # The same instant written with an offset is not a step back.
+    same = {**t("a", "running", "done", 1), "ts": "2026-11-20T10:59:59.999+01:00"}
+    events = [START, t("a", "pending", "running", 1), back, same, END]
+    reduction, diagnostics = reduce_events("r", events, GRAPH)
+    assert codes(diagnostics) == ["ts_went_back"]
+    (went_back,) = diagnostics
+    assert (went_back.seq, went_back.severity) == (2, "info")
+    assert went_back.details == {"ts": back["ts"], "previous_ts": T, "event": "node_attempt", "node": "a"}
+    in_order = [START, t("a", "pending", "running", 1), record("a", 1), t("a", "running", "done", 1), END]
+    assert reduction.row() == reduce_events("r", in_order, GRAPH)[0].row()
 
 
 def test_a_graph_arriving_after_the_events_reports_unknown_nodes_then():
