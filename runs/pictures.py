@@ -37,8 +37,10 @@ GANTT_TICK_ROOM = 48
 # A closed attempt's outcome by its `ok`, which is None where its end told none (at run_end, say).
 GANTT_OUTCOMES: dict[bool | None, str] = {True: "ok", False: "failed"}
 
-# History chart: one bar per listed run, oldest on the left.
-CHART_W, CHART_H, CHART_BOTTOM, CHART_LEFT = 720, 120, 18, 48
+# History chart: one bar per listed run, oldest on the left, and a time axis under them.
+CHART_W, CHART_H, CHART_BOTTOM, CHART_LEFT = 720, 136, 34, 48
+# The axis labels the start of at most this many runs, spread evenly over the listed ones.
+CHART_TIME_LABELS = 5
 
 
 def short(text: str, limit: int = LABEL_CHARS) -> str:
@@ -458,17 +460,29 @@ class ChartBar:
 
 
 @dataclass
+class ChartTime:
+    """A label of the time axis: when the run under it started. The template writes the time, in
+    the reader's zone; `anchor` keeps the first and last labels inside the picture."""
+
+    x: float
+    started: datetime
+    anchor: str
+
+
+@dataclass
 class HistoryChart:
     width: int
     height: int
     bars: list[ChartBar]
     max_label: str
+    times: list[ChartTime] = field(default_factory=list)
     left: int = CHART_LEFT
     baseline: int = CHART_H - CHART_BOTTOM
 
 
 def history_chart(rows: Sequence[Any], now: datetime) -> HistoryChart | None:
-    """Duration (bar height) and verdict (colour) of the listed runs, oldest first."""
+    """Duration (bar height) and verdict (colour) of the listed runs, oldest first, over the time
+    each started."""
     if not rows:
         return None
     durations = [_duration_so_far(row, now) for row in reversed(rows)]
@@ -490,7 +504,32 @@ def history_chart(rows: Sequence[Any], now: datetime) -> HistoryChart | None:
                 title=f"{row.run_id}: {row.verdict}, {seconds_label(seconds)}",
             )
         )
-    return HistoryChart(CHART_W, CHART_H, bars, seconds_label(longest))
+    oldest_first = list(reversed(rows))
+    return HistoryChart(CHART_W, CHART_H, bars, seconds_label(longest), _chart_times(oldest_first, bars))
+
+
+def _chart_times(rows: Sequence[Any], bars: Sequence[ChartBar]) -> list[ChartTime]:
+    """The axis: the start times of the first and last listed runs that started and of a few evenly
+    between, under their bars. The bars stand in list order, not at their times, so each label
+    names its bar; the outer two are aligned to their bar's outer edge, to stay in the picture."""
+    started = [index for index, row in enumerate(rows) if row.started is not None]
+    if not started:
+        return []
+    last = len(started) - 1
+    picked = sorted({started[round(i * last / (CHART_TIME_LABELS - 1))] for i in range(CHART_TIME_LABELS)})
+    times = []
+    for place, index in enumerate(picked):
+        bar = bars[index]
+        if len(picked) == 1:
+            x, anchor = bar.x + bar.width / 2, "middle"
+        elif place == 0:
+            x, anchor = bar.x, "start"
+        elif place == len(picked) - 1:
+            x, anchor = bar.x + bar.width, "end"
+        else:
+            x, anchor = bar.x + bar.width / 2, "middle"
+        times.append(ChartTime(round(x, 1), rows[index].started, anchor))
+    return times
 
 
 def _duration_so_far(row: Any, now: datetime) -> float:

@@ -180,3 +180,29 @@ def test_the_retention_pages_label_when_a_run_was_deleted(client, dated_runs, lo
     assert gone.status_code == 410
     assert f'On <time datetime="{year + 1}-03-01T09:30:00.000Z"' in gone.content.decode()
     assert f"Mar 1, {year + 1}, 10:30 CET</time>, by retention test" in gone.content.decode()
+
+
+def chart_times(html: str) -> list[tuple[str, str]]:
+    chart = re.search(r'<figure class="chart card">.*?</figure>', html, re.S).group(0)
+    return re.findall(r'<text class="tick time" x="[\d.]+" y="\d+" text-anchor="(\w+)">([^<]+)</text>', chart)
+
+
+def test_the_history_chart_has_a_time_axis_in_the_readers_zone(client, dated_runs):
+    year = dated_runs
+    html = page(client, "/")
+    # Oldest on the left: last year's run starts the axis, this year's ends it.
+    assert chart_times(html) == [("start", f"Jun 15, {year - 1}, 10:00"), ("end", "Jun 15, 10:00")]
+    assert "over the time each started (UTC)</figcaption>" in html
+    client.cookies[TIME_ZONE_COOKIE] = "Asia/Kolkata"
+    html = page(client, "/")
+    assert chart_times(html) == [("start", f"Jun 15, {year - 1}, 15:30"), ("end", "Jun 15, 15:30")]
+    assert "over the time each started (Asia/Kolkata)</figcaption>" in html
+
+
+def test_a_long_history_labels_five_runs_spread_over_the_axis(client, many_runs):
+    html = page(client, "/?page_size=25")
+    labels = chart_times(html)
+    assert [anchor for anchor, _text in labels] == ["start", "middle", "middle", "middle", "end"]
+    # Each names a start time the table lists.
+    listed = {text for _iso, _title, text in times(html)}
+    assert all(any(started.startswith(text) for started in listed) for _anchor, text in labels)
