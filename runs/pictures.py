@@ -43,6 +43,15 @@ CHART_W, CHART_H, CHART_BOTTOM, CHART_LEFT = 720, 136, 34, 48
 CHART_TIME_LABELS = 5
 
 
+def run_duration_label(row: Any) -> str:
+    """A run's length as every page and table writes it: `8m 01.6s` once it ended; `≥ 1m 20.6s`
+    while it has no `run_end` (running or interrupted), the time it is known to have lasted."""
+    if row.elapsed_s is None:
+        return ""
+    label = seconds_label(row.elapsed_s)
+    return label if row.duration_s is not None else f"≥ {label}"
+
+
 def short(text: str, limit: int = LABEL_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -480,12 +489,12 @@ class HistoryChart:
     baseline: int = CHART_H - CHART_BOTTOM
 
 
-def history_chart(rows: Sequence[Any], now: datetime) -> HistoryChart | None:
+def history_chart(rows: Sequence[Any]) -> HistoryChart | None:
     """Duration (bar height) and verdict (colour) of the listed runs, oldest first, over the time
     each started."""
     if not rows:
         return None
-    durations = [_duration_so_far(row, now) for row in reversed(rows)]
+    durations = [row.elapsed_s or 0.0 for row in reversed(rows)]
     longest = max(durations) or 1.0
     slot = (CHART_W - CHART_LEFT) / len(durations)
     width = max(2.0, min(28.0, slot * 0.72))
@@ -501,7 +510,7 @@ def history_chart(rows: Sequence[Any], now: datetime) -> HistoryChart | None:
                 width=round(width, 1),
                 height=round(height, 1),
                 verdict=row.verdict,
-                title=f"{row.run_id}: {row.verdict}, {seconds_label(seconds)}",
+                title=f"{row.run_id}: {row.verdict}, {run_duration_label(row) or 'not started'}",
             )
         )
     oldest_first = list(reversed(rows))
@@ -530,12 +539,3 @@ def _chart_times(rows: Sequence[Any], bars: Sequence[ChartBar]) -> list[ChartTim
             x, anchor = bar.x + bar.width / 2, "middle"
         times.append(ChartTime(round(x, 1), rows[index].started, anchor))
     return times
-
-
-def _duration_so_far(row: Any, now: datetime) -> float:
-    if row.duration_s is not None:
-        return float(row.duration_s)
-    if row.started is None:
-        return 0.0
-    until = row.last_event_at or now
-    return max(0.0, (until - row.started).total_seconds())

@@ -23,8 +23,7 @@ from retention.views import run_deleted_page
 from runs import selectors
 from runs.models import Run
 from runs.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RunCursorPagination
-from runs.pictures import dag_picture, gantt_picture, history_chart, seconds_label
-from runs.read_model import RunDetail
+from runs.pictures import dag_picture, gantt_picture, history_chart
 from runs.reduction import run_id_valid
 from runs.timeline import EventRow
 from tenants.context import tenant_current
@@ -117,7 +116,7 @@ def run_history(request: HttpRequest) -> HttpResponse:
         "filtered": filtered,
         "next_url": paginator.get_next_link() if runs else None,
         "previous_url": paginator.get_previous_link() if runs else None,
-        "chart": history_chart(rows, now),
+        "chart": history_chart(rows),
         "verdict_links": [("", "All")] + [(key, key.capitalize()) for key in VERDICT_FILTERS],
         "current_status": form.cleaned_data.get("status", "") if form.is_valid() else "",
         # static/live.js: the rows of every run of the tenant, redrawn from the server as they change.
@@ -182,7 +181,6 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         "log_next": log_from + EVENTS_PER_PAGE if log_from + EVENTS_PER_PAGE <= timeline.last_seq else None,
         "log_paged": timeline.last_seq >= EVENTS_PER_PAGE,
         "producer": next((f.get("producer") for _s, _t, kind, _n, f in events if kind == "run_start"), None),
-        "elapsed": _elapsed(run),
         # static/live.js: events after the last one drawn, and the page's parts redrawn as they come.
         "live": {
             "socket": LIVE_SOCKET_PATH,
@@ -227,14 +225,6 @@ def _int_param(request: HttpRequest, name: str, *, default: int, low: int, high:
     except ValueError:
         return default
     return min(max(value, low), high)
-
-
-def _elapsed(run: RunDetail) -> str | None:
-    if run.duration_s is not None:
-        return seconds_label(run.duration_s)
-    if run.started is not None and run.last_event_at is not None:
-        return seconds_label((run.last_event_at - run.started).total_seconds())
-    return None
 
 
 # Fields every event has, or that the log's own columns already show.

@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
-from runs.pictures import seconds_label
+from runs.pictures import run_duration_label, seconds_label
 
 register = template.Library()
 
@@ -25,6 +25,20 @@ SEVERITY_WORDS = (("error", "error", "errors"), ("warning", "warning", "warnings
 @register.filter
 def seconds(value: float | None) -> str:
     return "" if value is None else seconds_label(float(value))
+
+
+@register.simple_tag
+def run_duration(run: Any) -> str:
+    """A run's length, `≥` while it has no `run_end` (runs.pictures.run_duration_label); a dash
+    before it started."""
+    label = run_duration_label(run)
+    if not label:
+        return mark_safe('<span class="muted">—</span>')
+    if run.duration_s is None:
+        return format_html(
+            '<span title="No run_end yet: the time from its start to its last event">{}</span>', label
+        )
+    return label
 
 
 @register.filter
