@@ -35,16 +35,21 @@ def cloud_url(service_role, world_runs) -> Iterator[str]:
         yield url
 
 
-def session_of(user) -> str:
-    """The session cookie a sign-in of this user would have set (the server shares the secret key)."""
-    signed_in = Client()
-    signed_in.force_login(user, backend="tenants.oidc.TenantOIDCBackend")
-    return signed_in.cookies["sessionid"].value
+@pytest.fixture
+def sessions(world_runs) -> dict[str, str]:
+    """The session cookies sign-ins of alice and carol would have set (the server shares the secret
+    key). Made before the browser starts: Playwright's event loop would give the ORM a connection
+    of its own, which the test database's teardown would find still open."""
+    cookies = {}
+    for name in ("alice", "carol"):
+        signed_in = Client()
+        signed_in.force_login(getattr(world_runs, name), backend="tenants.oidc.TenantOIDCBackend")
+        cookies[name] = signed_in.cookies["sessionid"].value
+    return cookies
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_no_cloud_page_is_wider_than_a_phone(cloud_url, world_runs, browser_page, scheme):
-    sessions = {"alice": session_of(world_runs.alice), "carol": session_of(world_runs.carol)}
+def test_no_cloud_page_is_wider_than_a_phone(cloud_url, sessions, browser_page, scheme):
     page = browser_page
     page.emulate_media(color_scheme=scheme)
     page.set_viewport_size(PHONE)
