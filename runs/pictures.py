@@ -37,8 +37,19 @@ GANTT_TICK_ROOM = 48
 # A closed attempt's outcome by its `ok`, which is None where its end told none (at run_end, say).
 GANTT_OUTCOMES: dict[bool | None, str] = {True: "ok", False: "failed"}
 
-# History chart: one bar per listed run, oldest on the left.
-CHART_W, CHART_H, CHART_BOTTOM, CHART_LEFT = 720, 120, 18, 48
+# History chart: one bar per listed run, oldest on the left, and a time axis under them.
+CHART_W, CHART_H, CHART_BOTTOM, CHART_LEFT = 720, 136, 34, 48
+# The axis labels the start of at most this many runs, spread evenly over the listed ones.
+CHART_TIME_LABELS = 5
+
+
+def run_duration_label(row: Any) -> str:
+    """A run's length as every page and table writes it: `8m 01.6s` once it ended; `≥ 1m 20.6s`
+    while it has no `run_end` (running or interrupted), the time it is known to have lasted."""
+    if row.elapsed_s is None:
+        return ""
+    label = seconds_label(row.elapsed_s)
+    return label if row.duration_s is not None else f"≥ {label}"
 
 
 def short(text: str, limit: int = LABEL_CHARS) -> str:
@@ -458,20 +469,32 @@ class ChartBar:
 
 
 @dataclass
+class ChartTime:
+    """A label of the time axis: when the run under it started. The template writes the time, in
+    the reader's zone; `anchor` keeps the first and last labels inside the picture."""
+
+    x: float
+    started: datetime
+    anchor: str
+
+
+@dataclass
 class HistoryChart:
     width: int
     height: int
     bars: list[ChartBar]
     max_label: str
+    times: list[ChartTime] = field(default_factory=list)
     left: int = CHART_LEFT
     baseline: int = CHART_H - CHART_BOTTOM
 
 
-def history_chart(rows: Sequence[Any], now: datetime) -> HistoryChart | None:
-    """Duration (bar height) and verdict (colour) of the listed runs, oldest first."""
+def history_chart(rows: Sequence[Any]) -> HistoryChart | None:
+    """Duration (bar height) and verdict (colour) of the listed runs, oldest first, over the time
+    each started."""
     if not rows:
         return None
-    durations = [_duration_so_far(row, now) for row in reversed(rows)]
+    durations = [row.elapsed_s or 0.0 for row in reversed(rows)]
     longest = max(durations) or 1.0
     slot = (CHART_W - CHART_LEFT) / len(durations)
     width = max(2.0, min(28.0, slot * 0.72))
@@ -487,16 +510,32 @@ def history_chart(rows: Sequence[Any], now: datetime) -> HistoryChart | None:
                 width=round(width, 1),
                 height=round(height, 1),
                 verdict=row.verdict,
-                title=f"{row.run_id}: {row.verdict}, {seconds_label(seconds)}",
+                title=f"{row.run_id}: {row.verdict}, {run_duration_label(row) or 'not started'}",
             )
         )
-    return HistoryChart(CHART_W, CHART_H, bars, seconds_label(longest))
+    oldest_first = list(reversed(rows))
+    return HistoryChart(CHART_W, CHART_H, bars, seconds_label(longest), _chart_times(oldest_first, bars))
 
 
-def _duration_so_far(row: Any, now: datetime) -> float:
-    if row.duration_s is not None:
-        return float(row.duration_s)
-    if row.started is None:
-        return 0.0
-    until = row.last_event_at or now
-    return max(0.0, (until - row.started).total_seconds())
+def _chart_times(rows: Sequence[Any], bars: Sequence[ChartBar]) -> list[ChartTime]:
+    """The axis: the start times of the first and last listed runs that started and of a few evenly
+    between, under their bars. The bars stand in list order, not at their times, so each label
+    names its bar; the outer two are aligned to their bar's outer edge, to stay in the picture."""
+    started = [index for index, row in enumerate(rows) if row.started is not None]
+    if not started:
+        return []
+    last = len(started) - 1
+    picked = sorted({started[round(i * last / (CHART_TIME_LABELS - 1))] for i in range(CHART_TIME_LABELS)})
+    times = []
+    for place, index in enumerate(picked):
+        bar = bars[index]
+        if len(picked) == 1:
+            x, anchor = bar.x + bar.width / 2, "middle"
+        elif place == 0:
+            x, anchor = bar.x, "start"
+        elif place == len(picked) - 1:
+            x, anchor = bar.x + bar.width, "end"
+        else:
+            x, anchor = bar.x + bar.width / 2, "middle"
+        times.append(ChartTime(round(x, 1), rows[index].started, anchor))
+    return times

@@ -74,6 +74,16 @@ class RunRow:
     def verdict(self) -> str | None:
         return verdict_word(self.status, self.outcome)
 
+    @property
+    def elapsed_s(self) -> float | None:
+        """How long the run is known to have lasted: its duration once `run_end` came; before that
+        (running, or interrupted), from its start to its last event, which it lasted at least."""
+        if self.duration_s is not None:
+            return self.duration_s
+        if self.started is None or self.last_event_at is None:
+            return None
+        return max(0.0, (self.last_event_at - self.started).total_seconds())
+
 
 def verdict_word(status: str, outcome: str | None) -> str | None:
     """What the pages show as one word: the outcome of a complete run, else its status."""

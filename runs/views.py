@@ -25,8 +25,7 @@ from retention.views import run_deleted_page
 from runs import selectors
 from runs.models import Run
 from runs.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RunCursorPagination
-from runs.pictures import dag_picture, gantt_picture, history_chart, seconds_label
-from runs.read_model import RunDetail
+from runs.pictures import dag_picture, gantt_picture, history_chart
 from runs.reduction import run_id_valid
 from runs.timeline import EventRow
 from tenants.context import tenant_current
@@ -122,7 +121,7 @@ def run_history(request: HttpRequest) -> HttpResponse:
         "filtered": filtered,
         "next_url": paginator.get_next_link() if runs else None,
         "previous_url": paginator.get_previous_link() if runs else None,
-        "chart": history_chart(rows, now),
+        "chart": history_chart(rows),
         "verdict_links": [("", "All")] + [(key, key.capitalize()) for key in VERDICT_FILTERS],
         "current_status": form.cleaned_data.get("status", "") if form.is_valid() else "",
         # static/live.js: the rows of every run of the tenant, redrawn from the server as they change.
@@ -184,7 +183,6 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         "log": log,
         "log_from": log.start,
         "producer": next((f.get("producer") for _s, _t, kind, _n, f in events if kind == "run_start"), None),
-        "elapsed": _elapsed(run),
         "previous_run": selectors.run_previous_of_graph(tenant=tenant, run=run),
         # static/live.js: events after the last one drawn, and the page's parts redrawn as they come.
         "live": {
@@ -332,14 +330,6 @@ def _int_param(request: HttpRequest, name: str, *, default: int, low: int, high:
     except ValueError:
         return default
     return min(max(value, low), high)
-
-
-def _elapsed(run: RunDetail) -> str | None:
-    if run.duration_s is not None:
-        return seconds_label(run.duration_s)
-    if run.started is not None and run.last_event_at is not None:
-        return seconds_label((run.last_event_at - run.started).total_seconds())
-    return None
 
 
 # Fields every event has, or that the log's own columns already show.

@@ -81,7 +81,7 @@ window.KahnScope = window.KahnScope || {};
         var outcome = bar.getAttribute("data-outcome"), width = fullWidth;
         if (!final && (end === null || end > seq)) {
           outcome = "open";
-          width = Math.max(2, cursorX - x);
+          width = Math.max(6, cursorX - x); // as wide as a closed bar at least: GANTT_MIN_BAR_W in runs/pictures.py
         }
         bar.classList.toggle("is-hidden", !final && start > seq);
         bar.setAttribute("class", bar.getAttribute("class").replace(/\bo-\w+/, "o-" + outcome));

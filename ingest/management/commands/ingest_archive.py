@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from ingest.archive import ArchiveError, ArchiveReport, WarningsOnce, archive_import, printable
 from kahn_site.checks import require_migrated
+from runs.read_model import verdict_word
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
 
 # Beyond this many changed runs the table would bury the totals: the rest are counted, not listed.
@@ -141,9 +142,8 @@ class Command(BaseCommand):
             self.stdout.write("nothing new")
             return
         now = timezone.now()
-        header = (
-            f"{'run':<32} {'new':>7} {'events':>7} {'err':>4} {'warn':>4} {'info':>4}  {'status':<11} outcome"
-        )
+        # A run's result in the history's words (clean, flaky, failed, running, interrupted).
+        header = f"{'run':<32} {'new':>7} {'events':>7} {'err':>4} {'warn':>4} {'info':>4}  result"
         self.stdout.write(header)
         for item in report.runs[:TABLE_ROWS]:
             run = item.run
@@ -151,7 +151,7 @@ class Command(BaseCommand):
             counts = item.diagnostics
             self.stdout.write(
                 f"{item.run_id:<32} {item.events:>7} {run.next_seq:>7} {counts['error']:>4} "
-                f"{counts['warning']:>4} {counts['info']:>4}  {run.status_at(now):<11} {run.outcome or '-'}"
+                f"{counts['warning']:>4} {counts['info']:>4}  {verdict_word(run.status_at(now), run.outcome)}"
             )
         if len(report.runs) > TABLE_ROWS:
             self.stdout.write(f"... and {len(report.runs) - TABLE_ROWS} more runs")

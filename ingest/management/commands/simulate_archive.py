@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ingest.simulator import SimulationError, archive_synthesize, run_live, synthetic_edges
+from runs.read_model import verdict_word
 
 
 class Command(BaseCommand):
@@ -70,7 +71,8 @@ class Command(BaseCommand):
         )
         outcomes = [summary["outcome"] for summary in synthesis.summaries]
         counts = ", ".join(
-            f"{outcomes.count(name)} {name}" for name in ("clean", "clean_with_flake", "failed")
+            f"{outcomes.count(name)} {verdict_word('complete', name)}"
+            for name in ("clean", "clean_with_flake", "failed")
         )
         self.stdout.write(
             f"wrote {len(outcomes)} runs ({counts}), {synthesis.events} events, under {root / 'runs'}"
@@ -122,8 +124,9 @@ class Command(BaseCommand):
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         summary = run.summary or {}
+        result = verdict_word("complete", summary["outcome"])
         self.stdout.write(
-            f"run {run_id} ended: {summary['outcome']}, {summary['total_attempts']} attempts, "
+            f"run {run_id} ended: {result}, {summary['total_attempts']} attempts, "
             f"{summary['flake_retries']} flake retries"
         )
 
