@@ -460,7 +460,15 @@ def gantt_picture(
         return GANTT_LABEL_W + max(0.0, (ts - start).total_seconds()) * scale
 
     times = dict(timeline.event_times)
-    event_x = [round(x_of(ts), 1) for _seq, ts in timeline.event_times]
+    # x_of for every event, written out: a long run has thousands.
+    event_x = (
+        [
+            round(GANTT_LABEL_W + max(0.0, (ts - start).total_seconds()) * scale, 1)
+            for _seq, ts in timeline.event_times
+        ]
+        if start is not None
+        else [float(GANTT_LABEL_W)] * len(timeline.event_times)
+    )
     final_x = x_of(timeline.finished)
     cursor_x = x_of(times.get(at)) if at is not None else None
     rows = []

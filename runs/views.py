@@ -335,8 +335,7 @@ def _event_words(kind: str, payload: dict[str, Any]) -> str:
 
 
 def _short_event(seq: int, kind: str, node: str | None, payload: dict[str, Any]) -> str:
-    words = _event_words(kind, payload)
-    return " ".join(part for part in (f"#{seq}", kind, node or "", words) if part)
+    return " ".join(filter(None, (f"#{seq}", kind, node, _event_words(kind, payload))))
 
 
 def _event_label(events: Sequence[EventRow], seq: int) -> str:
