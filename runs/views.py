@@ -160,10 +160,13 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
     events, timeline = run.events, run.timeline
     order = [node.id for node in run.nodes]
 
+    # How the run stands now: what the focused subgraph and the timeline's order are chosen by,
+    # whatever moment the replay draws.
+    final_states = {node.id: node.state for node in run.nodes}
+    final_attempts = {node.id: node.attempt_count for node in run.nodes}
     at = _replay_position(request, timeline.last_seq)
     if at is None:
-        states = {node.id: node.state for node in run.nodes}
-        attempts = {node.id: node.attempt_count for node in run.nodes}
+        states, attempts = final_states, final_attempts
     else:
         states = {node_id: timeline.nodes[node_id].state_at(at) for node_id in order}
         attempts = {node_id: timeline.nodes[node_id].attempts_at(at) for node_id in order}
@@ -172,15 +175,16 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
     log_page = selectors.run_events(tenant=tenant, run=run.id, after_seq=log_from - 1, limit=EVENTS_PER_PAGE)
     log = [_event_row(*row) for row in log_page.values_list("seq", "ts", "kind", "node", "payload")]
 
-    final_states = {node.id: node.state for node in run.nodes}
     focus = focus_nodes(timeline, order, final_states) if len(order) > FOCUS_FROM_NODES else None
     find = request.GET.get("find", "").strip()[:MAX_FIND]
     found = [node_id for node_id in order if find.casefold() in node_id.casefold()] if find else []
-    dag = None
+    dag = focus_dag = None
     if len(order) <= DAG_INLINE_NODES or request.GET.get("dag") == "full" or find:
         first = [*found, *(focus.nodes if focus else [])]
         dag = dag_picture(timeline, drawn_nodes(order, timeline, first=first), states, attempts)
-    rows = timeline_rows(order, final_states, {node.id: node.attempt_count for node in run.nodes})
+    if focus is not None:
+        focus_dag = dag_picture(timeline, focus.nodes, states, attempts, layers=focus.layers)
+    rows = timeline_rows(order, final_states, final_attempts)
     rows_from = _int_param(request, "nodes_from", default=0, low=0, high=max(0, len(rows) - 1))
     rows_from -= rows_from % TIMELINE_PAGE
     gantt = gantt_picture(timeline, rows[rows_from : rows_from + TIMELINE_PAGE], states, at)
@@ -192,9 +196,7 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         "at_label": _event_label(events, at if at is not None else timeline.last_seq),
         "dag": dag,
         "focus": focus,
-        "focus_dag": dag_picture(timeline, focus.nodes, states, attempts, layers=focus.layers)
-        if focus
-        else None,
+        "focus_dag": focus_dag,
         "focus_generations": FOCUS_GENERATIONS,
         "max_drawn": MAX_DRAWN_NODES,
         "find": find,
