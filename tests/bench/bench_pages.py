@@ -1,8 +1,9 @@
-"""Benchmark: a 2,000-node run's page beside a 7-node run's page, served in the same run.
+r"""Benchmark: a 2,000-node run's page beside a 7-node run's page, served in the same run.
 
 Run by hand (not collected by pytest):
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/kahn_bench_pages .venv/bin/python tests/bench/bench_pages.py
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/kahn_bench_pages \
+        .venv/bin/python tests/bench/bench_pages.py
 
 It (re)creates the database named in DATABASE_URL and imports, through the real path (the project's
 simulator writes the archive, `manage.py ingest_archive` imports it), two failed runs:

@@ -108,7 +108,7 @@ def test_a_2000_node_run_page_leads_with_its_failures_and_stays_small(client, bi
         "failed",
         "blocked",
     }
-    assert f"nodes 1–{TIMELINE_PAGE} of {BIG_RUN_NODES}" in html
+    assert f"nodes 1\N{EN DASH}{TIMELINE_PAGE} of {BIG_RUN_NODES}" in html
 
 
 def test_the_timeline_pages_through_every_node(client, big):
@@ -118,7 +118,7 @@ def test_the_timeline_pages_through_every_node(client, big):
         seen += re.findall(r'<text class="g-label[^"]*"[^>]*data-node="([^"]+)"', html)
     assert sorted(seen) == sorted(big.graph["nodes"][i]["id"] for i in range(BIG_RUN_NODES))
     last = get(client, f"/runs/run_big/?nodes_from={BIG_RUN_NODES + 50}")
-    assert f"nodes {BIG_RUN_NODES - TIMELINE_PAGE + 1}–{BIG_RUN_NODES} of {BIG_RUN_NODES}" in last
+    assert f"nodes {BIG_RUN_NODES - TIMELINE_PAGE + 1}\N{EN DASH}{BIG_RUN_NODES} of {BIG_RUN_NODES}" in last
 
 
 def test_the_whole_graph_on_request_and_a_search_draws_what_it_finds(client, big):
