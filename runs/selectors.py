@@ -296,19 +296,17 @@ def _instant(text: str) -> datetime:
 
 
 def _facts(values: list[Any]) -> dict[str, Any]:
-    facts = {}
-    for name, value in zip(EVENT_FACTS, values, strict=True):
-        if value is None:
-            continue
-        if name == "ok":
-            # PostgreSQL's ->> gives JSON's text ('true'), SQLite's the value (1).
-            value = value in ("true", 1, True)
-        elif name in _NUMBERS:
+    # Most facts are absent from most events: those present first, then the few that need a type.
+    facts = {name: value for name, value in zip(EVENT_FACTS, values, strict=True) if value is not None}
+    if "ok" in facts:
+        # PostgreSQL's ->> gives JSON's text ('true'), SQLite's the value (1).
+        facts["ok"] = facts["ok"] in ("true", 1, True)
+    for name, kind in _NUMBERS.items():
+        if name in facts:
             try:
-                value = _NUMBERS[name](value)
+                facts[name] = kind(facts[name])
             except ValueError:
-                continue  # an unknown event kind may use these names for anything
-        facts[name] = value
+                del facts[name]  # an unknown event kind may use these names for anything
     return facts
 
 
