@@ -62,7 +62,7 @@ def test_the_focused_subgraph_holds_the_failure_three_steps_up_and_down(client, 
     assert columns == sorted(set(columns))
     assert re.search(r'class="node s-failed[^"]*"[^>]*data-node="fail"', focus)
     assert re.findall(r'<a class="chip" href="/nodes/([^/]+)/">', html) == ["fail"]
-    assert "2 more dependencies and 1 more blocked nodes are in the whole graph" in html
+    assert "2 more dependencies and 1 more blocked node are in the whole graph" in html
     # A graph this size is drawn whole below it, every node once.
     assert sorted(drawn(section(html, "dag-full-svg"))) == sorted(CHAIN | BLOCKED | OTHERS)
 
