@@ -81,12 +81,10 @@ window.KahnScope = window.KahnScope || {};
     function release() {
       if (drag && drag.moved) {
         box.classList.remove("panning");
-        // The click that ends a pan must not open the node under the pointer.
-        box.addEventListener("click", function swallow(event) {
-          event.preventDefault();
-          event.stopPropagation();
-          box.removeEventListener("click", swallow, true);
-        }, true);
+        // The click that ends a pan (if any: it comes at once) must not open the node under it.
+        var swallow = function (event) { event.preventDefault(); event.stopPropagation(); };
+        box.addEventListener("click", swallow, true);
+        window.setTimeout(function () { box.removeEventListener("click", swallow, true); }, 0);
       }
       drag = null;
     }
@@ -139,8 +137,11 @@ window.KahnScope = window.KahnScope || {};
       scope.searchKeyBound = true;
       document.addEventListener("keydown", function (event) {
         if (event.key !== "/" || event.ctrlKey || event.metaKey || event.altKey) return;
+        // Not while typing: `/` is then a character. The scrubber and buttons do not take text.
         var target = event.target;
-        if (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName)) return;
+        var typing = target.isContentEditable || /^(TEXTAREA|SELECT)$/.test(target.tagName) ||
+          (target.tagName === "INPUT" && !/^(range|checkbox|radio|button|submit|reset)$/.test(target.type));
+        if (typing) return;
         var box = document.getElementById("dag-find");
         if (!box) return;
         event.preventDefault();

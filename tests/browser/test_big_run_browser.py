@@ -81,3 +81,17 @@ def test_the_failed_nodes_of_a_2000_node_run_are_on_the_first_screen(server_url,
     assert int(svg.get_attribute("width")) < natural
     page.locator("#dag-full [data-zoom=actual]").click()
     assert int(svg.get_attribute("width")) == natural
+
+    # Dragging pans the whole graph inside its box.
+    view = page.locator("#dag-full .dag-view")
+    before = view.evaluate("box => box.scrollLeft")
+    box = view.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + 40)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 - 200, box["y"] + 40, steps=5)
+    page.mouse.up()
+    assert view.evaluate("box => box.scrollLeft") == before + 200
+
+    # A click after the pan still opens the node clicked.
+    page.locator('#dag-full-svg g.node[data-node="n092"]').click()
+    expect(page).to_have_url(f"{url}/nodes/n092/")
