@@ -33,6 +33,13 @@ window.KahnScope = window.KahnScope || {};
     box.scrollLeft = x * scale - anchorX;
     box.scrollTop = y * scale - anchorY;
     if (this.level) this.level.textContent = Math.round(scale * 100) + "%";
+    this.remember();
+  };
+
+  // Zoom and scroll outlive a live redraw of the section (live.js), which calls init() again.
+  var remembered = {};
+  View.prototype.remember = function () {
+    remembered[this.frame.id] = { scale: this.scale, left: this.box.scrollLeft, top: this.box.scrollTop };
   };
 
   // The scale at which the whole drawing is as wide as its box (and, with `height`, no taller).
@@ -55,6 +62,7 @@ window.KahnScope = window.KahnScope || {};
     });
     var tools = this.frame.querySelector(".dag-tools");
     if (tools) tools.hidden = false;
+    box.addEventListener("scroll", function () { view.remember(); }, { passive: true });
 
     // Ctrl (or ⌘) and the wheel, or a pinch, zooms about the pointer; the wheel alone scrolls.
     box.addEventListener("wheel", function (event) {
@@ -104,7 +112,7 @@ window.KahnScope = window.KahnScope || {};
     if (rect.top < 0 || rect.bottom > window.innerHeight) box.scrollIntoView({ block: "nearest" });
   };
 
-  function initSearch(full) {
+  function initSearch(full, firstDrawing) {
     var form = document.querySelector(".dag-search");
     if (!form) return;
     var input = form.querySelector("input[type=search]");
@@ -149,14 +157,17 @@ window.KahnScope = window.KahnScope || {};
         box.select();
       });
     }
-    // Back from a search the server answered: go to the first node it found.
-    var found = full && full.box.querySelector(".node.found");
+    // Back from a search the server answered: go to the first node it found (once: a live
+    // redraw keeps the place the reader has moved to since).
+    var found = firstDrawing && full && full.box.querySelector(".node.found");
     if (found) {
       full.show(found);
       matches = Array.prototype.slice.call(full.box.querySelectorAll(".node.found"));
       current = 0;
     }
   }
+
+  var drawnBefore = false;
 
   function init() {
     var full = null;
@@ -165,17 +176,23 @@ window.KahnScope = window.KahnScope || {};
       var view = new View(frame);
       view.bind();
       var fit = view.box.getAttribute("data-fit");
-      if (fit === "both") {
+      if (fit !== "both") full = view;
+      var before = remembered[frame.id];
+      if (before) {
+        view.zoom(before.scale, 0, 0);
+        view.box.scrollLeft = before.left;
+        view.box.scrollTop = before.top;
+      } else if (fit === "both") {
         // The focused subgraph is seen whole where it starts: its failed nodes in the first screen.
         var top = view.box.getBoundingClientRect().top + window.scrollY;
         view.zoom(view.fitScale(Math.max(240, window.innerHeight - top - 16)));
       } else {
         var scale = view.fitScale();
         view.zoom(scale >= READABLE_SCALE ? scale : 1);
-        full = view;
       }
     });
-    initSearch(full);
+    initSearch(full, !drawnBefore);
+    drawnBefore = true;
   }
 
   scope.initDagViews = init;
