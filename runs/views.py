@@ -44,7 +44,7 @@ DAG_INLINE_NODES = 200
 # A smaller graph is on one screen already: a focused subgraph would only draw most of it again.
 FOCUS_FROM_NODES = 20
 # The timeline draws this many nodes a page, failures first when it takes more than one page.
-TIMELINE_PAGE = 100
+TIMELINE_PAGE = 50
 # A node search is cut to the longest node id there can be (SPEC section 2).
 MAX_FIND = 200
 # Where the pages' live updates come from (kahn_site.asgi routes it; SPEC section 7).
