@@ -148,9 +148,9 @@ def dag_picture(
 
 # The focused subgraph above a big run's DAG: the failures, what led to them, what they blocked.
 # Three steps each way keep the failed nodes within the first few columns, so they are in sight
-# without scrolling; 80 nodes keep the picture small whatever the graph's size.
+# without scrolling; 60 nodes keep the picture small whatever the graph's size.
 FOCUS_GENERATIONS = 3
-FOCUS_MAX_NODES = 80
+FOCUS_MAX_NODES = 60
 
 
 @dataclass
@@ -193,7 +193,8 @@ def focus_nodes(timeline: Timeline, order: Sequence[str], states: dict[str, str]
         (node_id for node_id, step in steps.items() if step <= FOCUS_GENERATIONS),
         key=lambda node_id: (steps[node_id], position[node_id]),
     )
-    chosen = [node_id for node_id in order if node_id in set(nearest[:FOCUS_MAX_NODES])]
+    nearest_few = set(nearest[:FOCUS_MAX_NODES])
+    chosen = [node_id for node_id in order if node_id in nearest_few]
     return Focus(
         nodes=chosen,
         failed=failed,
