@@ -133,3 +133,14 @@ def test_the_whole_graph_on_request_and_a_search_draws_what_it_finds(client, big
     assert "1 node matches “N1500”" in html
     nothing = get(client, "/runs/run_big/?find=no-such-node")
     assert "0 nodes match “no-such-node”" in nothing
+
+
+def test_a_failure_deep_in_a_long_chain_is_drawn_near_the_start(client, local_tenant, tmp_path):
+    chain = {f"c{i:03d}": [f"c{i - 1:03d}"] if i else [] for i in range(300)}
+    imported_run(tmp_path, run_simulate("run_long_chain", chain, {"c150": [False, False, False]}))
+    html = get(client, "/runs/run_long_chain/")
+    focus = section(html, "dag-focus-svg")
+    assert drawn(focus) == ["c147", "c148", "c149", "c150", "c151", "c152", "c153"]
+    # Three columns of dependencies before it, whatever its depth in the whole graph.
+    assert x_of(focus, "c150") == 3 * (x_of(focus, "c148") - x_of(focus, "c147")) + x_of(focus, "c147")
+    assert "147 more dependencies and 146 more blocked nodes are in the whole graph" in html
