@@ -151,6 +151,12 @@ def run_simulate(
     state = dict.fromkeys(edges, "pending")
     attempts = dict.fromkeys(edges, 0)
     ready = [node for node, deps in edges.items() if not deps]
+    names = list(edges)
+    position = {node: index for index, node in enumerate(names)}
+    dependents: dict[str, set[str]] = {node: set() for node in edges}
+    for waiting, deps in edges.items():
+        for dep in deps:
+            dependents[dep].add(waiting)
     running: list[tuple[int, int, str, bool, int]] = []  # (ends at, order, node, ok, ms): a heap
     order = 0
 
@@ -198,14 +204,20 @@ def run_simulate(
         if not ok and attempts[node] < len(plan.get(node, ())):
             attempt_begin(node)  # the worker retries at once: the same instant as the failure
             continue
-        # Blocking spreads down the DAG whatever the declaration order: repeat until nothing moves.
-        moved = True
-        while moved:
-            moved = False
-            for waiting, deps in edges.items():
+        # Blocking spreads down the DAG whatever the declaration order. Only the dependents of a node
+        # that just settled can move; they are looked at in declaration order, sweep after sweep,
+        # and one blocked in a sweep moves the dependents declared after it in that same sweep.
+        sweep = sorted(position[waiting] for waiting in dependents[node])
+        while sweep:
+            later: set[int] = set()
+            heapq.heapify(sweep)
+            seen = set(sweep)
+            while sweep:
+                here = heapq.heappop(sweep)
+                waiting = names[here]
                 if state[waiting] != "pending" or waiting in ready:
                     continue
-                if any(state[dep] in ("failed", "blocked") for dep in deps):
+                if any(state[dep] in ("failed", "blocked") for dep in edges[waiting]):
                     emit(
                         {
                             "event": "transition",
@@ -216,9 +228,15 @@ def run_simulate(
                         }
                     )
                     state[waiting] = "blocked"
-                    moved = True
-                elif all(state[dep] == "done" for dep in deps):
+                    for after in dependents[waiting]:
+                        if position[after] > here and position[after] not in seen:
+                            seen.add(position[after])
+                            heapq.heappush(sweep, position[after])
+                        elif position[after] < here:
+                            later.add(position[after])
+                elif all(state[dep] == "done" for dep in edges[waiting]):
                     ready.append(waiting)
+            sweep = sorted(later)
 
     stuck = [node for node in edges if state[node] == "pending"]
     if stuck:

@@ -8,7 +8,7 @@ re-colours the same shapes in the browser from the data attributes set here.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -105,10 +105,18 @@ class DagPicture:
 
 
 def dag_picture(
-    timeline: Timeline, order: Sequence[str], states: dict[str, str], attempts: dict[str, int]
+    timeline: Timeline,
+    order: Sequence[str],
+    states: dict[str, str],
+    attempts: dict[str, int],
+    *,
+    layers: dict[str, int] | None = None,
 ) -> DagPicture:
-    """The DAG at one moment: `states` and `attempts` say how each node stood then."""
-    depth = timeline.depth()
+    """The DAG at one moment: `states` and `attempts` say how each node stood then.
+
+    Columns are by dependency depth in the whole graph, unless `layers` gives each node's column.
+    """
+    depth = layers if layers is not None else timeline.depth()
     drawn = set(order)
     pairs: list[tuple[str, str]] = []
     undrawn_edges = 0
@@ -147,6 +155,110 @@ def dag_picture(
     # Blocking edges last, so they are drawn over the others.
     edges.sort(key=lambda e: e.blocking)
     return DagPicture(layout.width, layout.height, nodes, edges, undrawn_edges=undrawn_edges)
+
+
+# The focused subgraph above a big run's DAG: the failures, what led to them, what they blocked.
+# Three steps each way keep the failed nodes within the first few columns, so they are in sight
+# without scrolling; 60 nodes keep the picture small whatever the graph's size.
+FOCUS_GENERATIONS = 3
+FOCUS_MAX_NODES = 60
+
+
+@dataclass
+class Focus:
+    """The nodes of the focused subgraph, in graph order, and what it left out."""
+
+    nodes: list[str]
+    failed: list[str]
+    # Dependencies of the failures, and blocked nodes downstream of them, not drawn here.
+    ancestors_left_out: int
+    blocked_left_out: int
+    # Each node's column in the focused subgraph's picture.
+    layers: dict[str, int]
+
+
+def focus_nodes(timeline: Timeline, order: Sequence[str], states: dict[str, str]) -> Focus | None:
+    """The failed nodes (or, if none failed, the blocked nodes nothing blocked), the chain of
+    dependencies that led to them, and the blocked nodes they caused: nearest first, up to
+    FOCUS_GENERATIONS steps away and FOCUS_MAX_NODES in all. None when nothing failed or blocked."""
+    failed = [node_id for node_id in order if states[node_id] == "failed"]
+    deps = {node_id: [d for d in timeline.nodes[node_id].deps if d in states] for node_id in order}
+    seeds = failed or [
+        node_id
+        for node_id in order
+        if states[node_id] == "blocked" and not any(states[d] in ("failed", "blocked") for d in deps[node_id])
+    ]
+    if not seeds:
+        return None
+    dependents: dict[str, list[str]] = {node_id: [] for node_id in order}
+    for node_id in order:
+        for dep in deps[node_id]:
+            dependents[dep].append(node_id)
+    upstream = _steps_from(seeds, deps.__getitem__)
+    downstream = _steps_from(
+        seeds, lambda node_id: [d for d in dependents[node_id] if states[d] == "blocked"]
+    )
+    steps = {**downstream, **upstream}
+    position = {node_id: i for i, node_id in enumerate(order)}
+    nearest = sorted(
+        (node_id for node_id, step in steps.items() if step <= FOCUS_GENERATIONS),
+        key=lambda node_id: (steps[node_id], position[node_id]),
+    )
+    nearest_few = set(nearest[:FOCUS_MAX_NODES])
+    chosen = [node_id for node_id in order if node_id in nearest_few]
+    return Focus(
+        nodes=chosen,
+        failed=failed,
+        ancestors_left_out=sum(1 for n, step in upstream.items() if step and n not in chosen),
+        blocked_left_out=sum(1 for n, step in downstream.items() if step and n not in chosen),
+        layers=_focus_layers(chosen, upstream, downstream, deps, dependents),
+    )
+
+
+def _focus_layers(
+    chosen: list[str],
+    upstream: dict[str, int],
+    downstream: dict[str, int],
+    deps: dict[str, list[str]],
+    dependents: dict[str, list[str]],
+) -> dict[str, int]:
+    """Columns that line the failures up: each dependency as many columns to their left as its
+    longest path to one, each blocked node as many to their right as its longest path from one.
+
+    By depth in the whole graph a failure deep in it would start hundreds of columns in; by depth
+    in the subgraph, every dependency with none drawn would crowd the first column."""
+    # Longest paths by relaxation from the breadth-first steps: a few rounds for a few nodes, and
+    # bounded, so that a cycle in a malformed graph cannot keep it going.
+    height = {n: upstream[n] for n in chosen if n in upstream}
+    depth = {n: downstream[n] for n in chosen if n in downstream and not upstream.get(n)}
+    for _ in range(len(chosen)):
+        changed = False
+        for node_id in chosen:
+            if height.get(node_id):
+                longest = max((height[d] + 1 for d in dependents[node_id] if d in height), default=0)
+                if longest > height[node_id]:
+                    height[node_id], changed = longest, True
+            elif depth.get(node_id):
+                longest = max((depth[d] + 1 for d in deps[node_id] if d in depth), default=0)
+                if longest > depth[node_id]:
+                    depth[node_id], changed = longest, True
+        if not changed:
+            break
+    top = max(height.values(), default=0)
+    return {n: top - height[n] if height.get(n) else top + depth.get(n, 0) for n in chosen}
+
+
+def _steps_from(seeds: Sequence[str], neighbours: Callable[[str], list[str]]) -> dict[str, int]:
+    """Breadth first from `seeds`: each node reached, with how many steps away it is (seeds: 0)."""
+    steps = dict.fromkeys(seeds, 0)
+    frontier = list(seeds)
+    step = 0
+    while frontier:
+        step += 1
+        frontier = [n for node_id in frontier for n in neighbours(node_id) if n not in steps]
+        for node_id in frontier:
+            steps.setdefault(node_id, step)
+    return steps
 
 
 # A layered (Sugiyama-style) layout, written here rather than taken from a library: the guarantee
@@ -360,7 +472,15 @@ def gantt_picture(
         return GANTT_LABEL_W + max(0.0, (ts - start).total_seconds()) * scale
 
     times = dict(timeline.event_times)
-    event_x = [round(x_of(ts), 1) for _seq, ts in timeline.event_times]
+    # x_of for every event, written out: a long run has thousands.
+    event_x = (
+        [
+            round(GANTT_LABEL_W + max(0.0, (ts - start).total_seconds()) * scale, 1)
+            for _seq, ts in timeline.event_times
+        ]
+        if start is not None
+        else [float(GANTT_LABEL_W)] * len(timeline.event_times)
+    )
     final_x = x_of(timeline.finished)
     cursor_x = x_of(times.get(at)) if at is not None else None
     rows = []

@@ -25,7 +25,14 @@ from retention.views import run_deleted_page
 from runs import selectors
 from runs.models import Run
 from runs.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RunCursorPagination
-from runs.pictures import dag_picture, gantt_picture, history_chart
+from runs.pictures import (
+    FOCUS_GENERATIONS,
+    dag_picture,
+    focus_nodes,
+    gantt_picture,
+    history_chart,
+)
+from runs.read_model import RunDetail
 from runs.reduction import run_id_valid
 from runs.timeline import EventRow
 from tenants.context import tenant_current
@@ -33,6 +40,15 @@ from tenants.models import Tenant
 
 EVENTS_PER_PAGE = 100
 MAX_DRAWN_NODES = 300
+# A bigger graph's full DAG is drawn when asked for (`?dag=full`, or a search): the page leads with
+# the focused subgraph of what failed, and stays small and quick.
+DAG_INLINE_NODES = 200
+# A smaller graph is on one screen already: a focused subgraph would only draw most of it again.
+FOCUS_FROM_NODES = 20
+# The timeline draws this many nodes a page, failures first when it takes more than one page.
+TIMELINE_PAGE = 50
+# A node search is cut to the longest node id there can be (SPEC section 2).
+MAX_FIND = 200
 # Where the pages' live updates come from (kahn_site.asgi routes it; SPEC section 7).
 LIVE_SOCKET_PATH = "/ws/live"
 NODE_RUN_CHOICES = (20, 50, 100, 200)
@@ -149,10 +165,13 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
     events, timeline = run.events, run.timeline
     order = [node.id for node in run.nodes]
 
+    # How the run stands now: what the focused subgraph and the timeline's order are chosen by,
+    # whatever moment the replay draws.
+    final_states = {node.id: node.state for node in run.nodes}
+    final_attempts = {node.id: node.attempt_count for node in run.nodes}
     at = _replay_position(request, timeline.last_seq)
     if at is None:
-        states = {node.id: node.state for node in run.nodes}
-        attempts = {node.id: node.attempt_count for node in run.nodes}
+        states, attempts = final_states, final_attempts
     else:
         states = {node_id: timeline.nodes[node_id].state_at(at) for node_id in order}
         attempts = {node_id: timeline.nodes[node_id].attempts_at(at) for node_id in order}
@@ -161,17 +180,39 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
     if log.jump is not None:
         return HttpResponseRedirect(log.jump)
 
-    drawn = drawn_nodes(order, timeline)
-    gantt = gantt_picture(timeline, drawn, states, at)
+    focus = focus_nodes(timeline, order, final_states) if len(order) > FOCUS_FROM_NODES else None
+    find = request.GET.get("find", "").strip()[:MAX_FIND]
+    found = [node_id for node_id in order if find.casefold() in node_id.casefold()] if find else []
+    dag = focus_dag = None
+    if len(order) <= DAG_INLINE_NODES or request.GET.get("dag") == "full" or find:
+        first = [*found, *(focus.nodes if focus else [])]
+        dag = dag_picture(timeline, drawn_nodes(order, timeline, first=first), states, attempts)
+    if focus is not None:
+        focus_dag = dag_picture(timeline, focus.nodes, states, attempts, layers=focus.layers)
+    rows = timeline_rows(order, final_states, final_attempts)
+    rows_from = _int_param(request, "nodes_from", default=0, low=0, high=max(0, len(rows) - 1))
+    rows_from -= rows_from % TIMELINE_PAGE
+    gantt = gantt_picture(timeline, rows[rows_from : rows_from + TIMELINE_PAGE], states, at)
     context = {
         "nav": "runs",
         "run": run,
         "at": at,
         "last_seq": timeline.last_seq,
         "at_label": _event_label(events, at if at is not None else timeline.last_seq),
-        "dag": dag_picture(timeline, drawn, states, attempts),
+        "dag": dag,
+        "focus": focus,
+        "focus_dag": focus_dag,
+        "focus_generations": FOCUS_GENERATIONS,
+        "max_drawn": MAX_DRAWN_NODES,
+        "find": find,
+        "found": set(found),
         "node_count": len(order),
-        "undrawn": len(order) - len(drawn),
+        "undrawn": len(order) - len(dag.nodes) if dag else 0,
+        "timeline_paged": len(rows) > TIMELINE_PAGE,
+        "nodes_from": rows_from,
+        "nodes_to": min(len(rows), rows_from + TIMELINE_PAGE),
+        "nodes_previous": rows_from - TIMELINE_PAGE if rows_from else None,
+        "nodes_next": rows_from + TIMELINE_PAGE if rows_from + TIMELINE_PAGE < len(rows) else None,
         "gantt": gantt,
         "replay": {
             "lastSeq": timeline.last_seq,
@@ -297,9 +338,10 @@ def event_log_page(request: HttpRequest, *, tenant: Tenant, run: RunDetail) -> E
     )
 
 
-def drawn_nodes(order: list[str], timeline: Any) -> list[str]:
-    """The nodes the pictures draw: all of them, up to MAX_DRAWN_NODES; past that, the ones that
-    moved first (they tell the run's story), then the rest, in graph order.
+def drawn_nodes(order: list[str], timeline: Any, *, first: Sequence[str] = ()) -> list[str]:
+    """The nodes the full DAG draws: all of them, up to MAX_DRAWN_NODES; past that, `first` (the
+    nodes searched for, the focused subgraph's), then the ones that moved first (they tell the
+    run's story), then the rest, in graph order.
 
     A graph may have 10,000 nodes and 100,000 dependencies (SPEC section 2): drawn whole, as SVG,
     its page would be tens of megabytes and take minutes to render. Drawing huge graphs well is
@@ -310,10 +352,20 @@ def drawn_nodes(order: list[str], timeline: Any) -> list[str]:
     moved = [
         node_id for node_id in order if timeline.nodes[node_id].changes or timeline.nodes[node_id].attempts
     ]
-    if len(moved) >= MAX_DRAWN_NODES:
-        return moved[:MAX_DRAWN_NODES]
-    chosen = set(moved)
-    return (moved + [node_id for node_id in order if node_id not in chosen])[:MAX_DRAWN_NODES]
+    return list(dict.fromkeys([*first, *moved, *order]))[:MAX_DRAWN_NODES]
+
+
+def timeline_rows(order: list[str], states: dict[str, str], attempts: dict[str, int]) -> list[str]:
+    """The timeline's nodes: in graph order when they fit on one page; otherwise what went wrong
+    first (failed, blocked, still running, retried), then the rest in graph order."""
+    if len(order) <= TIMELINE_PAGE:
+        return order
+    ranks = {"failed": 0, "blocked": 1, "running": 2}
+
+    def rank(node_id: str) -> int:
+        return ranks.get(states[node_id], 3 if attempts[node_id] > 1 else 4)
+
+    return sorted(order, key=rank)
 
 
 def _replay_position(request: HttpRequest, last_seq: int) -> int | None:
@@ -381,8 +433,7 @@ def _event_words(kind: str, payload: dict[str, Any]) -> str:
 
 
 def _short_event(seq: int, kind: str, node: str | None, payload: dict[str, Any]) -> str:
-    words = _event_words(kind, payload)
-    return " ".join(part for part in (f"#{seq}", kind, node or "", words) if part)
+    return " ".join(filter(None, (f"#{seq}", kind, node, _event_words(kind, payload))))
 
 
 def _event_label(events: Sequence[EventRow], seq: int) -> str:

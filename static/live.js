@@ -92,14 +92,23 @@
   // ---------------------------------------------------------------- the run page, event by event
   var sinceDrawn = []; // events newer than the page last drawn by the server
 
-  function nodeElement(id) {
-    return document.querySelector('.dag .node[data-node="' + window.CSS.escape(id) + '"]');
+  // A node is drawn twice when it is in the focused subgraph above the whole graph.
+  function nodeElements(id) {
+    return document.querySelectorAll('.dag .node[data-node="' + window.CSS.escape(id) + '"]');
   }
 
   function drawEvent(event) {
     if (event.event !== "transition" || typeof event.node !== "string") return;
-    var el = nodeElement(event.node);
-    if (!el) return; // a node the drawn DAG lacks: the next redraw adds it
+    // A node the drawn DAG lacks is drawn by the next redraw.
+    nodeElements(event.node).forEach(function (el) { drawNodeEvent(el, event); });
+    var states = {};
+    document.querySelectorAll(".dag .node").forEach(function (node) {
+      states[node.getAttribute("data-node")] = node.querySelector(".state-word").textContent;
+    });
+    window.KahnScope.drawBlockingEdges(states);
+  }
+
+  function drawNodeEvent(el, event) {
     var changes = JSON.parse(el.getAttribute("data-changes"));
     var starts = JSON.parse(el.getAttribute("data-attempts"));
     changes.push([event.seq, event.to]);
@@ -109,11 +118,6 @@
     el.setAttribute("data-attempts", JSON.stringify(starts));
     var attempts = starts.reduce(function (most, start) { return Math.max(most, start[1]); }, 0);
     window.KahnScope.drawNode(el, event.to, attempts);
-    var states = {};
-    document.querySelectorAll(".dag .node").forEach(function (node) {
-      states[node.getAttribute("data-node")] = node.querySelector(".state-word").textContent;
-    });
-    window.KahnScope.drawBlockingEdges(states);
   }
 
   function showingThePresent() {
@@ -191,6 +195,7 @@
       return;
     }
     window.KahnScope.initReplay();
+    window.KahnScope.initDagViews();
     var drawn = JSON.parse(document.getElementById("live-data").textContent);
     if (drawn.complete) {
       stop(); // the run ended: the page as drawn is final, and has no status pill any more
