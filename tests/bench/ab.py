@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -43,6 +44,8 @@ def main() -> None:
     # After "--": the benchmark's own arguments.
     bench_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     options = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    # Stopped from outside, it still removes its worktree (the `finally` below).
+    signal.signal(signal.SIGTERM, lambda _signal, _frame: sys.exit("ab.py: stopped"))
     url = os.environ.get("DATABASE_URL", "")
     if not url.startswith("postgres"):
         sys.exit("ab.py: set DATABASE_URL to a PostgreSQL database name it may suffix and recreate")
