@@ -92,6 +92,6 @@ def test_the_failed_nodes_of_a_2000_node_run_are_on_the_first_screen(server_url,
     page.mouse.up()
     assert view.evaluate("box => box.scrollLeft") == before + 200
 
-    # A click after the pan still opens the node clicked.
+    # A click after the pan still opens the node clicked, in this run.
     page.locator('#dag-full-svg g.node[data-node="n092"]').click()
-    expect(page).to_have_url(f"{url}/nodes/n092/")
+    expect(page).to_have_url(f"{url}/runs/run_big/nodes/n092/")
