@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils import timezone
 from rest_framework.request import Request
 
@@ -108,6 +110,8 @@ def run_history(request: HttpRequest) -> HttpResponse:
             error = "That page link is out of date: showing the newest runs."
             runs = paginator.paginate_queryset(queryset, Request(_without_cursor(request)))
     rows = selectors.run_rows(runs, tenant=tenant, now=now)
+    # The export takes the run list API's filters: the page's words (a verdict, days) in the API's.
+    export_filters = form.filters() if form.is_valid() else None
     filtered = any(v for k, v in request.GET.items() if k not in ("cursor", "page_size"))
     context = {
         "nav": "runs",
@@ -120,10 +124,22 @@ def run_history(request: HttpRequest) -> HttpResponse:
         "chart": history_chart(rows, now),
         "verdict_links": [("", "All")] + [(key, key.capitalize()) for key in VERDICT_FILTERS],
         "current_status": form.cleaned_data.get("status", "") if form.is_valid() else "",
+        "export_links": _export_links(export_filters) if export_filters is not None else [],
         # static/live.js: the rows of every run of the tenant, redrawn from the server as they change.
         "live": {"socket": LIVE_SOCKET_PATH, "runs": "*"},
     }
     return render(request, "runs/history.html", context)
+
+
+def _export_links(filters: selectors.RunFilters) -> list[tuple[str, str]]:
+    """(format, URL) of `GET /api/v1/runs/export` for the runs these filters list."""
+    query = {
+        name: value.isoformat() if isinstance(value, datetime) else value
+        for name in selectors.RunFilters.__dataclass_fields__
+        if (value := getattr(filters, name)) is not None
+    }
+    url = reverse("api-runs-export")
+    return [(name, f"{url}?{urlencode({**query, 'format': name})}") for name in ("csv", "ndjson")]
 
 
 def _without_cursor(request: HttpRequest) -> HttpRequest:
