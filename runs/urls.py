@@ -30,6 +30,10 @@ page_urlpatterns = [
     path("runs/<str:run_id>/", views.run_page, name="run"),
     path("nodes/", views.node_index, name="nodes"),
     path("nodes/<node_id:node_id>/", views.node_page, name="node"),
+    path("badges/", views.badge_list, name="badges"),
+    path("badges/<int:badge_id>/revoke/", views.badge_revoke, name="badge_revoke"),
+    # Served without sign-in: the token in the path is the badge's only credential.
+    path("badge/<str:token>", views.badge_serve, name="badge"),
 ]
 
 # /ws/live: live events and rows (SPEC section 7), routed by kahn_site.asgi.
