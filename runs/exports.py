@@ -154,12 +154,18 @@ def _log_chunks(run: Run, *, tenant: Tenant, last_seq: int | None) -> Iterator[b
 
 
 def tar_gz(folder: str, members: Iterable[ArchiveMember], *, mtime: float) -> Iterator[bytes]:
-    """A gzipped POSIX tar of `folder/` and its members, written as the members' chunks arrive.
-
-    Python's `tarfile` copies a member's whole content in one call; writing the headers with its
-    `TarInfo` and the content here lets each chunk leave as soon as it is read.
-    """
+    """A gzipped POSIX tar of `folder/` and its members, written as the members' chunks arrive."""
     gzip = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    for block in _tar(folder, members, mtime=mtime):
+        compressed = gzip.compress(block)
+        if compressed:  # zlib keeps small inputs until it has enough to send
+            yield compressed
+    yield gzip.flush()
+
+
+def _tar(folder: str, members: Iterable[ArchiveMember], *, mtime: float) -> Iterator[bytes]:
+    """Python's `tarfile` copies a member's whole content in one call; writing the headers with its
+    `TarInfo` and the content here lets each chunk leave as soon as it is read."""
 
     def header(name: str, size: int, *, directory: bool = False) -> bytes:
         info = tarfile.TarInfo(name)
@@ -167,17 +173,17 @@ def tar_gz(folder: str, members: Iterable[ArchiveMember], *, mtime: float) -> It
         info.type, info.mode = (tarfile.DIRTYPE, 0o755) if directory else (tarfile.REGTYPE, 0o644)
         return info.tobuf(tarfile.PAX_FORMAT)
 
-    yield gzip.compress(header(f"{folder}/", 0, directory=True))
+    yield header(f"{folder}/", 0, directory=True)
     for member in members:
-        yield gzip.compress(header(f"{folder}/{member.name}", member.size))
+        yield header(f"{folder}/{member.name}", member.size)
         written = 0
         for chunk in member.chunks:
             written += len(chunk)
             if written > member.size:
                 raise ArchiveChanged(f"{member.name} grew while it was exported")
-            yield gzip.compress(chunk)
+            yield chunk
         if written != member.size:
             raise ArchiveChanged(f"{member.name} shrank while it was exported")
-        yield gzip.compress(b"\0" * (-member.size % tarfile.BLOCKSIZE))
+        yield b"\0" * (-member.size % tarfile.BLOCKSIZE)
     # The end of the archive: two empty blocks.
-    yield gzip.compress(b"\0" * (2 * tarfile.BLOCKSIZE)) + gzip.flush()
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)

@@ -1,5 +1,7 @@
+from django.templatetags.static import static
 from django.urls import path, register_converter
 from django.urls.converters import PathConverter
+from django.views.generic import RedirectView
 
 from kahn_site.api_routes import api_path
 from runs import api, consumers, views
@@ -34,6 +36,8 @@ page_urlpatterns = [
     path("badges/<int:badge_id>/revoke/", views.badge_revoke, name="badge_revoke"),
     # Served without sign-in: the token in the path is the badge's only credential.
     path("badge/<str:token>", views.badge_serve, name="badge"),
+    # Browsers ask for it beside any document that names no icon (a badge's SVG, the API's JSON).
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
 ]
 
 # /ws/live: live events and rows (SPEC section 7), routed by kahn_site.asgi.
