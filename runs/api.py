@@ -8,10 +8,13 @@ tenant), answer with an Output serializer. Errors leave in the shape of SPEC sec
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any, cast
 
+from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
+from django.core.handlers.asgi import ASGIRequest
 from django.core.validators import ProhibitNullCharactersValidator
 from django.http import StreamingHttpResponse
 from django.utils import timezone
@@ -339,6 +342,25 @@ class RunSummaryApi(APIView):
         return Response(run.summary)
 
 
+def _streamed(
+    request: Request, chunks: Iterator[bytes] | Iterator[str], content_type: str
+) -> StreamingHttpResponse:
+    """A response that sends `chunks` as they are made, under either server: Django buffers a
+    synchronous iterator whole under ASGI (daphne, `manage.py serve`), and an asynchronous one whole
+    under WSGI, so each gets its own kind. Under ASGI each chunk is made in the request's own thread,
+    where its database connection lives."""
+    if isinstance(request._request, ASGIRequest):
+        return StreamingHttpResponse(_each_in_thread(chunks), content_type=content_type)
+    return StreamingHttpResponse(chunks, content_type=content_type)
+
+
+async def _each_in_thread(chunks: Iterator[Any]) -> AsyncIterator[Any]:
+    end = object()
+    next_chunk = sync_to_async(lambda: next(chunks, end), thread_sensitive=True)
+    while (chunk := await next_chunk()) is not end:
+        yield chunk
+
+
 class ExportFormat(serializers.ChoiceField):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(choices=("csv", "ndjson"), help_text="`csv` (with a header) or `ndjson`", **kwargs)
@@ -380,7 +402,7 @@ class RunExportApi(APIView):
         batches = exports.run_row_batches(runs, tenant=tenant, now=now)
         export_format = query["format"]
         content = exports.rows_csv(batches) if export_format == "csv" else exports.rows_ndjson(batches)
-        response = StreamingHttpResponse(content, content_type=self.MEDIA_TYPES[export_format])
+        response = _streamed(request, content, self.MEDIA_TYPES[export_format])
         response["Content-Disposition"] = f'attachment; filename="runs.{export_format}"'
         return response
 
@@ -411,8 +433,6 @@ class RunArchiveApi(APIView):
         run = _run_or_404(run_id)
         members = exports.run_archive_members(run, tenant=tenant)
         mtime = (run.last_event_at or run.created_at).timestamp()
-        response = StreamingHttpResponse(
-            exports.tar_gz(run.run_id, members, mtime=mtime), content_type="application/gzip"
-        )
+        response = _streamed(request, exports.tar_gz(run.run_id, members, mtime=mtime), "application/gzip")
         response["Content-Disposition"] = f'attachment; filename="{run.run_id}.tar.gz"'
         return response

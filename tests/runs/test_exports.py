@@ -5,10 +5,12 @@ import csv
 import io
 import json
 import tarfile
+import urllib.request
 from datetime import timedelta
 
 import orjson
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import connection
 from django.utils import timezone
 
@@ -19,9 +21,10 @@ from runs.read_model import RUN_ROW_SHOWN, run_row_data
 from tenants.context import tenant_scope
 from tenants.models import Tenant
 from tenants.services import api_key_create
-from tests.conftest import SAMPLE_ARCHIVE, ingest_quietly, write_archive_run
+from tests.conftest import SAMPLE_ARCHIVE, ingest_quietly, manage_env, write_archive_run
 from tests.retention.conftest import T0, store_run
 from tests.runs.test_api import ALL_NEWEST_FIRST, assert_error
+from tests.servers import served
 from tests.tenants.conftest import cloud
 
 pytestmark = pytest.mark.django_db
@@ -321,3 +324,40 @@ def test_in_cloud_a_read_key_exports_its_tenants_runs_only(cloud, world_runs):
     response = cloud.get(f"{EXPORT}?format=csv", HTTP_AUTHORIZATION=f"Bearer {ingest_key}")
     assert response.status_code == 403
     assert_error(response.json(), "insufficient_scope")
+
+
+# ---------------------------------------------------------------- under ASGI and the real server
+
+
+def test_under_asgi_the_exports_stream_as_asynchronous_iterators(imported, async_client):
+    """`manage.py serve` is daphne (ASGI), where Django reads a synchronous iterator whole before
+    sending a byte: there the exports hand it an asynchronous one."""
+
+    async def fetch(path: str) -> tuple[bool, bytes]:
+        response = await async_client.get(path)
+        assert response.status_code == 200
+        return response.is_async, b"".join([chunk async for chunk in response.streaming_content])
+
+    is_async, body = async_to_sync(fetch)(f"{EXPORT}?format=ndjson")
+    assert is_async
+    assert [json.loads(line)["run_id"] for line in body.splitlines()] == ALL_NEWEST_FIRST
+    is_async, body = async_to_sync(fetch)(f"{API}/runs/run_flaky/archive")
+    assert is_async
+    with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar:
+        assert len(tar.extractfile("run_flaky/transitions.jsonl").read().splitlines()) == 35
+
+
+def test_the_real_server_sends_both_exports(transactional_db, many_runs):
+    with served(manage_env(), "--no-follow") as server:
+        with urllib.request.urlopen(f"{server.url}{EXPORT}?format=ndjson", timeout=30) as response:
+            assert response.headers["Content-Type"] == "application/x-ndjson"
+            rows = [json.loads(line) for line in response.read().splitlines()]
+        failed_runs = f"{server.url}{EXPORT}?format=csv&outcome=failed"
+        with urllib.request.urlopen(failed_runs, timeout=30) as response:
+            failed = list(csv.DictReader(io.StringIO(response.read().decode())))
+        with urllib.request.urlopen(f"{server.url}{API}/runs/run_flaky/archive", timeout=30) as response:
+            archive = response.read()
+    assert len(rows) == 32
+    assert {row["outcome"] for row in failed} == {"failed"}
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        assert len(tar.extractfile("run_flaky/transitions.jsonl").read().splitlines()) == 35
