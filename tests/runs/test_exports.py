@@ -25,11 +25,11 @@ from tests.conftest import SAMPLE_ARCHIVE, ingest_quietly, manage_env, write_arc
 from tests.retention.conftest import T0, store_run
 from tests.runs.test_api import ALL_NEWEST_FIRST, assert_error
 from tests.servers import served
-from tests.tenants.conftest import cloud
+from tests.tenants.conftest import POSTGRES_ONLY, as_service, cloud
 
 pytestmark = pytest.mark.django_db
 
-__all__ = ["cloud"]
+__all__ = ["as_service", "cloud"]
 
 API = "/api/v1"
 EXPORT = f"{API}/runs/export"
@@ -361,3 +361,19 @@ def test_the_real_server_sends_both_exports(transactional_db, many_runs):
     assert {row["outcome"] for row in failed} == {"failed"}
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
         assert len(tar.extractfile("run_flaky/transitions.jsonl").read().splitlines()) == 35
+
+
+@POSTGRES_ONLY[0]
+@POSTGRES_ONLY[1]
+def test_under_row_level_security_the_exports_read_their_tenants_rows(cloud, world_runs, as_service):
+    """As the service role, which row-level security binds: each batch is its tenant's own unit of
+    work, after the request's transaction has ended."""
+    _, key = api_key_create(tenant=world_runs.globex, name="reader", scopes=["read"])
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+    response = cloud.get(f"{EXPORT}?format=ndjson", **auth)
+    assert [json.loads(line)["run_id"] for line in streamed(response).splitlines()] == ["globex_nightly"]
+    with tarfile.open(
+        fileobj=io.BytesIO(streamed(cloud.get(f"{API}/runs/globex_nightly/archive", **auth)))
+    ) as tar:
+        assert len(tar.extractfile("globex_nightly/transitions.jsonl").read().splitlines()) == 6
+    assert cloud.get(f"{API}/runs/acme_nightly/archive", **auth).status_code == 404
