@@ -377,3 +377,22 @@ def test_under_row_level_security_the_exports_read_their_tenants_rows(cloud, wor
     ) as tar:
         assert len(tar.extractfile("globex_nightly/transitions.jsonl").read().splitlines()) == 6
     assert cloud.get(f"{API}/runs/acme_nightly/archive", **auth).status_code == 404
+
+
+def test_a_log_with_non_ascii_text_and_escapes_is_exported_whole(client, local_tenant, tmp_path):
+    root = tmp_path / "archive"
+    folder = root / "runs" / "run_unicode"
+    folder.mkdir(parents=True)
+    lines = [
+        '{"ts":"2026-11-20T10:00:00.000Z","event":"run_start","run_id":"run_unicode","note":"café ☕ 𝄞"}',
+        # Escapes as a producer may write them: PostgreSQL's jsonb prints them as the characters.
+        '{"ts": "2026-11-20T10:00:01.000Z", "event": "checkpoint", "text": "line\\nbreak \\u00e9 \\"q\\""}',
+        '{"ts":"2026-11-20T10:00:02.000Z","event":"run_end","exit_code":0}',
+    ]
+    (folder / "transitions.jsonl").write_text("\n".join(lines) + "\n")
+    ingest_quietly(root)
+    with archive_of(client, "run_unicode") as tar:
+        log = tar.extractfile("run_unicode/transitions.jsonl").read()
+    if connection.vendor == "sqlite":
+        assert log == (folder / "transitions.jsonl").read_bytes()
+    assert [orjson.loads(line) for line in log.splitlines()] == [orjson.loads(line) for line in lines]
