@@ -8,11 +8,15 @@ tenant), answer with an Output serializer. Errors leave in the shape of SPEC sec
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any, cast
 
+from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
+from django.core.handlers.asgi import ASGIRequest
 from django.core.validators import ProhibitNullCharactersValidator
+from django.http import StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -29,7 +33,7 @@ from rest_framework.views import APIView
 
 from kahn_site.api_errors import ApiError, InvalidQuery, RunNotFound
 from retention.errors import run_deleted_error
-from runs import selectors
+from runs import exports, selectors
 from runs.models import Run
 from runs.pagination import RunCursorPagination
 from runs.read_model import (
@@ -152,6 +156,12 @@ if tuple(RunRowSerializer._declared_fields) != RUN_ROW_SHOWN:
     raise ImproperlyConfigured("RunRowSerializer's fields must be runs.read_model.RUN_ROW_SHOWN, in order")
 
 
+def run_filters(query: dict[str, Any]) -> selectors.RunFilters:
+    """The run list's filters among a validated query's parameters."""
+    filter_names = selectors.RunFilters.__dataclass_fields__
+    return selectors.RunFilters(**{k: v for k, v in query.items() if k in filter_names})
+
+
 class RunListApi(APIView):
     pagination_class = RunCursorPagination
 
@@ -178,9 +188,7 @@ class RunListApi(APIView):
     )
     def get(self, request: Request) -> Response:
         tenant = tenant_current()
-        query = _validated(self.InputSerializer, request)
-        filter_names = selectors.RunFilters.__dataclass_fields__
-        filters = selectors.RunFilters(**{k: v for k, v in query.items() if k in filter_names})
+        filters = run_filters(_validated(self.InputSerializer, request))
         paginator = self.pagination_class()
         now = timezone.now()  # one clock for the status filter and the statuses shown
         runs = selectors.run_list(tenant=tenant, filters=filters, now=now)
@@ -332,3 +340,99 @@ class RunSummaryApi(APIView):
                 f"the producer wrote no summary for run {run_id!r}", details={"run_id": run_id}
             )
         return Response(run.summary)
+
+
+def _streamed(
+    request: Request, chunks: Iterator[bytes] | Iterator[str], content_type: str
+) -> StreamingHttpResponse:
+    """A response that sends `chunks` as they are made, under either server: Django buffers a
+    synchronous iterator whole under ASGI (daphne, `manage.py serve`), and an asynchronous one whole
+    under WSGI, so each gets its own kind. Under ASGI each chunk is made in the request's own thread,
+    where its database connection lives."""
+    if isinstance(request._request, ASGIRequest):
+        return StreamingHttpResponse(_each_in_thread(chunks), content_type=content_type)
+    return StreamingHttpResponse(chunks, content_type=content_type)
+
+
+async def _each_in_thread(chunks: Iterator[Any]) -> AsyncIterator[Any]:
+    end = object()
+    next_chunk = sync_to_async(lambda: next(chunks, end), thread_sensitive=True)
+    while (chunk := await next_chunk()) is not end:
+        yield chunk
+
+
+class ExportFormat(serializers.ChoiceField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=("csv", "ndjson"), help_text="`csv` (with a header) or `ndjson`", **kwargs)
+
+
+class RunExportApi(APIView):
+    """The run list, whole, as a file: the same filters, every matching run, newest first."""
+
+    class InputSerializer(RunListApi.InputSerializer):
+        format = ExportFormat()
+        # The whole list, not a page of it.
+        page_size = None  # type: ignore[assignment]  # DRF's way to leave out an inherited field
+        cursor = None  # type: ignore[assignment]
+
+    MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[Any, str]:
+        # DRF reads `?format=` as a choice of renderer; here it chooses the file, and errors are JSON.
+        renderer = self.get_renderers()[0]
+        return renderer, renderer.media_type
+
+    @extend_schema(
+        operation_id="runs_export",
+        parameters=[InputSerializer],
+        responses={
+            (200, "text/csv"): OpenApiTypes.STR,
+            (200, "application/x-ndjson"): OpenApiTypes.STR,
+            (400, "application/json"): ErrorSerializer,
+        },
+        summary="Every run the filters match, newest first, as CSV or NDJSON (streamed)",
+        description="The columns and objects are the rows of `GET runs/`; in CSV, lists and maps "
+        "(`failed_nodes`, `node_attempts`, `diagnostic_counts`) are JSON in their cell and null is empty.",
+    )
+    def get(self, request: Request) -> StreamingHttpResponse:
+        tenant = tenant_current()
+        query = _validated(self.InputSerializer, request)
+        now = timezone.now()
+        runs = selectors.run_list(tenant=tenant, filters=run_filters(query), now=now)
+        batches = exports.run_row_batches(runs, tenant=tenant, now=now)
+        export_format = query["format"]
+        content = exports.rows_csv(batches) if export_format == "csv" else exports.rows_ndjson(batches)
+        response = _streamed(request, content, self.MEDIA_TYPES[export_format])
+        response["Content-Disposition"] = f'attachment; filename="runs.{export_format}"'
+        return response
+
+
+class RunArchiveApi(APIView):
+    """One run as the archive folder it could have come from, for `ingest_archive` to read."""
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[Any, str]:
+        # An archive, or an error in JSON, whatever the client accepts.
+        renderer = self.get_renderers()[0]
+        return renderer, renderer.media_type
+
+    @extend_schema(
+        operation_id="runs_archive_retrieve",
+        parameters=[RUN_ID],
+        responses={
+            (200, "application/gzip"): OpenApiTypes.BINARY,
+            (404, "application/json"): ErrorSerializer,
+            (410, "application/json"): ErrorSerializer,
+        },
+        summary="The run as a tar.gz of its archive folder: transitions.jsonl, graph.json, summary.json",
+        description="`<run_id>/transitions.jsonl` holds each stored event as stored, in seq order; "
+        "lines the import found malformed were never stored and are not in it. Unpacked under an "
+        "archive's `runs/`, `manage.py ingest_archive` reads it back as the same run.",
+    )
+    def get(self, request: Request, run_id: str) -> StreamingHttpResponse:
+        tenant = tenant_current()
+        run = _run_or_404(run_id)
+        members = exports.run_archive_members(run, tenant=tenant)
+        mtime = (run.last_event_at or run.created_at).timestamp()
+        response = _streamed(request, exports.tar_gz(run.run_id, members, mtime=mtime), "application/gzip")
+        response["Content-Disposition"] = f'attachment; filename="{run.run_id}.tar.gz"'
+        return response

@@ -14,6 +14,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from tenants.context import pre_tenant_lookup
 from tenants.models import Tenant
 from tenants.scoping import TenantScopedManager
 
@@ -226,3 +227,40 @@ class RunNode(models.Model):
 
     def __str__(self) -> str:
         return f"{self.node_id} in {self.run_id}"
+
+
+class BadgeManager(TenantScopedManager["Badge"]):
+    def pre_tenant_by_hash(self, token_hash: str) -> "Badge | None":
+        """The badge with this token hash, with its tenant, read before the tenant is known: a badge
+        is served to anyone who has its URL. On PostgreSQL only `kahn.badge_hash` is set, which the
+        table's read-only lookup policy admits (`tenants.context.pre_tenant_lookup`)."""
+        with pre_tenant_lookup(BADGE_HASH_SETTING, token_hash):
+            # Unscoped by tenant in code: the hash is the only key, and the database admits its row alone.
+            return self.unscoped().select_related("tenant").filter(token_hash=token_hash).first()
+
+
+# The setting the badges table's lookup policy reads (runs/migrations/0001_initial.py).
+BADGE_HASH_SETTING = "kahn.badge_hash"
+
+
+class Badge(models.Model):
+    """A status badge: the result of the latest complete run whose id matches `pattern`, served at
+    an unguessable URL without sign-in. Only a hash of the URL's token is stored; the URL is shown
+    once, when the badge is made. Revoked, never deleted, so the list keeps what was published."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="badges")
+    pattern = models.CharField(max_length=64, help_text="a run id glob: * any run of characters, ? one")
+    token_hash = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the URL's token")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = BadgeManager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"badge {self.pattern}"

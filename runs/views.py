@@ -7,22 +7,35 @@ query goes through `runs.selectors` with the current tenant.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import wraps
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
+from django.conf import settings
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import render
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseRedirect,
+    JsonResponse,
+)
+from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from rest_framework.request import Request
 
 from kahn_site.api_errors import InvalidQuery
 from retention.selectors import run_deletion
 from retention.views import run_deleted_page
-from runs import selectors
+from runs import badges, selectors
 from runs.models import Run
 from runs.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RunCursorPagination
 from runs.pictures import (
@@ -128,6 +141,8 @@ def run_history(request: HttpRequest) -> HttpResponse:
             error = "That page link is out of date: showing the newest runs."
             runs = paginator.paginate_queryset(queryset, Request(_without_cursor(request)))
     rows = selectors.run_rows(runs, tenant=tenant, now=now)
+    # The export takes the run list API's filters: the page's words (a verdict, days) in the API's.
+    export_filters = form.filters() if form.is_valid() else None
     filtered = any(v for k, v in request.GET.items() if k not in ("cursor", "page_size"))
     context = {
         "nav": "runs",
@@ -140,10 +155,22 @@ def run_history(request: HttpRequest) -> HttpResponse:
         "chart": history_chart(rows),
         "verdict_links": [("", "All")] + [(key, key.capitalize()) for key in VERDICT_FILTERS],
         "current_status": form.cleaned_data.get("status", "") if form.is_valid() else "",
+        "export_links": _export_links(export_filters) if export_filters is not None else [],
         # static/live.js: the rows of every run of the tenant, redrawn from the server as they change.
         "live": {"socket": LIVE_SOCKET_PATH, "runs": "*"},
     }
     return render(request, "runs/history.html", context)
+
+
+def _export_links(filters: selectors.RunFilters) -> list[tuple[str, str]]:
+    """(format, URL) of `GET /api/v1/runs/export` for the runs these filters list."""
+    query = {
+        name: value.isoformat() if isinstance(value, datetime) else value
+        for name in selectors.RunFilters.__dataclass_fields__
+        if (value := getattr(filters, name)) is not None
+    }
+    url = reverse("api-runs-export")
+    return [(name, f"{url}?{urlencode({**query, 'format': name})}") for name in ("csv", "ndjson")]
 
 
 def _without_cursor(request: HttpRequest) -> HttpRequest:
@@ -546,3 +573,111 @@ def _no_run_to_compare(request: HttpRequest, run_id: str) -> HttpResponse:
     if deletion is not None:
         return run_deleted_page(request, deletion)
     raise Http404(f"There is no run named “{run_id}” to compare.")
+
+
+# ---------------------------------------------------------------- status badges
+
+
+def badge_managers_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """The Badges page publishes a workspace's results: in cloud mode its owners and admins only
+    (members get a 403 page, as on the API keys page); OSS has one operator, who may."""
+
+    @wraps(view)
+    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        tenant = tenant_current()  # none: the tenant middleware asks to sign in
+        if settings.CLOUD:
+            membership = getattr(request, "membership", None)
+            if membership is None or not membership.manages_tenant:
+                return render(request, "tenants/managers_only.html", {"tenant": tenant}, status=403)
+        return view(request, *args, **kwargs)
+
+    return guarded
+
+
+class BadgeCreateForm(forms.Form):
+    pattern = forms.CharField(
+        max_length=64,
+        label="Run id pattern",
+        help_text="e.g. nightly-* : the badge shows the latest complete run whose id matches",
+        widget=forms.TextInput({"autocomplete": "off", "spellcheck": "false"}),
+    )
+
+    def clean_pattern(self) -> str:
+        pattern: str = self.cleaned_data["pattern"].strip()
+        if not badges.BADGE_PATTERN.fullmatch(pattern):
+            raise forms.ValidationError(f"Not a run id pattern: use {badges.BADGE_PATTERN_RULE}.")
+        return pattern
+
+
+# A new badge's URL is shown once, in the answer to the POST: no cache may keep it.
+@never_cache
+@require_http_methods(["GET", "POST"])
+@badge_managers_only
+def badge_list(request: HttpRequest) -> HttpResponse:
+    tenant = tenant_current()
+    form = BadgeCreateForm(request.POST or None)
+    created = None
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            user = request.user if request.user.is_authenticated else None
+            badge, token = badges.badge_create(
+                tenant=tenant, pattern=form.cleaned_data["pattern"], created_by=user
+            )
+            url = request.build_absolute_uri(reverse("badge", args=[token]))
+            created = {"badge": badge, "url": url, "json_url": f"{url}?format=json"}
+            form = BadgeCreateForm()
+        else:
+            status = 400
+    context = {"nav": "badges", "form": form, "created": created, "badges": badges.badge_list(tenant=tenant)}
+    return render(request, "runs/badges.html", context, status=status)
+
+
+@require_POST
+@badge_managers_only
+def badge_revoke(request: HttpRequest, badge_id: int) -> HttpResponse:
+    badge = badges.badge_get(tenant=tenant_current(), badge_id=badge_id)
+    if badge is None:
+        # Another workspace's badge is answered exactly like one that does not exist.
+        raise Http404("There is no such badge in this workspace.")
+    badges.badge_revoke(badge=badge)
+    return redirect("badges")
+
+
+@require_GET
+def badge_serve(request: HttpRequest, token: str) -> HttpResponse:
+    """A badge, to anyone with its URL: SVG, or shields.io's endpoint JSON with `?format=json`."""
+    badge_format = request.GET.get("format", "svg")
+    if badge_format not in ("svg", "json"):
+        return HttpResponseBadRequest("format: svg (the default) or json", content_type="text/plain")
+    badge = badges.badge_find(token)
+    if badge is None:
+        raise Http404("There is no such badge, or it was revoked.")
+    status = badges.badge_status(badge)
+    if badge_format == "json":
+        response: HttpResponse = JsonResponse(
+            {
+                "schemaVersion": 1,
+                "label": status.label,
+                "message": status.message,
+                "color": status.colour.removeprefix("#"),
+            }
+        )
+    else:
+        label_text, message_text = badges.text_width(status.label), badges.text_width(status.message)
+        label_width, message_width = label_text + 10, message_text + 10
+        context = {
+            "status": status,
+            "label_colour": badges.LABEL_COLOUR,
+            "width": label_width + message_width,
+            "label_width": label_width,
+            "message_width": message_width,
+            "label_x": label_width / 2,
+            "message_x": label_width + message_width / 2,
+            "label_text": label_text,
+            "message_text": message_text,
+        }
+        response = render(request, "runs/badge.svg", context, content_type="image/svg+xml")
+    # READMEs are read often; a run's result changes at most as often as runs end.
+    response["Cache-Control"] = "max-age=60"
+    return response

@@ -145,6 +145,11 @@ def test_every_oss_page_loads_under_the_policy(oss_url, page):
         visit(page, f"{oss_url}{path}")
 
     visit(page, f"{oss_url}/retention/")
+    visit(page, f"{oss_url}/badges/")
+    page.get_by_label("Run id pattern").fill("run_*")
+    page.get_by_role("button", name="Make badge").click()
+    expect(page.locator(".badge-preview img")).to_be_visible()
+    check_still_clean(page, "badges, with a new one's preview")
     # The API documentation: Swagger UI's own script draws every operation under the same policy.
     visit(page, f"{oss_url}/api/docs/")
     expect(page.locator(".opblock").first).to_be_visible(timeout=PATIENCE_MS)

@@ -34,6 +34,9 @@ CANONICAL = {
     "events": "/api/v1/runs/{run_id}/events",
     "graph": "/api/v1/runs/{run_id}/graph",
     "summary": "/api/v1/runs/{run_id}/summary",
+    "archive": "/api/v1/runs/{run_id}/archive",
+    # One spelling only: with a slash it is the page of a run named "export".
+    "export": "/api/v1/runs/export",
 }
 
 
@@ -115,6 +118,18 @@ def test_the_schema_lists_each_endpoint_once_as_the_contract_spells_it(client):
     paths = client.get("/api/v1/schema/?format=json").json()["paths"]
     assert set(paths) == {path for path in CANONICAL.values()}
     assert client.get("/api/v1/schema?format=json").json()["paths"] == paths
+
+
+def test_the_export_has_one_spelling_and_a_run_named_export_keeps_its_own(client, local_tenant):
+    assert client.get("/api/v1/runs/export?format=csv").status_code == 200
+    response = client.get("/api/v1/runs/export/")
+    assert response.status_code == 404
+    assert response.json()["error"] == {
+        "code": "run_not_found",
+        "message": "there is no run 'export'",
+        "details": {"run_id": "export"},
+    }
+    assert client.get("/api/v1/runs/run_nope/archive/").json()["error"]["code"] == "run_not_found"
 
 
 def test_a_path_of_no_endpoint_is_a_json_404_naming_it(client, local_tenant):

@@ -35,6 +35,18 @@ def test_the_schema_is_valid_openapi_and_covers_every_read_endpoint(client):
     assert "400" in document["paths"]["/api/v1/runs/"]["get"]["responses"]
 
 
+def test_the_schema_describes_the_exports_files_and_errors(client):
+    paths = client.get(SCHEMA_URL).json()["paths"]
+    export = paths["/api/v1/runs/export"]["get"]
+    assert set(export["responses"]["200"]["content"]) == {"text/csv", "application/x-ndjson"}
+    assert "application/json" in export["responses"]["400"]["content"]
+    assert {p["name"] for p in export["parameters"]} >= {"format", "status", "outcome", "q", "node"}
+    assert not {p["name"] for p in export["parameters"]} & {"cursor", "page_size"}
+    archive = paths["/api/v1/runs/{run_id}/archive"]["get"]
+    assert set(archive["responses"]["200"]["content"]) == {"application/gzip"}
+    assert {"404", "410"} <= set(archive["responses"])
+
+
 @pytest.fixture
 def api_schema(imported):
     # As Django's test client does: a request's end must not close the test's database connection.
@@ -63,6 +75,11 @@ def api_schema(imported):
         ("/api/v1/runs/{run_id}/graph", {"run_id": "run_headless"}, {}),
         ("/api/v1/runs/{run_id}/summary", {"run_id": "run_flaky"}, {}),
         ("/api/v1/runs/{run_id}/summary", {"run_id": "run_crashed"}, {}),
+        ("/api/v1/runs/export", {}, {"format": "csv"}),
+        ("/api/v1/runs/export", {}, {"format": "ndjson", "outcome": "failed"}),
+        ("/api/v1/runs/export", {}, {"format": "xml"}),
+        ("/api/v1/runs/{run_id}/archive", {"run_id": "run_failed"}, {}),
+        ("/api/v1/runs/{run_id}/archive", {"run_id": "run_nope"}, {}),
     ],
 )
 def test_real_responses_match_the_schema(api_schema, path, path_parameters, query):

@@ -68,6 +68,8 @@ LOOKUP_POLICIES = {
     ("tenants_membership", "membership_of_current_user"): "kahn.user_id",
     ("tenants_apikey", "api_key_by_hash"): "kahn.api_key_hash",
     ("tenants_apikey", "api_key_by_id"): "kahn.api_key_id",
+    # A status badge, served to anyone with its URL: found by its token's hash.
+    ("runs_badge", "badge_by_hash"): "kahn.badge_hash",
 }
 
 
