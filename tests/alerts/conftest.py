@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+import pytest
+from cryptography.fernet import Fernet
+
+from tests.tenants.conftest import cloud as tenants_cloud
+
+# Cloud mode stores no channel without KAHN_ENCRYPTION_KEY: the in-process cloud fixture, with one.
+CLOUD_ENCRYPTION_KEY = Fernet.generate_key().decode()
+
+
+@pytest.fixture
+def cloud(settings):
+    settings.KAHN_ENCRYPTION_KEY = CLOUD_ENCRYPTION_KEY
+    return tenants_cloud.__wrapped__(settings)
