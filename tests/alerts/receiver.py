@@ -23,17 +23,24 @@ class Receiver:
     statuses: list[int] = field(default_factory=list)
     requests: list[Received] = field(default_factory=list)
     arrived: threading.Event = field(default_factory=threading.Event)
+    # While clear, the first request waits for its answer (a delivery caught in flight).
+    release_first: threading.Event | None = None
 
 
 @contextmanager
-def webhook_receiver(*statuses: int, host: str = "127.0.0.1") -> Iterator[Receiver]:
-    receiver = Receiver(url="", statuses=list(statuses))
+def webhook_receiver(*statuses: int, host: str = "127.0.0.1", hold_first: bool = False) -> Iterator[Receiver]:
+    receiver = Receiver(
+        url="", statuses=list(statuses), release_first=threading.Event() if hold_first else None
+    )
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             headers = {name.lower(): value for name, value in self.headers.items()}
             receiver.requests.append(Received(self.path, headers, body))
+            if receiver.release_first is not None and len(receiver.requests) == 1:
+                receiver.arrived.set()
+                receiver.release_first.wait(60)
             status = receiver.statuses.pop(0) if receiver.statuses else 200
             self.send_response(status)
             if 300 <= status < 400:
@@ -53,5 +60,7 @@ def webhook_receiver(*statuses: int, host: str = "127.0.0.1") -> Iterator[Receiv
     try:
         yield receiver
     finally:
+        if receiver.release_first is not None:
+            receiver.release_first.set()
         server.shutdown()
         server.server_close()
