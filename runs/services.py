@@ -283,7 +283,12 @@ class RunBatch:
         alerts_record(
             tenant=self.tenant,
             news=(
-                RunNews(run=c.run, was_complete=c.was_complete, diagnostics=c.diagnostics)
+                RunNews(
+                    run=c.run,
+                    was_complete=c.was_complete,
+                    diagnostics=c.diagnostics,
+                    node_states=c.reduction.node_states,
+                )
                 for c in changes
                 if c.news
             ),

@@ -133,3 +133,24 @@ class DeliveryAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.notification_id} at {self.at}"
+
+
+class NodeStats(models.Model):
+    """A node's recent history, kept by the write path while the tenant has a node rule: the
+    durations of its last successful attempts and whether it flaked in each of its last runs, so
+    `node_slow` and `node_flaky` never read history again. Oldest first, at most MAX_WINDOW each."""
+
+    MAX_WINDOW = 100
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    node_id = models.CharField(max_length=200)
+    durations = models.JSONField(default=list)
+    flakes = models.JSONField(default=list)
+
+    objects = TenantScopedManager["NodeStats"]()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "node_id"], name="nodestats_one_per_node")]
+
+    def __str__(self) -> str:
+        return self.node_id

@@ -12,12 +12,13 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from functools import partial
+from statistics import median
 from typing import Any
 
 from django.core.cache import cache
@@ -34,10 +35,11 @@ from runs.alerts.models import (
     AlertRule,
     ChannelKind,
     Condition,
+    NodeStats,
     Notification,
 )
 from runs.alerts.wake import delivery_wake
-from runs.models import Run
+from runs.models import Event, Run
 from runs.reduction import Diagnostic as ReducedDiagnostic
 from runs.selectors import stale_cutoff
 from tenants.models import Tenant
@@ -175,7 +177,12 @@ def rule_spec_parse(body: Any, *, existing: AlertRule | None = None) -> RuleSpec
         params = part("params")
         spec.factor = _number(problems, "params.factor", params.get("factor"), minimum=1.0, maximum=1000.0)
         spec.window = _number(
-            problems, "params.window", params.get("window"), minimum=MIN_WINDOW, maximum=1000, whole=True
+            problems,
+            "params.window",
+            params.get("window"),
+            minimum=MIN_WINDOW,
+            maximum=NodeStats.MAX_WINDOW,
+            whole=True,
         )
         spec.threshold = _number(
             problems, "params.threshold", params.get("threshold"), minimum=0.0, maximum=1.0
@@ -343,9 +350,15 @@ class ActiveRule:
     run_id_glob: str
     node: str
     cooldown_s: int
+    factor: float = DEFAULT_FACTOR
+    window: int = DEFAULT_WINDOW
+    threshold: float = DEFAULT_THRESHOLD
 
     def matches(self, run_id: str) -> bool:
         return not self.run_id_glob or fnmatchcase(run_id, self.run_id_glob)
+
+    def matches_node(self, node: str) -> bool:
+        return not self.node or self.node == node
 
 
 def _active(rule: AlertRule) -> ActiveRule:
@@ -355,6 +368,9 @@ def _active(rule: AlertRule) -> ActiveRule:
         run_id_glob=rule.run_id_glob,
         node=rule.node,
         cooldown_s=rule.cooldown_s,
+        factor=rule.factor if rule.factor is not None else DEFAULT_FACTOR,
+        window=rule.window if rule.window is not None else DEFAULT_WINDOW,
+        threshold=rule.threshold if rule.threshold is not None else DEFAULT_THRESHOLD,
     )
 
 
@@ -382,7 +398,7 @@ def active_rules(*, tenant: Tenant) -> list[ActiveRule]:
     rules = [
         _active(r)
         for r in AlertRule.objects.filter(tenant=tenant, enabled=True).only(
-            "pk", "condition", "run_id_glob", "node", "cooldown_s"
+            "pk", "condition", "run_id_glob", "node", "cooldown_s", "factor", "window", "threshold"
         )
     ]
     with suppress(Exception):  # as above: the database answered
@@ -398,6 +414,12 @@ class RunNews:
     # The run had ended before this batch (its outcome was known): completing is not news again.
     was_complete: bool
     diagnostics: Sequence[ReducedDiagnostic] = ()
+    # (node, final state, attempts) of each node, asked only when a node rule needs them.
+    node_states: Callable[[], Sequence[tuple[str, str, int]]] = list
+
+    @property
+    def completed(self) -> bool:
+        return self.run.complete and not self.was_complete
 
 
 def _webhook_id() -> str:
@@ -438,6 +460,10 @@ def alerts_record(*, tenant: Tenant, news: Iterable[RunNews], now: datetime | No
         return 0
     now = now or timezone.now()
     rows = []
+    news = list(news)
+    node_rules = [rule for rule in rules if rule.condition in NODE_CONDITIONS]
+    if node_rules:
+        rows += _node_notifications(tenant, node_rules, [item for item in news if item.completed], now)
     for item in news:
         for rule in rules:
             if not rule.matches(item.run.run_id):
@@ -466,7 +492,122 @@ def alerts_record(*, tenant: Tenant, news: Iterable[RunNews], now: datetime | No
     return len(rows)
 
 
+def _notification(
+    tenant: Tenant, rule: ActiveRule, run_id: str, node: str, details: dict[str, Any], now: datetime
+) -> Notification:
+    return Notification(
+        tenant=tenant,
+        rule_id=rule.id,
+        run_id=run_id,
+        type=EVENT_TYPE[Condition(rule.condition)],
+        node=node,
+        details=details,
+        created_at=now,
+        next_attempt_at=now,
+        webhook_id=_webhook_id(),
+    )
+
+
+def _successful_durations(tenant: Tenant, runs: Sequence[Run]) -> dict[int, dict[str, list[float]]]:
+    """Per run, per node: the durations of its successful attempts, in log order. One query for the
+    runs a batch completed, reading their attempt records only (never another run's)."""
+    found: dict[int, dict[str, list[float]]] = {run.pk: {} for run in runs}
+    records = (
+        Event.objects.filter(tenant=tenant, run_id__in=list(found), kind="node_attempt")
+        .order_by("run_id", "seq")
+        .values_list("run_id", "node", "payload")
+    )
+    for run_pk, node, payload in records:
+        duration = payload.get("duration_s")
+        if node and payload.get("ok") is True and type(duration) in (int, float):
+            found[run_pk].setdefault(node, []).append(float(duration))
+    return found
+
+
+def _node_notifications(
+    tenant: Tenant, rules: list[ActiveRule], completed: list[RunNews], now: datetime
+) -> list[Notification]:
+    """`node_slow` and `node_flaky` for the runs this batch completed, against each node's own
+    statistics (`NodeStats`), which are then advanced by these runs: no history is read again."""
+    if not completed:
+        return []
+    # An import may complete many runs in one batch: each is measured against those started before.
+    completed = sorted(completed, key=_started_order)
+    durations = _successful_durations(tenant, [item.run for item in completed])
+    states = {item.run.pk: item.node_states() for item in completed}
+    nodes = sorted(
+        {node for found in durations.values() for node in found} | {n for s in states.values() for n, *_ in s}
+    )
+    # Locked in node order: concurrent writers of runs with common nodes advance them one at a time.
+    stats = {
+        s.node_id: s
+        for s in NodeStats.objects.select_for_update()
+        .filter(tenant=tenant, node_id__in=nodes)
+        .order_by("node_id")
+    }
+    rows = []
+    for item in completed:
+        run_id = item.run.run_id
+        matching = [rule for rule in rules if rule.matches(run_id)]
+        for node, taken in durations[item.run.pk].items():
+            node_stats = stats.setdefault(node, NodeStats(tenant=tenant, node_id=node))
+            for rule in matching:
+                if rule.condition != Condition.NODE_SLOW or not rule.matches_node(node):
+                    continue
+                earlier = node_stats.durations[-rule.window :]
+                if len(earlier) < MIN_WINDOW:
+                    continue
+                typical = median(earlier)
+                slowest = max(taken)
+                if slowest > rule.factor * typical:
+                    details = {
+                        "duration_s": slowest,
+                        "median_s": typical,
+                        "factor": rule.factor,
+                        "window": len(earlier),
+                    }
+                    rows.append(_notification(tenant, rule, run_id, node, details, now))
+            node_stats.durations = (node_stats.durations + taken)[-NodeStats.MAX_WINDOW :]
+        for node, state, attempts in states[item.run.pk]:
+            if state not in ("done", "failed"):
+                continue
+            node_stats = stats.setdefault(node, NodeStats(tenant=tenant, node_id=node))
+            flakes = [*node_stats.flakes, 1 if state == "done" and attempts > 1 else 0]
+            for rule in matching:
+                if rule.condition != Condition.NODE_FLAKY or not rule.matches_node(node):
+                    continue
+                before, after = flakes[-rule.window - 1 : -1], flakes[-rule.window :]
+                rate_before = sum(before) / len(before) if before else 0.0
+                rate_after = sum(after) / len(after)
+                if len(after) >= MIN_WINDOW and rate_before <= rule.threshold < rate_after:
+                    details = {
+                        "flake_rate": round(rate_after, 4),
+                        "threshold": rule.threshold,
+                        "window": len(after),
+                    }
+                    rows.append(_notification(tenant, rule, run_id, node, details, now))
+            node_stats.flakes = flakes[-NodeStats.MAX_WINDOW :]
+    NodeStats.objects.bulk_create(
+        list(stats.values()),
+        update_conflicts=True,
+        unique_fields=["tenant", "node_id"],
+        update_fields=["durations", "flakes"],
+    )
+    return [row for row in rows if not _cooling_down(tenant, _rule_of(rules, row.rule_id), now)]
+
+
+def _started_order(item: RunNews) -> tuple[float, str]:
+    started = item.run.started
+    return (started.timestamp() if started is not None else float("inf"), item.run.run_id)
+
+
+def _rule_of(rules: list[ActiveRule], rule_id: int) -> ActiveRule:
+    return next(rule for rule in rules if rule.id == rule_id)
+
+
 def _cooling_down(tenant: Tenant, rule: ActiveRule, now: datetime) -> bool:
+    if not rule.cooldown_s:
+        return False
     since = now - timedelta(seconds=rule.cooldown_s)
     return Notification.objects.filter(tenant=tenant, rule_id=rule.id, created_at__gt=since).exists()
 
