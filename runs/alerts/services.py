@@ -25,6 +25,7 @@ from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.validators import EmailValidator
 from django.db import transaction
+from django.db.models.fields.json import KT
 from django.utils import timezone
 
 from runs.alerts.encryption import secret_encrypt, secret_rotated
@@ -512,15 +513,19 @@ def _successful_durations(tenant: Tenant, runs: Sequence[Run]) -> dict[int, dict
     """Per run, per node: the durations of its successful attempts, in log order. One query for the
     runs a batch completed, reading their attempt records only (never another run's)."""
     found: dict[int, dict[str, list[float]]] = {run.pk: {} for run in runs}
+    # Only the two fields, extracted by the database: the records themselves are not decoded here.
     records = (
         Event.objects.filter(tenant=tenant, run_id__in=list(found), kind="node_attempt")
         .order_by("run_id", "seq")
-        .values_list("run_id", "node", "payload")
+        .values_list("run_id", "node", KT("payload__ok"), KT("payload__duration_s"))
     )
-    for run_pk, node, payload in records:
-        duration = payload.get("duration_s")
-        if node and payload.get("ok") is True and type(duration) in (int, float):
-            found[run_pk].setdefault(node, []).append(float(duration))
+    for run_pk, node, ok, duration in records:
+        if node and ok in ("true", "1") and duration is not None:
+            try:
+                seconds = float(duration)
+            except ValueError:  # validated as a number on the way in; a stored oddity is no alert
+                continue
+            found[run_pk].setdefault(node, []).append(seconds)
     return found
 
 
@@ -550,7 +555,7 @@ def _node_notifications(
         run_id = item.run.run_id
         matching = [rule for rule in rules if rule.matches(run_id)]
         for node, taken in durations[item.run.pk].items():
-            node_stats = stats.setdefault(node, NodeStats(tenant=tenant, node_id=node))
+            node_stats = stats.get(node) or stats.setdefault(node, NodeStats(tenant=tenant, node_id=node))
             for rule in matching:
                 if rule.condition != Condition.NODE_SLOW or not rule.matches_node(node):
                     continue
@@ -571,7 +576,7 @@ def _node_notifications(
         for node, state, attempts in states[item.run.pk]:
             if state not in ("done", "failed"):
                 continue
-            node_stats = stats.setdefault(node, NodeStats(tenant=tenant, node_id=node))
+            node_stats = stats.get(node) or stats.setdefault(node, NodeStats(tenant=tenant, node_id=node))
             flakes = [*node_stats.flakes, 1 if state == "done" and attempts > 1 else 0]
             for rule in matching:
                 if rule.condition != Condition.NODE_FLAKY or not rule.matches_node(node):
