@@ -12,12 +12,14 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from functools import partial
+from itertools import islice
 from statistics import median
 from typing import Any
 
@@ -550,20 +552,26 @@ def _node_notifications(
         .filter(tenant=tenant, node_id__in=nodes)
         .order_by("node_id")
     }
+    # Advanced in memory as deques (appending drops the oldest), written back once.
+    keep = NodeStats.MAX_WINDOW
+    recent = {
+        node: (deque(s.durations, maxlen=keep), deque(s.flakes, maxlen=keep)) for node, s in stats.items()
+    }
     rows = []
     for item in completed:
         run_id = item.run.run_id
         matching = [rule for rule in rules if rule.matches(run_id)]
+        slow = [rule for rule in matching if rule.condition == Condition.NODE_SLOW]
+        flaky = [rule for rule in matching if rule.condition == Condition.NODE_FLAKY]
         for node, taken in durations[item.run.pk].items():
-            node_stats = stats.get(node) or stats.setdefault(node, NodeStats(tenant=tenant, node_id=node))
-            for rule in matching:
-                if rule.condition != Condition.NODE_SLOW or not rule.matches_node(node):
+            node_durations = (
+                recent.get(node) or recent.setdefault(node, (deque(maxlen=keep), deque(maxlen=keep)))
+            )[0]
+            for rule in slow:
+                if not rule.matches_node(node) or len(node_durations) < MIN_WINDOW:
                     continue
-                earlier = node_stats.durations[-rule.window :]
-                if len(earlier) < MIN_WINDOW:
-                    continue
-                typical = median(earlier)
-                slowest = max(taken)
+                earlier = list(islice(reversed(node_durations), rule.window))
+                typical, slowest = median(earlier), max(taken)
                 if slowest > rule.factor * typical:
                     details = {
                         "duration_s": slowest,
@@ -572,16 +580,19 @@ def _node_notifications(
                         "window": len(earlier),
                     }
                     rows.append(_notification(tenant, rule, run_id, node, details, now))
-            node_stats.durations = (node_stats.durations + taken)[-NodeStats.MAX_WINDOW :]
+            node_durations.extend(taken)
         for node, state, attempts in states[item.run.pk]:
             if state not in ("done", "failed"):
                 continue
-            node_stats = stats.get(node) or stats.setdefault(node, NodeStats(tenant=tenant, node_id=node))
-            flakes = [*node_stats.flakes, 1 if state == "done" and attempts > 1 else 0]
-            for rule in matching:
-                if rule.condition != Condition.NODE_FLAKY or not rule.matches_node(node):
+            node_flakes = (
+                recent.get(node) or recent.setdefault(node, (deque(maxlen=keep), deque(maxlen=keep)))
+            )[1]
+            flaked = 1 if state == "done" and attempts > 1 else 0
+            for rule in flaky:
+                if not rule.matches_node(node):
                     continue
-                before, after = flakes[-rule.window - 1 : -1], flakes[-rule.window :]
+                before = list(islice(reversed(node_flakes), rule.window))
+                after = [flaked, *before[: rule.window - 1]]
                 rate_before = sum(before) / len(before) if before else 0.0
                 rate_after = sum(after) / len(after)
                 if len(after) >= MIN_WINDOW and rate_before <= rule.threshold < rate_after:
@@ -591,9 +602,12 @@ def _node_notifications(
                         "window": len(after),
                     }
                     rows.append(_notification(tenant, rule, run_id, node, details, now))
-            node_stats.flakes = flakes[-NodeStats.MAX_WINDOW :]
+            node_flakes.append(flaked)
     NodeStats.objects.bulk_create(
-        list(stats.values()),
+        [
+            NodeStats(tenant=tenant, node_id=node, durations=list(node_durations), flakes=list(node_flakes))
+            for node, (node_durations, node_flakes) in recent.items()
+        ],
         update_conflicts=True,
         unique_fields=["tenant", "node_id"],
         update_fields=["durations", "flakes"],
