@@ -9,6 +9,7 @@ from html import unescape
 
 import pytest
 from cryptography.fernet import Fernet
+from django.db import connection
 from django.test import Client
 
 from runs.alerts.encryption import InvalidToken
@@ -234,3 +235,40 @@ def test_cloud_without_an_encryption_key_refuses_a_channel_clearly(cloud, world,
     assert response.json()["error"]["code"] == "encryption_not_configured"
     assert "KAHN_ENCRYPTION_KEY" in response.json()["error"]["message"]
     assert rules_of(world.acme) == []
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL (row-level security)")
+def test_the_api_and_page_work_as_the_service_role_under_row_level_security(
+    service_role, transactional_db, cloud
+):
+    from tests.conftest import world_build
+    from tests.tenants.conftest import connected_as
+
+    world = world_build()
+    with connected_as(service_role):
+        cloud.force_login(world.bob)  # owner of globex
+        post(cloud, webhook_rule(name="globex rule"))
+        cloud.force_login(world.alice)  # owner of acme
+        made = post(cloud, webhook_rule())
+        assert made.status_code == 201
+        assert cloud.post(f"{RULES}{made.json()['id']}/test").status_code == 202
+        assert [r["name"] for r in cloud.get(RULES).json()] == ["nightly failures"]
+        (delivery,) = cloud.get("/api/v1/alerts/deliveries/").json()["results"]
+        assert delivery["rule"]["name"] == "nightly failures"
+        page = cloud.get("/alerts/").text
+        assert "nightly failures" in page and "globex rule" not in page
+
+
+def test_the_deliveries_list_costs_the_same_queries_for_one_notification_or_many(client, local_tenant):
+    from django.test.utils import CaptureQueriesContext
+
+    rule = post(client, webhook_rule()).json()
+    client.post(f"{RULES}{rule['id']}/test")
+    with CaptureQueriesContext(connection) as one:
+        client.get("/api/v1/alerts/deliveries/")
+    for _ in range(5):
+        client.post(f"{RULES}{rule['id']}/test")
+    with CaptureQueriesContext(connection) as many:
+        assert len(client.get("/api/v1/alerts/deliveries/").json()["results"]) == 6
+    assert len(many.captured_queries) == len(one.captured_queries)
