@@ -84,7 +84,11 @@ class Notification(models.Model):
     """The outbox row: recorded in the transaction of the run change that caused it, sent after."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
-    rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="notifications")
+    # No database constraint: a rule removed while a writer records a notification of it must not
+    # fail that writer's import at commit. Such a row is never read (every read joins its rule).
+    rule = models.ForeignKey(
+        AlertRule, on_delete=models.CASCADE, db_constraint=False, related_name="notifications"
+    )
     run_id = models.CharField(max_length=64, blank=True)
     type = models.CharField(max_length=20)
     # The node of a node condition; blank (never null, so the unique key below holds) otherwise.

@@ -13,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 
 from runs.alerts.models import Notification
 from runs.alerts.services import RuleSpec, rule_create, rule_delete
+from runs.models import Run
 from tenants.context import tenant_scope
 from tests.conftest import SAMPLE_ARCHIVE, ingest_quietly, run_record
 
@@ -152,3 +153,17 @@ def test_four_concurrent_writers_of_one_failing_run_give_one_notification(local_
         thread.join()
     assert len(answers) == 4 and all(a in (200, 201) for a in answers)
     assert notifications(local_tenant) == [("run_failed", "run.failed", "shared")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rule_removed_while_a_writer_records_it_does_not_fail_the_writer(local_tenant, monkeypatch):
+    import runs.alerts.services as alerts
+
+    made = rule(local_tenant, "run_failed")
+    (stale,) = alerts.active_rules(tenant=local_tenant)  # what a writer read before the rule went
+    rule_delete(tenant=local_tenant, rule=made)
+    monkeypatch.setattr(alerts, "active_rules", lambda tenant: [stale])
+    run_record(local_tenant, "nightly-1", ok=False)  # commits: the run is stored
+    with tenant_scope(local_tenant):
+        assert Run.objects.filter(tenant=local_tenant, run_id="nightly-1").exists()
+    assert notifications(local_tenant) == []  # the orphan is never read
