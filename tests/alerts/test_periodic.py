@@ -81,3 +81,13 @@ def test_the_tick_delivers_every_tenants_notifications_as_the_service_role(servi
         (m["tenant"], m["run"]["run_id"]) for m in (orjson.loads(r.body) for r in receiver.requests)
     )
     assert sent == [("acme", "acme-nightly"), ("globex", "globex-nightly")]
+
+
+def test_beat_ticks_the_alerts_every_few_seconds_with_a_task_the_worker_knows():
+    from kahn_site.celery import BEAT_SCHEDULE
+    from kahn_site.celery import app as kahn_celery
+
+    kahn_celery.loader.import_default_modules()
+    (entry,) = [entry for entry in BEAT_SCHEDULE.values() if entry["task"].startswith("alerts.")]
+    assert entry["task"] == "alerts.tick" and entry["task"] in kahn_celery.tasks
+    assert entry["schedule"] <= 10  # seconds: notifications go out within seconds
