@@ -27,5 +27,10 @@ BEAT_SCHEDULE = {
         "task": "retention.soft_delete_expired",
         "schedule": crontab(hour=3, minute=30),
     },
+    # Alerts (SPEC section 12): delivered within seconds, retried, and runs gone silent found.
+    "alerts-tick": {
+        "task": "alerts.tick",
+        "schedule": 5.0,
+    },
 }
 app.conf.beat_schedule = BEAT_SCHEDULE

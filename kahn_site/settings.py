@@ -151,6 +151,8 @@ INSTALLED_APPS = [
     "tenants",
     "billing",
     "runs",
+    # Alert rules and their outbox, a room of runs with its own tables (SPEC section 12).
+    "runs.alerts",
     "ingest",
     "retention",
     # The site itself: its `serve` command, which puts the apps above together in one process.
@@ -435,3 +437,15 @@ KAHN_API_KEY_PEPPER = (
     env_secret("KAHN_API_KEY_PEPPER")
     or hmac.new(SECRET_KEY.encode(), b"kahn-api-key-pepper", hashlib.sha256).hexdigest()
 )
+
+# Alerts (SPEC section 12). Channel URLs and signing secrets are encrypted with these Fernet keys,
+# comma-separated: the first encrypts, each decrypts (rotation). Empty in OSS: derived from SECRET_KEY.
+KAHN_ENCRYPTION_KEY = env_secret("KAHN_ENCRYPTION_KEY", default="") or ""
+# Cloud mode refuses channels whose address is loopback, private, link-local or multicast; this
+# lifts that for tests and private deployments.
+KAHN_ALERT_ALLOW_PRIVATE = env_flag("KAHN_ALERT_ALLOW_PRIVATE", default=False)
+# Where email alerts go out (`smtp://host:25`, `smtp+tls://user:pass@host:587`, `consolemail://`).
+EMAIL_URL = env.str("EMAIL_URL", default="")
+if EMAIL_URL:
+    globals().update(env.email_url_config(EMAIL_URL))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="kahn-scope@localhost")

@@ -7,6 +7,8 @@ from ingest.urls import api_urlpatterns as ingest_api_urlpatterns
 from kahn_site.api_docs import ApiDocsView
 from kahn_site.api_routes import api_path
 from retention.urls import page_urlpatterns as retention_page_urlpatterns
+from runs.alerts.urls import api_urlpatterns as alerts_api_urlpatterns
+from runs.alerts.urls import page_urlpatterns as alerts_page_urlpatterns
 from runs.urls import api_urlpatterns, page_urlpatterns
 
 urlpatterns = [
@@ -15,6 +17,8 @@ urlpatterns = [
     *api_path("api/docs/", ApiDocsView, "api-docs"),
     path("api/v1/", include(ingest_api_urlpatterns)),
     path("api/v1/", include(api_urlpatterns)),
+    path("api/v1/", include(alerts_api_urlpatterns)),
+    path("", include(alerts_page_urlpatterns)),
     path("", include(retention_page_urlpatterns)),
     path("", include(page_urlpatterns)),
 ]

@@ -23,6 +23,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from runs import reduction, sql
+from runs.alerts.services import RunNews, alerts_record
 from runs.errors import AlreadyWritten, RunDeletedError, RunEnded, RunNotStarted, SeqConflict, SeqGap
 from runs.live import LIVE_EVENTS_PER_MESSAGE, live_publish_changes
 from runs.models import Diagnostic, Event, Run
@@ -84,6 +85,8 @@ class RunChange:
         )
         # summary.json and run_end arrive in either order: they are compared once, when both are in.
         self.summary_compared = self.run.complete and self.run.summary is not None
+        # Alerts: a run that had ended before this batch does not end again (runs.alerts).
+        self.was_complete = self.run.complete
 
     def append(self, event: dict[str, Any], payload: str) -> int:
         """Adds a valid event (see `reduction.validate_event`); `payload` is its JSON text as stored,
@@ -232,6 +235,7 @@ class RunBatch:
         self._write_nodes([c for c in changes if c.nodes_changed], writes)
         writes.execute()
         self._write_diagnostics(changes)
+        self._record_alerts(changes)
         self.changes.clear()
         return changes
 
@@ -273,6 +277,22 @@ class RunBatch:
         ]
         if rows:
             Diagnostic.objects.bulk_create(rows)
+
+    def _record_alerts(self, changes: list[RunChange]) -> None:
+        """The alerts these changes give, in this transaction (a transactional outbox)."""
+        alerts_record(
+            tenant=self.tenant,
+            news=(
+                RunNews(
+                    run=c.run,
+                    was_complete=c.was_complete,
+                    diagnostics=c.diagnostics,
+                    node_states=c.reduction.node_states,
+                )
+                for c in changes
+                if c.news
+            ),
+        )
 
     def _write_nodes(self, changes: list[RunChange], writes: sql.Writes) -> None:
         new: list[tuple[int, str, int, str, int]] = []

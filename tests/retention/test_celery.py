@@ -40,12 +40,13 @@ TASK_TIMEOUT = 90
 
 def test_the_beat_schedule_names_the_retention_tasks_daily():
     kahn_celery.loader.import_default_modules()
-    assert {entry["task"] for entry in BEAT_SCHEDULE.values()} == {
+    retention = [entry for entry in BEAT_SCHEDULE.values() if entry["task"].startswith("retention.")]
+    assert {entry["task"] for entry in retention} == {
         "retention.soft_delete_expired",
         "retention.hard_delete_expired",
     }
     assert kahn_celery.conf.beat_schedule == BEAT_SCHEDULE
-    for entry in BEAT_SCHEDULE.values():
+    for entry in retention:
         assert entry["task"] in kahn_celery.tasks, f"{entry['task']} is scheduled but no worker knows it"
         schedule = entry["schedule"]
         # Once a day: one hour, one minute, every day.

@@ -40,6 +40,8 @@ from django.db import connection
 
 from ingest.archive import ArchiveError, ArchiveReport, WarningsOnce, archive_import
 from kahn_site.checks import require_migrated
+from runs.alerts.delivery import delivery_loop
+from runs.alerts.wake import delivery_wake
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
 
 logger = logging.getLogger(__name__)
@@ -164,12 +166,23 @@ class Command(BaseCommand):
         follower = None
         if not settings.CLOUD and not options["no_follow"]:
             follower = ArchiveFollower(settings.KAHN_ARCHIVE, options["follow_interval"], self.stdout)
-        try:
+        # OSS has no Celery: alerts are delivered (and silent runs found) by a thread of this process.
+        alerts = None if settings.CLOUD else AlertsLoop()
+
+        def listening() -> None:
             # The archive is followed once the server listens: what it says comes after the address.
-            self._serve(host, port, options["verbosity"], listening=follower.start if follower else None)
+            if follower is not None:
+                follower.start()
+            if alerts is not None:
+                alerts.start()
+
+        try:
+            self._serve(host, port, options["verbosity"], listening=listening)
         finally:
             if follower is not None and follower.ident is not None:
                 follower.stop()
+            if alerts is not None and alerts.ident is not None:
+                alerts.stop()
 
     def _serve_with_workers(self, host: str, port: int, ws_port: int, workers: int, verbosity: int) -> None:
         """gunicorn for HTTP and daphne for WebSocket, as two child processes that stop together."""
@@ -258,6 +271,24 @@ class Command(BaseCommand):
         if server.abort_start:
             # Taken between the check and the listen: daphne gave up without serving.
             raise CommandError(f"could not listen on {host} port {port}: it is in use or not available")
+
+
+class AlertsLoop(threading.Thread):
+    """OSS mode's alerts worker (cloud's is Celery): delivers due notifications within seconds,
+    at once after the write path commits one, and runs the periodic `run_interrupted` check."""
+
+    def __init__(self) -> None:
+        super().__init__(name="kahn-alerts", daemon=True)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        delivery_loop(stop=self.stopping)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        delivery_wake()
+        # A delivery in flight ends within its timeout; an unfinished one is sent again next start.
+        self.join(timeout=15)
 
 
 class ArchiveFollower(threading.Thread):

@@ -1,0 +1,143 @@
+"""The Alerts page: the workspace's rules, a form for a new one (a webhook's secret shown once, in
+the answer to that form), Send test, and the Deliveries list. Owners and admins in cloud mode;
+anyone in OSS mode, where every local request acts for the one local tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods, require_POST
+
+from runs.alerts import selectors, services
+from runs.alerts.encryption import EncryptionKeyMissing
+from runs.alerts.models import ChannelKind, Condition, NotificationStatus
+from runs.alerts.presentation import rule_data
+from tenants.context import tenant_current
+
+DELIVERIES_SHOWN = 50
+
+
+def alerts_managers_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Cloud mode: the workspace's owners and admins; a member gets the 403 page of tenancy."""
+
+    @wraps(view)
+    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if settings.CLOUD:
+            if not request.user.is_authenticated:
+                return redirect_to_login(request.get_full_path())
+            membership = getattr(request, "membership", None)
+            if membership is None or not membership.manages_tenant:
+                return render(request, "tenants/managers_only.html", {"tenant": tenant_current()}, status=403)
+        return view(request, *args, **kwargs)
+
+    return guarded
+
+
+class AlertRuleForm(forms.Form):
+    name = forms.CharField(max_length=100, widget=forms.TextInput({"autocomplete": "off"}))
+    condition = forms.ChoiceField(choices=Condition.choices)
+    run_id = forms.CharField(
+        required=False, max_length=200, label="Run id glob", help_text="optional, e.g. nightly-*"
+    )
+    node = forms.CharField(required=False, max_length=200, help_text="node conditions only; optional")
+    channel_kind = forms.ChoiceField(choices=ChannelKind.choices, label="Channel")
+    url = forms.CharField(required=False, max_length=2000, label="URL", help_text="webhook or Slack")
+    to = forms.CharField(required=False, label="Email to", help_text="email: addresses, comma-separated")
+    cooldown_s = forms.IntegerField(required=False, min_value=0, label="Cooldown (s)", initial=0)
+
+    def body(self) -> dict[str, Any]:
+        """The rule's body in the API's shape, for the one check both share."""
+        data = self.cleaned_data
+        channel: dict[str, Any] = {"kind": data["channel_kind"]}
+        if data["channel_kind"] == ChannelKind.EMAIL:
+            channel["to"] = [a.strip() for a in data["to"].split(",") if a.strip()]
+        else:
+            channel["url"] = data["url"]
+        return {
+            "name": data["name"],
+            "condition": data["condition"],
+            "filter": {"run_id": data["run_id"], "node": data["node"]},
+            "channel": channel,
+            "cooldown_s": data["cooldown_s"] or 0,
+        }
+
+
+FORM_FIELD = {
+    "filter.run_id": "run_id",
+    "filter.node": "node",
+    "channel.kind": "channel_kind",
+    "channel.url": "url",
+}
+
+
+# The answer to a new webhook rule carries its secret in the clear once: no cache may keep it.
+@never_cache
+@require_http_methods(["GET", "POST"])
+@alerts_managers_only
+def alerts_page(request: HttpRequest) -> HttpResponse:
+    tenant = tenant_current()
+    form = AlertRuleForm(request.POST or None)
+    created: dict[str, Any] | None = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            spec = services.rule_spec_parse(form.body())
+        except services.RuleInvalid as exc:
+            for problem in exc.problems:
+                name = FORM_FIELD.get(
+                    problem["field"], "to" if problem["field"].startswith("channel.to") else None
+                )
+                form.add_error(name if name in form.fields else None, problem["message"])
+        else:
+            try:
+                rule, secret = services.rule_create(tenant=tenant, spec=spec)
+            except EncryptionKeyMissing as exc:
+                form.add_error(None, str(exc))
+            else:
+                created = {"rule": rule, "secret": secret}
+                form = AlertRuleForm()
+    rules = [rule_data(rule) for rule in selectors.rule_list(tenant=tenant)]
+    deliveries = list(
+        selectors.notification_list(tenant=tenant).prefetch_related("delivery_attempts")[:DELIVERIES_SHOWN]
+    )
+    context = {
+        "nav": "alerts",
+        "form": form,
+        "created": created,
+        "rules": rules,
+        "deliveries": deliveries,
+        "statuses": NotificationStatus,
+    }
+    return render(request, "alerts/alerts.html", context, status=400 if form.errors else 200)
+
+
+@require_POST
+@alerts_managers_only
+def alert_rule_test(request: HttpRequest, rule_id: int) -> HttpResponse:
+    tenant = tenant_current()
+    rule = selectors.rule_get(tenant=tenant, rule_id=rule_id)
+    if rule is None:
+        raise Http404("There is no such alert rule in this workspace.")
+    services.rule_send_test(tenant=tenant, rule=rule)
+    messages.success(request, f"A test of “{rule.name}” is on its way: see Deliveries below.")
+    return redirect("alerts")
+
+
+@require_POST
+@alerts_managers_only
+def alert_rule_delete(request: HttpRequest, rule_id: int) -> HttpResponse:
+    tenant = tenant_current()
+    rule = selectors.rule_get(tenant=tenant, rule_id=rule_id)
+    if rule is None:
+        raise Http404("There is no such alert rule in this workspace.")
+    services.rule_delete(tenant=tenant, rule=rule)
+    messages.info(request, f"The alert rule “{rule.name}” is removed.")
+    return redirect("alerts")
