@@ -18,6 +18,15 @@ ENDPOINTS = {
     ("PUT", "/api/v1/runs/{run_id}/graph"),
     ("GET", "/api/v1/runs/{run_id}/summary"),
     ("PUT", "/api/v1/runs/{run_id}/summary"),
+    ("GET", "/api/v1/runs/{run_id}/archive"),
+    ("GET", "/api/v1/runs/export"),
+    ("GET", "/api/v1/alerts/rules/"),
+    ("POST", "/api/v1/alerts/rules/"),
+    ("GET", "/api/v1/alerts/rules/{rule_id}/"),
+    ("PATCH", "/api/v1/alerts/rules/{rule_id}/"),
+    ("DELETE", "/api/v1/alerts/rules/{rule_id}/"),
+    ("POST", "/api/v1/alerts/rules/{rule_id}/test"),
+    ("GET", "/api/v1/alerts/deliveries/"),
 }
 
 
