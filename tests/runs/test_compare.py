@@ -395,7 +395,7 @@ def test_a_big_comparison_pages_its_nodes_differences_first(client, big_pair):
     assert len(node_rows(second)) == 50
     assert {node for node, _ in rows}.isdisjoint(node for node, _ in node_rows(second))
     # The filter starts again from the first page.
-    assert re.search(r'href="\?show=differences">Only differences', second)
+    assert re.search(r'href="\?show=differences" aria-current="false">Only differences', second)
     assert len(node_rows(page(client, f"/runs/{a}/compare/{b}/?show=differences"))) == differing
 
 
