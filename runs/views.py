@@ -7,15 +7,13 @@ query goes through `runs.selectors` with the current tenant.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from functools import wraps
 from typing import Any
 from urllib.parse import urlencode
 
 from django import forms
-from django.conf import settings
 from django.core.paginator import Paginator
 from django.http import (
     Http404,
@@ -50,6 +48,7 @@ from runs.reduction import run_id_valid
 from runs.timeline import EventRow
 from tenants.context import tenant_current
 from tenants.models import Tenant
+from tenants.page_guards import managers_only_in_cloud
 
 EVENTS_PER_PAGE = 100
 MAX_DRAWN_NODES = 300
@@ -578,22 +577,6 @@ def _no_run_to_compare(request: HttpRequest, run_id: str) -> HttpResponse:
 # ---------------------------------------------------------------- status badges
 
 
-def badge_managers_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """The Badges page publishes a workspace's results: in cloud mode its owners and admins only
-    (members get a 403 page, as on the API keys page); OSS has one operator, who may."""
-
-    @wraps(view)
-    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        tenant = tenant_current()  # none: the tenant middleware asks to sign in
-        if settings.CLOUD:
-            membership = getattr(request, "membership", None)
-            if membership is None or not membership.manages_tenant:
-                return render(request, "tenants/managers_only.html", {"tenant": tenant}, status=403)
-        return view(request, *args, **kwargs)
-
-    return guarded
-
-
 class BadgeCreateForm(forms.Form):
     pattern = forms.CharField(
         max_length=64,
@@ -612,7 +595,7 @@ class BadgeCreateForm(forms.Form):
 # A new badge's URL is shown once, in the answer to the POST: no cache may keep it.
 @never_cache
 @require_http_methods(["GET", "POST"])
-@badge_managers_only
+@managers_only_in_cloud
 def badge_list(request: HttpRequest) -> HttpResponse:
     tenant = tenant_current()
     form = BadgeCreateForm(request.POST or None)
@@ -634,7 +617,7 @@ def badge_list(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
-@badge_managers_only
+@managers_only_in_cloud
 def badge_revoke(request: HttpRequest, badge_id: int) -> HttpResponse:
     badge = badges.badge_get(tenant=tenant_current(), badge_id=badge_id)
     if badge is None:

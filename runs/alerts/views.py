@@ -4,14 +4,10 @@ anyone in OSS mode, where every local request acts for the one local tenant."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
 from django import forms
-from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
@@ -22,24 +18,9 @@ from runs.alerts.encryption import EncryptionKeyMissing
 from runs.alerts.models import ChannelKind, Condition, NotificationStatus
 from runs.alerts.presentation import rule_data
 from tenants.context import tenant_current
+from tenants.page_guards import managers_only_in_cloud
 
 DELIVERIES_SHOWN = 50
-
-
-def alerts_managers_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Cloud mode: the workspace's owners and admins; a member gets the 403 page of tenancy."""
-
-    @wraps(view)
-    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if settings.CLOUD:
-            if not request.user.is_authenticated:
-                return redirect_to_login(request.get_full_path())
-            membership = getattr(request, "membership", None)
-            if membership is None or not membership.manages_tenant:
-                return render(request, "tenants/managers_only.html", {"tenant": tenant_current()}, status=403)
-        return view(request, *args, **kwargs)
-
-    return guarded
 
 
 class AlertRuleForm(forms.Form):
@@ -82,7 +63,7 @@ FORM_FIELD = {
 # The answer to a new webhook rule carries its secret in the clear once: no cache may keep it.
 @never_cache
 @require_http_methods(["GET", "POST"])
-@alerts_managers_only
+@managers_only_in_cloud
 def alerts_page(request: HttpRequest) -> HttpResponse:
     tenant = tenant_current()
     form = AlertRuleForm(request.POST or None)
@@ -120,7 +101,7 @@ def alerts_page(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
-@alerts_managers_only
+@managers_only_in_cloud
 def alert_rule_test(request: HttpRequest, rule_id: int) -> HttpResponse:
     tenant = tenant_current()
     rule = selectors.rule_get(tenant=tenant, rule_id=rule_id)
@@ -132,7 +113,7 @@ def alert_rule_test(request: HttpRequest, rule_id: int) -> HttpResponse:
 
 
 @require_POST
-@alerts_managers_only
+@managers_only_in_cloud
 def alert_rule_delete(request: HttpRequest, rule_id: int) -> HttpResponse:
     tenant = tenant_current()
     rule = selectors.rule_get(tenant=tenant, rule_id=rule_id)
