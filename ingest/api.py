@@ -22,6 +22,7 @@ from rest_framework.throttling import BaseThrottle
 from ingest import services
 from ingest.bodies import request_body
 from ingest.ratelimit import TenantIngestRateThrottle, ratelimit_headers
+from kahn_site import metrics
 from kahn_site.api_errors import ApiError, RunDeleted, api_error_from
 from retention.errors import run_deleted_error
 from runs.api import ERRORS, RUN_ID, ErrorSerializer, RunEventsApi, RunGraphApi, RunSummaryApi
@@ -120,6 +121,8 @@ class RunEventsEndpoint(IngestThrottled, RunEventsApi):
         with _refusals_answered(tenant):
             batch = services.events_parse(request_body(request), request.content_type or "")
             receipt = services.run_append_batch(tenant=tenant, run_id=run_id, batch=batch)
+        metrics.INGEST_EVENTS.labels("accepted").inc(receipt.accepted)
+        metrics.INGEST_EVENTS.labels("duplicate").inc(receipt.duplicates)
         return Response(
             {
                 "run_id": receipt.run_id,

@@ -10,6 +10,7 @@ import gc
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
+from kahn_site import metrics
 from retention.selectors import runs_deleted_among
 from runs import reduction
 from runs.models import Run
@@ -464,8 +466,13 @@ def archive_import(
     offsets = {run_id: known.offset for run_id, known in stored.items()}
     if progress is not None:
         progress.start(sum(max(f.log_size - offsets.get(f.run_id, 0), 0) for f in todo))
+    started = time.perf_counter()
     with _collector_paused():
         _import_chunks(tenant, todo, stored, report, progress)
+    if todo:
+        metrics.IMPORT_SECONDS.inc(time.perf_counter() - started)
+        metrics.IMPORTED_EVENTS.inc(report.events)
+        metrics.IMPORTED_RUNS.inc(len(report.runs))
     return report
 
 

@@ -160,6 +160,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # The operator's /metrics, and the timing of every ingest write, refused or not (kahn_site.metrics).
+    "kahn_site.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Every answer, pages and errors alike, carries the Content Security Policy below.
     "csp.middleware.CSPMiddleware",
@@ -359,6 +361,10 @@ if CLOUD:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 KAHN_RATE_LIMITS = env.bool("KAHN_RATE_LIMITS", default=CLOUD)
+
+# The operator's metrics at /metrics, for a scraper that sends `Authorization: Bearer <token>`;
+# unset, the path is not served (kahn_site.metrics). A tenant's own are at /api/v1/metrics.
+KAHN_METRICS_TOKEN = env.str("KAHN_METRICS_TOKEN", default="")
 
 # ---------------------------------------------------------------- Celery: the retention jobs
 # Redis at REDIS_URL is the broker and keeps results; without it (OSS) tasks have nowhere to go,

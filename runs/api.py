@@ -16,7 +16,7 @@ from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIRequest
 from django.core.validators import ProhibitNullCharactersValidator
-from django.http import StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -26,6 +26,7 @@ from drf_spectacular.utils import (
     extend_schema_serializer,
     inline_serializer,
 )
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -34,6 +35,7 @@ from rest_framework.views import APIView
 from kahn_site.api_errors import ApiError, InvalidQuery, RunNotFound
 from retention.errors import run_deleted_error
 from runs import exports, selectors
+from runs.metrics import tenant_metrics_text
 from runs.models import Run
 from runs.pagination import RunCursorPagination
 from runs.read_model import (
@@ -436,3 +438,25 @@ class RunArchiveApi(APIView):
         response = _streamed(request, exports.tar_gz(run.run_id, members, mtime=mtime), "application/gzip")
         response["Content-Disposition"] = f'attachment; filename="{run.run_id}.tar.gz"'
         return response
+
+
+class TenantMetricsApi(APIView):
+    """The tenant's figures for Prometheus, from its stored rows (runs.metrics)."""
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[Any, str]:
+        # Prometheus' text format, whatever a scraper accepts; errors in JSON.
+        renderer = self.get_renderers()[0]
+        return renderer, renderer.media_type
+
+    @extend_schema(
+        operation_id="metrics_retrieve",
+        responses={(200, "text/plain"): OpenApiTypes.STR},
+        summary="The tenant's metrics in Prometheus' text format",
+        description="Runs by status and outcome, run durations (a histogram), attempts and flake retries "
+        'of the 200 nodes with most attempts in the last 7 days (the rest as `node="_other"`), events '
+        "stored, diagnostics by severity, alert delivery attempts by channel and result. Computed from "
+        "what is stored now: they fall when retention removes runs.",
+    )
+    def get(self, request: Request) -> HttpResponse:
+        text = tenant_metrics_text(tenant=tenant_current(), now=timezone.now())
+        return HttpResponse(text, content_type=CONTENT_TYPE_PLAIN_0_0_4)

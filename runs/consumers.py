@@ -33,6 +33,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
+from kahn_site import metrics
 from kahn_site.live_fanout import SOCKET_UNAUTHENTICATED, live_relay
 from runs.live import event_text, live_run_group, live_runs_group
 from runs.reduction import run_id_valid
@@ -93,6 +94,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.row_versions: dict[str, list[float]] = {}
         self.joined: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.counted = False  # in kahn_live_sockets, once its identity is known
         found = await database_sync_to_async(socket_identity)(cast(dict[str, Any], self.scope))
         # Accepted first, then closed: a close code reaches the client only after the handshake.
         await self.accept()
@@ -100,6 +102,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.close(code=found.code, reason=found.reason)
             return
         self.identity = found
+        metrics.LIVE_SOCKETS.inc()
+        self.counted = True
         for group in found.credential_groups:
             await self._join(group)
         if found.needs_recheck:
@@ -107,6 +111,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         self.identity = None
+        if self.counted:
+            metrics.LIVE_SOCKETS.dec()
+            self.counted = False
         for task in self.tasks:
             task.cancel()
         relay = live_relay()
@@ -318,6 +325,13 @@ class LiveConsumer(AsyncWebsocketConsumer):
         prefix = f'{{"type":"events","run_id":{orjson.dumps(run_id).decode()},"events":['
         for start in range(0, len(texts), EVENTS_PER_FRAME):
             await self.send(text_data=prefix + ",".join(texts[start : start + EVENTS_PER_FRAME]) + "]}")
+
+    # AsyncWebsocketConsumer's own signature, which its stubs give only to the raw message's `send`.
+    async def send(  # type: ignore[override]
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
+    ) -> None:
+        metrics.LIVE_MESSAGES.inc()
+        await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
 
     async def _send_json(self, message: dict[str, Any]) -> None:
         await self.send(text_data=orjson.dumps(message).decode())

@@ -87,7 +87,7 @@ def stale_cutoff(now: datetime) -> datetime:
     return now - timedelta(seconds=settings.KAHN_STALE_AFTER)
 
 
-def _status_is(status: str, now: datetime) -> Q:
+def status_is(status: str, now: datetime) -> Q:
     """`Run.status_at` as a filter: a run without `run_end` is interrupted once its last event is stale."""
     if status == "complete":
         return Q(complete=True)
@@ -104,7 +104,7 @@ def run_list(*, tenant: Tenant, filters: RunFilters, now: datetime | None = None
     now = now or timezone.now()
     runs = Run.objects.filter(tenant=tenant).only(*RUN_ROW_COLUMNS)
     if filters.status:
-        runs = runs.filter(_status_is(filters.status, now))
+        runs = runs.filter(status_is(filters.status, now))
     if filters.outcome:
         runs = runs.filter(outcome=filters.outcome)
     if filters.q:

@@ -21,6 +21,7 @@ register_converter(NodeIdConverter, "node_id")
 # path also answers without its trailing slash (kahn_site.api_routes).
 api_urlpatterns = [
     *api_path("runs/", api.RunListApi, "api-runs"),
+    *api_path("metrics", api.TenantMetricsApi, "api-metrics"),
     # One spelling only, and before a run's: `runs/export/` is the page of a run named "export".
     path("runs/export", api.RunExportApi.as_view(), name="api-runs-export"),
     *api_path("runs/<str:run_id>/archive", api.RunArchiveApi, "api-run-archive"),

@@ -29,10 +29,11 @@ from urllib.parse import urlsplit
 import orjson
 from django.conf import settings
 from django.core.mail import send_mail
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from kahn_site import metrics
 from runs import selectors
 from runs.alerts.encryption import InvalidToken, secret_decrypt
 from runs.alerts.models import TEST_TYPE, ChannelKind, DeliveryAttempt, Notification, NotificationStatus
@@ -259,6 +260,10 @@ def notification_deliver(
         error=result.error[:2000],
         delivered=result.delivered,
     )
+    # Counted once the attempt's record is committed, as the tenant's figures count it.
+    outcome = "delivered" if result.delivered else "failed"
+    counter = metrics.ALERT_DELIVERIES.labels(notification.rule.channel_kind, outcome)
+    transaction.on_commit(counter.inc)
     attempts = notification.attempts + 1
     if result.delivered:
         status, next_at = NotificationStatus.DELIVERED, None

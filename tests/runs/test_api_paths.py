@@ -37,6 +37,8 @@ CANONICAL = {
     "archive": "/api/v1/runs/{run_id}/archive",
     # One spelling only: with a slash it is the page of a run named "export".
     "export": "/api/v1/runs/export",
+    # The tenant's figures for Prometheus (issue 19), spelled as Prometheus' own `/metrics` is.
+    "metrics": "/api/v1/metrics",
 }
 
 

@@ -23,10 +23,12 @@ import ipaddress
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +42,7 @@ from django.db import connection
 
 from ingest.archive import ArchiveError, ArchiveReport, WarningsOnce, archive_import
 from kahn_site.checks import require_migrated
+from kahn_site.metrics import MULTIPROCESS_DIR_VARIABLE
 from runs.alerts.delivery import delivery_loop
 from runs.alerts.wake import delivery_wake
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
@@ -200,6 +203,9 @@ class Command(BaseCommand):
             str(workers),
             "--worker-class",
             "sync",
+            # Marks an exited worker's metrics as gone (kahn_site.metrics).
+            "--config",
+            "python:kahn_site.gunicorn_config",
             # Behind the proxy, which buffers slow clients: a sync worker is never held by one.
             "--graceful-timeout",
             "20",
@@ -216,7 +222,16 @@ class Command(BaseCommand):
             f"WebSocket on ws://{shown}:{ws_port}/ws/  (Ctrl-C stops both)"
         )
         self.stdout.flush()
-        children = [subprocess.Popen(daphne), subprocess.Popen(gunicorn)]
+        # The workers and daphne count into one directory, so that any worker's /metrics adds them all up.
+        metrics_dir, own_metrics_dir = os.environ.get(MULTIPROCESS_DIR_VARIABLE), None
+        if metrics_dir:
+            # The operator's: what an earlier run left there would be counted again.
+            for stale in Path(metrics_dir).glob("*.db"):
+                stale.unlink()
+        else:
+            metrics_dir = own_metrics_dir = tempfile.mkdtemp(prefix="kahn-metrics-")
+        env = {**os.environ, MULTIPROCESS_DIR_VARIABLE: metrics_dir}
+        children = [subprocess.Popen(daphne, env=env), subprocess.Popen(gunicorn, env=env)]
 
         def stop(signum: int, frame: Any) -> None:
             raise SystemExit(0)
@@ -237,6 +252,8 @@ class Command(BaseCommand):
                     child.wait(timeout=25)
                 except subprocess.TimeoutExpired:
                     child.kill()
+            if own_metrics_dir:
+                shutil.rmtree(own_metrics_dir, ignore_errors=True)
 
     def _serve(self, host: str, port: int, verbosity: int, listening: Callable[[], None] | None) -> None:
         from channels.routing import get_default_application
