@@ -21,6 +21,7 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.core.management import call_command
 from django.test import Client
+from prometheus_client import REGISTRY
 
 from kahn_site.asgi import application
 from runs.live import RunEvents, RunRows, live_run_group
@@ -116,6 +117,26 @@ def test_events_posted_over_http_reach_a_subscriber_in_order(local_tenant):
         assert await events_until(socket, 5) == [3, 4]
         assert await socket.receive_nothing()
         await socket.disconnect()
+
+    live(scenario)
+
+
+def test_the_operators_metrics_count_open_sockets_and_the_messages_sent(local_tenant):
+    def value(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0
+
+    async def scenario():
+        sockets, messages = value("kahn_live_sockets"), value("kahn_live_messages_total")
+        socket = await connect()
+        other = await connect()
+        assert value("kahn_live_sockets") == sockets + 2
+        await subscribe(socket, run_id="run_live", after_seq=-1)  # one message: subscribed
+        await post("run_live", 0, 3)
+        await events_until(socket, 3)  # one more: the three events in one frame
+        assert value("kahn_live_messages_total") == messages + 2
+        await socket.disconnect()
+        await other.disconnect()
+        assert value("kahn_live_sockets") == sockets
 
     live(scenario)
 
