@@ -20,6 +20,7 @@ ENDPOINTS = {
     ("PUT", "/api/v1/runs/{run_id}/summary"),
     ("GET", "/api/v1/runs/{run_id}/archive"),
     ("GET", "/api/v1/runs/export"),
+    ("GET", "/api/v1/metrics"),
     ("GET", "/api/v1/alerts/rules/"),
     ("POST", "/api/v1/alerts/rules/"),
     ("GET", "/api/v1/alerts/rules/{rule_id}/"),
