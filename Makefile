@@ -35,6 +35,9 @@ lint: install
 	$(VENV)/bin/mypy
 	$(PY) manage.py makemigrations --check --dry-run -v0
 
+# Each pass on every core, at most 4 workers; each worker has its own test database (`_gw0`, ...).
+PARALLEL := --numprocesses auto --maxprocesses 4
+
 test: install services lint
-	$(VENV)/bin/pytest -m "not postgres"
-	DATABASE_URL=$(TEST_POSTGRES_URL) $(VENV)/bin/pytest -m "not database_agnostic"
+	$(VENV)/bin/pytest -m "not postgres" $(PARALLEL)
+	DATABASE_URL=$(TEST_POSTGRES_URL) $(VENV)/bin/pytest -m "not database_agnostic" $(PARALLEL)

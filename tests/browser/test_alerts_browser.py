@@ -17,6 +17,9 @@ from tests.browser.test_csp_browser import check_still_clean, visit
 from tests.browser.test_csp_browser import page as page  # the fixture, for this module
 from tests.conftest import manage_env, scope_server
 
+# The pages a browser draws are the same HTML on either database (tests/runs checks the HTML on both).
+pytestmark = pytest.mark.database_agnostic
+
 
 @pytest.fixture
 def oss_url(transactional_db, local_tenant):

@@ -9,6 +9,9 @@ from playwright.sync_api import expect
 from tests.browser.conftest import ARTIFACTS
 from tests.conftest import manage_env, scope_server
 
+# The pages a browser draws are the same HTML on either database (tests/runs checks the HTML on both).
+pytestmark = pytest.mark.database_agnostic
+
 ENDPOINTS = {
     ("GET", "/api/v1/runs/"),
     ("GET", "/api/v1/runs/{run_id}/"),

@@ -6,6 +6,9 @@ import pytest
 from tests.browser.conftest import ARTIFACTS
 from tests.conftest import manage_env, scope_server
 
+# The pages a browser draws are the same HTML on either database (tests/runs checks the HTML on both).
+pytestmark = pytest.mark.database_agnostic
+
 FAILED = (207, 34, 46)  # --failed in static/scope.css
 CLEAN = (26, 127, 55)  # --clean
 

@@ -14,6 +14,9 @@ from tests.big_runs import BIG_RUN_FAILURES, big_run
 from tests.browser.conftest import ARTIFACTS
 from tests.conftest import ingest_quietly, manage_env, scope_server
 
+# The pages a browser draws are the same HTML on either database (tests/runs checks the HTML on both).
+pytestmark = pytest.mark.database_agnostic
+
 RUN_ID = "run_big"
 
 

@@ -5,6 +5,9 @@ import pytest
 from tests.browser.conftest import ARTIFACTS
 from tests.conftest import manage_env, scope_server
 
+# The pages a browser draws are the same HTML on either database (tests/runs checks the HTML on both).
+pytestmark = pytest.mark.database_agnostic
+
 FAILED = "rgb(207, 34, 46)"  # --failed in static/scope.css
 LINK = "rgb(9, 105, 218)"  # --accent
 

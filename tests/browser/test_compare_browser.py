@@ -10,6 +10,9 @@ from tests.browser.conftest import ARTIFACTS
 from tests.browser.test_csp_browser import WATCH_VIOLATIONS, violations
 from tests.conftest import manage_env, scope_server
 
+# The pages a browser draws are the same HTML on either database (tests/runs checks the HTML on both).
+pytestmark = pytest.mark.database_agnostic
+
 
 @pytest.fixture
 def server_url(transactional_db, imported):

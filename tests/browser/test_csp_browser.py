@@ -80,6 +80,7 @@ def oss_url(transactional_db, imported) -> Iterator[str]:
         yield url
 
 
+@pytest.mark.database_agnostic
 def test_an_inline_script_or_style_put_into_a_page_is_refused_and_reported(oss_url, page):
     """What the tests below count on: the policy holds, and a breach of it is seen."""
     visit(page, f"{oss_url}/")
@@ -114,6 +115,7 @@ def test_an_inline_script_or_style_put_into_a_page_is_refused_and_reported(oss_u
 # ---------------------------------------------------------------- OSS: every page
 
 
+@pytest.mark.database_agnostic
 def test_every_oss_page_loads_under_the_policy(oss_url, page):
     runs = requests.get(f"{oss_url}/api/v1/runs/", timeout=10).json()["results"]
     assert len(runs) == 8
@@ -161,6 +163,7 @@ def test_every_oss_page_loads_under_the_policy(oss_url, page):
     expect(page.locator("h1")).to_have_text("Not found")
 
 
+@pytest.mark.database_agnostic
 def test_the_flake_and_failure_bars_are_drawn_to_their_rates(oss_url, page):
     # Drawn as SVG, sized by attributes rather than an inline style.
     visit(page, f"{oss_url}/nodes/")

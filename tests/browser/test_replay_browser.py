@@ -12,6 +12,9 @@ from playwright.sync_api import expect
 from tests.browser.conftest import ARTIFACTS
 from tests.conftest import manage_env, scope_server
 
+# The pages a browser draws are the same HTML on either database (tests/runs checks the HTML on both).
+pytestmark = pytest.mark.database_agnostic
+
 
 def node(page, node_id: str):
     return page.locator(f'.dag g.node[data-node="{node_id}"]')

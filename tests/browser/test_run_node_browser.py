@@ -8,6 +8,9 @@ from playwright.sync_api import expect
 from tests.browser.conftest import ARTIFACTS
 from tests.conftest import manage_env, scope_server
 
+# The pages a browser draws are the same HTML on either database (tests/runs checks the HTML on both).
+pytestmark = pytest.mark.database_agnostic
+
 
 @pytest.fixture
 def server_url(transactional_db, imported):

@@ -3,12 +3,16 @@
 import json
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runs.pictures import NODE_H, NODE_W, dag_layout, dag_picture
 from runs.timeline import build_timeline
 from tests.conftest import SAMPLE_ARCHIVE
+
+# Layout is arithmetic on a graph: no database is involved.
+pytestmark = pytest.mark.database_agnostic
 
 Box = tuple[int, int, int, int]  # x, y, width, height
 
