@@ -15,7 +15,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from functools import partial
@@ -308,6 +308,12 @@ def rule_update(*, tenant: Tenant, rule: AlertRule, spec: RuleSpec) -> tuple[Ale
     )
     _rules_changed(tenant)
     return rule, secret
+
+
+def rule_enabled_set(*, tenant: Tenant, rule: AlertRule, enabled: bool) -> AlertRule:
+    """Turns a rule on or off, all else kept: an off rule records nothing, and keeps its channel."""
+    rule, _ = rule_update(tenant=tenant, rule=rule, spec=replace(_spec_of(rule), enabled=enabled))
+    return rule
 
 
 def rule_delete(*, tenant: Tenant, rule: AlertRule) -> None:

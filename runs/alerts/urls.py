@@ -13,5 +13,6 @@ api_urlpatterns = [
 page_urlpatterns = [
     path("alerts/", views.alerts_page, name="alerts"),
     path("alerts/<int:rule_id>/test/", views.alert_rule_test, name="alert_rule_test"),
+    path("alerts/<int:rule_id>/enabled/", views.alert_rule_enabled, name="alert_rule_enabled"),
     path("alerts/<int:rule_id>/delete/", views.alert_rule_delete, name="alert_rule_delete"),
 ]

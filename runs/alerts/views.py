@@ -8,7 +8,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
@@ -109,6 +109,26 @@ def alert_rule_test(request: HttpRequest, rule_id: int) -> HttpResponse:
         raise Http404("There is no such alert rule in this workspace.")
     services.rule_send_test(tenant=tenant, rule=rule)
     messages.success(request, f"A test of “{rule.name}” is on its way: see Deliveries below.")
+    return redirect("alerts")
+
+
+@require_POST
+@managers_only_in_cloud
+def alert_rule_enabled(request: HttpRequest, rule_id: int) -> HttpResponse:
+    """Turns a rule on or off: `enabled` is `on` or `off`, so that sending the form twice does
+    what it did once."""
+    tenant = tenant_current()
+    rule = selectors.rule_get(tenant=tenant, rule_id=rule_id)
+    if rule is None:
+        raise Http404("There is no such alert rule in this workspace.")
+    wanted = request.POST.get("enabled")
+    if wanted not in ("on", "off"):
+        return HttpResponseBadRequest("enabled is on or off", content_type="text/plain; charset=utf-8")
+    services.rule_enabled_set(tenant=tenant, rule=rule, enabled=wanted == "on")
+    said = (
+        "on: it records alerts again" if wanted == "on" else "off: it records nothing until it is turned on"
+    )
+    messages.info(request, f"The alert rule “{rule.name}” is {said}.")
     return redirect("alerts")
 
 

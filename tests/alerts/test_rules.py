@@ -13,10 +13,11 @@ from django.db import connection
 from django.test import Client
 
 from runs.alerts.encryption import InvalidToken
-from runs.alerts.models import AlertRule
+from runs.alerts.models import AlertRule, Notification
 from tenants.context import tenant_scope
 from tenants.models import ApiKeyScope
 from tenants.services import api_key_create
+from tests.conftest import run_record
 from tests.tenants.conftest import database_dump
 
 RULES = "/api/v1/alerts/rules/"
@@ -170,9 +171,40 @@ def test_the_alerts_page_makes_a_rule_shows_its_secret_once_and_sends_a_test(cli
     assert rules_of(local_tenant) == []
 
 
+def test_the_alerts_page_turns_a_rule_off_and_on_and_an_off_rule_records_nothing(client, local_tenant):
+    client.post(
+        "/alerts/",
+        {"name": "failures", "condition": "run_failed", "channel_kind": "webhook", "url": HOOK_URL},
+    )
+    (rule,) = rules_of(local_tenant)
+    assert 'name="enabled" value="off"' in client.get("/alerts/").text
+
+    turned = client.post(f"/alerts/{rule.pk}/enabled/", {"enabled": "off"}, follow=True)
+    assert "records nothing until it is turned on" in turned.text and "(off)" in turned.text
+    assert (
+        client.post(f"/alerts/{rule.pk}/enabled/", {"enabled": "off"}).status_code == 302
+    )  # twice: still off
+    (rule,) = rules_of(local_tenant)
+    assert not rule.enabled and rule.channel_url_encrypted  # its channel is kept
+    run_record(local_tenant, "failed_while_off", ok=False)
+    with tenant_scope(local_tenant):
+        assert not Notification.objects.filter(tenant=local_tenant).exists()
+
+    bad = client.post(f"/alerts/{rule.pk}/enabled/", {"enabled": "maybe"})
+    assert bad.status_code == 400 and "on or off" in bad.text
+    assert client.post("/alerts/999999/enabled/", {"enabled": "on"}).status_code == 404
+
+    client.post(f"/alerts/{rule.pk}/enabled/", {"enabled": "on"})
+    run_record(local_tenant, "failed_when_on", ok=False)
+    with tenant_scope(local_tenant):
+        notified = list(Notification.objects.filter(tenant=local_tenant).values_list("run_id", flat=True))
+    assert notified == ["failed_when_on"]
+
+
 def test_a_member_gets_no_alerts_page_in_cloud(cloud, world):
     cloud.force_login(world.carol)
     assert cloud.get("/alerts/").status_code == 403
+    assert cloud.post("/alerts/1/enabled/", {"enabled": "off"}).status_code == 403
     assert 'href="/alerts/"' not in cloud.get("/").text
     cloud.force_login(world.alice)
     assert cloud.get("/alerts/").status_code == 200
