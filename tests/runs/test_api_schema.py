@@ -80,6 +80,7 @@ def api_schema(imported):
         ("/api/v1/runs/export", {}, {"format": "xml"}),
         ("/api/v1/runs/{run_id}/archive", {"run_id": "run_failed"}, {}),
         ("/api/v1/runs/{run_id}/archive", {"run_id": "run_nope"}, {}),
+        ("/api/v1/metrics", {}, {}),
     ],
 )
 def test_real_responses_match_the_schema(api_schema, path, path_parameters, query):
