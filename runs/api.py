@@ -363,12 +363,22 @@ async def _each_in_thread(chunks: Iterator[Any]) -> AsyncIterator[Any]:
         yield chunk
 
 
+class AnswersItsOwnMediaType:
+    """An endpoint whose success is a file of its own kind (CSV, a tar.gz, Prometheus' text), not a
+    rendering the client chooses: DRF's negotiation is skipped (it would also read `?format=` as a
+    renderer's name), and its errors are JSON whatever the client accepts."""
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[Any, str]:
+        renderer = self.get_renderers()[0]  # type: ignore[attr-defined]
+        return renderer, renderer.media_type
+
+
 class ExportFormat(serializers.ChoiceField):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(choices=("csv", "ndjson"), help_text="`csv` (with a header) or `ndjson`", **kwargs)
 
 
-class RunExportApi(APIView):
+class RunExportApi(AnswersItsOwnMediaType, APIView):
     """The run list, whole, as a file: the same filters, every matching run, newest first."""
 
     class InputSerializer(RunListApi.InputSerializer):
@@ -378,11 +388,6 @@ class RunExportApi(APIView):
         cursor = None  # type: ignore[assignment]
 
     MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
-
-    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[Any, str]:
-        # DRF reads `?format=` as a choice of renderer; here it chooses the file, and errors are JSON.
-        renderer = self.get_renderers()[0]
-        return renderer, renderer.media_type
 
     @extend_schema(
         operation_id="runs_export",
@@ -409,13 +414,8 @@ class RunExportApi(APIView):
         return response
 
 
-class RunArchiveApi(APIView):
+class RunArchiveApi(AnswersItsOwnMediaType, APIView):
     """One run as the archive folder it could have come from, for `ingest_archive` to read."""
-
-    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[Any, str]:
-        # An archive, or an error in JSON, whatever the client accepts.
-        renderer = self.get_renderers()[0]
-        return renderer, renderer.media_type
 
     @extend_schema(
         operation_id="runs_archive_retrieve",
@@ -440,13 +440,8 @@ class RunArchiveApi(APIView):
         return response
 
 
-class TenantMetricsApi(APIView):
+class TenantMetricsApi(AnswersItsOwnMediaType, APIView):
     """The tenant's figures for Prometheus, from its stored rows (runs.metrics)."""
-
-    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[Any, str]:
-        # Prometheus' text format, whatever a scraper accepts; errors in JSON.
-        renderer = self.get_renderers()[0]
-        return renderer, renderer.media_type
 
     @extend_schema(
         operation_id="metrics_retrieve",
