@@ -419,6 +419,9 @@ class RunNews:
     diagnostics: Sequence[ReducedDiagnostic] = ()
     # (node, final state, attempts) of each node, asked only when a node rule needs them.
     node_states: Callable[[], Sequence[tuple[str, str, int]]] = list
+    # The run's `node_attempt` events (valid ones, in log order) when the batch wrote its whole log:
+    # the write path had them in hand. None when an earlier batch wrote some: they are read back.
+    attempt_records: Sequence[Mapping[str, Any]] | None = None
 
     @property
     def completed(self) -> bool:
@@ -511,13 +514,28 @@ def _notification(
     )
 
 
-def _successful_durations(tenant: Tenant, runs: Sequence[Run]) -> dict[int, dict[str, list[float]]]:
-    """Per run, per node: the durations of its successful attempts, in log order. One query for the
-    runs a batch completed, reading their attempt records only (never another run's)."""
-    found: dict[int, dict[str, list[float]]] = {run.pk: {} for run in runs}
+def _successful_durations(tenant: Tenant, completed: Sequence[RunNews]) -> dict[int, dict[str, list[float]]]:
+    """Per run, per node: the durations of its successful attempts, in log order. From the records
+    the write path has in hand when it wrote the run's whole log; otherwise from one query for the
+    other runs a batch completed, reading their attempt records only (never another run's)."""
+    found: dict[int, dict[str, list[float]]] = {}
+    stored: list[int] = []
+    for item in completed:
+        durations = found[item.run.pk] = {}
+        if item.attempt_records is None:
+            stored.append(item.run.pk)
+            continue
+        for record in item.attempt_records:
+            # The same tests as the query's below, on the event as validated (`ok` a boolean,
+            # `duration_s` a number).
+            node, duration = record.get("node"), record.get("duration_s")
+            if node and record.get("ok") is True and duration is not None:
+                durations.setdefault(node, []).append(float(duration))
+    if not stored:
+        return found
     # Only the two fields, extracted by the database: the records themselves are not decoded here.
     records = (
-        Event.objects.filter(tenant=tenant, run_id__in=list(found), kind="node_attempt")
+        Event.objects.filter(tenant=tenant, run_id__in=stored, kind="node_attempt")
         .order_by("run_id", "seq")
         .values_list("run_id", "node", KT("payload__ok"), KT("payload__duration_s"))
     )
@@ -540,7 +558,7 @@ def _node_notifications(
         return []
     # An import may complete many runs in one batch: each is measured against those started before.
     completed = sorted(completed, key=_started_order)
-    durations = _successful_durations(tenant, [item.run for item in completed])
+    durations = _successful_durations(tenant, completed)
     states = {item.run.pk: item.node_states() for item in completed}
     nodes = sorted(
         {node for found in durations.values() for node in found} | {n for s in states.values() for n, *_ in s}
