@@ -12,14 +12,12 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from functools import partial
-from itertools import islice
 from statistics import median
 from typing import Any
 
@@ -610,11 +608,10 @@ def _node_notifications(tenant: Tenant, rules: list[ActiveRule], completed: list
         .filter(tenant=tenant, node_id__in=nodes)
         .order_by("node_id")
     }
-    # Advanced in memory as deques (appending drops the oldest), written back once.
+    # Advanced in memory as lists, oldest first, and cut to the newest MAX_WINDOW when written back
+    # once: no rule's window is longer, so each reads the same values as from the stored row.
     keep = NodeStats.MAX_WINDOW
-    recent = {
-        node: (deque(s.durations, maxlen=keep), deque(s.flakes, maxlen=keep)) for node, s in stats.items()
-    }
+    recent = {node: (list(s.durations), list(s.flakes)) for node, s in stats.items()}
     rows: list[_Offered] = []
     for item in completed:
         run_id = item.run.run_id
@@ -622,13 +619,11 @@ def _node_notifications(tenant: Tenant, rules: list[ActiveRule], completed: list
         slow = [rule for rule in matching if rule.condition == Condition.NODE_SLOW]
         flaky = [rule for rule in matching if rule.condition == Condition.NODE_FLAKY]
         for node, taken in durations[item.run.pk].items():
-            node_durations = (
-                recent.get(node) or recent.setdefault(node, (deque(maxlen=keep), deque(maxlen=keep)))
-            )[0]
+            node_durations = (recent.get(node) or recent.setdefault(node, ([], [])))[0]
             for rule in slow:
                 if not rule.matches_node(node) or len(node_durations) < MIN_WINDOW:
                     continue
-                earlier = list(islice(reversed(node_durations), rule.window))
+                earlier = node_durations[-rule.window :]
                 typical, slowest = median(earlier), max(taken)
                 if slowest > rule.factor * typical:
                     details = {
@@ -642,15 +637,14 @@ def _node_notifications(tenant: Tenant, rules: list[ActiveRule], completed: list
         for node, state, attempts in states[item.run.pk]:
             if state not in ("done", "failed"):
                 continue
-            node_flakes = (
-                recent.get(node) or recent.setdefault(node, (deque(maxlen=keep), deque(maxlen=keep)))
-            )[1]
+            node_flakes = (recent.get(node) or recent.setdefault(node, ([], [])))[1]
             flaked = 1 if state == "done" and attempts > 1 else 0
-            for rule in flaky:
+            # A run in which the node did not flake cannot raise its flake rate: no rule to ask.
+            for rule in flaky if flaked else ():
                 if not rule.matches_node(node):
                     continue
-                before = list(islice(reversed(node_flakes), rule.window))
-                after = [flaked, *before[: rule.window - 1]]
+                before = node_flakes[-rule.window :]
+                after = [*before, flaked][-rule.window :]
                 rate_before = sum(before) / len(before) if before else 0.0
                 rate_after = sum(after) / len(after)
                 if len(after) >= MIN_WINDOW and rate_before <= rule.threshold < rate_after:
@@ -663,7 +657,9 @@ def _node_notifications(tenant: Tenant, rules: list[ActiveRule], completed: list
             node_flakes.append(flaked)
     NodeStats.objects.bulk_create(
         [
-            NodeStats(tenant=tenant, node_id=node, durations=list(node_durations), flakes=list(node_flakes))
+            NodeStats(
+                tenant=tenant, node_id=node, durations=node_durations[-keep:], flakes=node_flakes[-keep:]
+            )
             for node, (node_durations, node_flakes) in recent.items()
         ],
         update_conflicts=True,
