@@ -72,6 +72,9 @@ class RunChange:
     # The JSON text of the appended events, for live subscribers; None once there are more than one
     # live message carries (they then read them from the database).
     live_payloads: list[str] | None = field(default_factory=list)
+    # The appended `node_attempt` events, for node alert rules: when this batch writes the run's
+    # whole log, they spare reading the run's attempts back from the database (runs.alerts).
+    attempt_records: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # The run's node rows as stored before this batch: the flush writes only what it changes.
@@ -87,6 +90,9 @@ class RunChange:
         self.summary_compared = self.run.complete and self.run.summary is not None
         # Alerts: a run that had ended before this batch does not end again (runs.alerts).
         self.was_complete = self.run.complete
+        # Whether this batch writes the run's log from its first event: `attempt_records` then holds
+        # every attempt record the run has.
+        self.whole_log = self.reduction.next_seq == 0
 
     def append(self, event: dict[str, Any], payload: str) -> int:
         """Adds a valid event (see `reduction.validate_event`); `payload` is its JSON text as stored,
@@ -105,23 +111,27 @@ class RunChange:
         utc, utc_text = reduction.ts_utc, reduction.ts_utc_text
         # Kept by reference (the strings exist anyway); one append per event is all it costs.
         keep = (self.live_payloads if self.live_payloads is not None else []).append
+        keep_attempt = self.attempt_records.append
         first = seq = self.reduction.next_seq
         for item in events:
             if isinstance(item, ReducedDiagnostic):
                 diagnostics.append(item)
                 continue
             event, payload = item
+            kind = event["event"]
             found = apply(event)
             if found:
                 diagnostics.extend(found)
-            if self.run.graph is None and event["event"] == "run_start" and event.get("graph") is not None:
+            if self.run.graph is None and kind == "run_start" and event.get("graph") is not None:
                 self.run.graph = event["graph"]  # the reduction adopted it too
                 self.nodes_changed = self.documents_changed = True
             # The UTC instant, never the producer's text (see runs.sql.EventSink); SQLite stores what
             # Django's adapter writes.
             ts = adapt(utc(event["ts"])) if on_sqlite else utc_text(event["ts"])
-            write((run_pk, seq, tenant_id, ts, event["event"], event.get("node"), payload))
+            write((run_pk, seq, tenant_id, ts, kind, event.get("node"), payload))
             keep(payload)
+            if kind == "node_attempt":
+                keep_attempt(event)
             seq += 1
         self.appended += seq - first
         if self.live_payloads is not None and len(self.live_payloads) > LIVE_EVENTS_PER_MESSAGE:
@@ -288,6 +298,7 @@ class RunBatch:
                     was_complete=c.was_complete,
                     diagnostics=c.diagnostics,
                     node_states=c.reduction.node_states,
+                    attempt_records=c.attempt_records if c.whole_log else None,
                 )
                 for c in changes
                 if c.news

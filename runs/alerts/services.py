@@ -12,21 +12,20 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from functools import partial
-from itertools import islice
 from statistics import median
 from typing import Any
 
+import orjson
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.validators import EmailValidator
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models.fields.json import KT
 from django.utils import timezone
 
@@ -40,6 +39,7 @@ from runs.alerts.models import (
     Condition,
     NodeStats,
     Notification,
+    NotificationStatus,
 )
 from runs.alerts.wake import delivery_wake
 from runs.models import Event, Run
@@ -425,6 +425,9 @@ class RunNews:
     diagnostics: Sequence[ReducedDiagnostic] = ()
     # (node, final state, attempts) of each node, asked only when a node rule needs them.
     node_states: Callable[[], Sequence[tuple[str, str, int]]] = list
+    # The run's `node_attempt` events (valid ones, in log order) when the batch wrote its whole log:
+    # the write path had them in hand. None when an earlier batch wrote some: they are read back.
+    attempt_records: Sequence[Mapping[str, Any]] | None = None
 
     @property
     def completed(self) -> bool:
@@ -433,6 +436,23 @@ class RunNews:
 
 def _webhook_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
+
+
+def _webhook_ids(count: int) -> list[str]:
+    """`count` webhook message ids, as random as `_webhook_id`'s, drawn from the system in one call
+    rather than one each: every call lets go of Python's lock, which an import's other thread takes."""
+    digits = secrets.token_hex(16 * count)
+    return [f"msg_{digits[start : start + 32]}" for start in range(0, len(digits), 32)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Offered:
+    """A notification the batch offers: its unique key with its rule, and what it says."""
+
+    rule: ActiveRule
+    run_id: str
+    node: str
+    details: dict[str, Any]
 
 
 def _fired(rule: ActiveRule, news: RunNews) -> list[tuple[str, dict[str, Any]]]:
@@ -468,62 +488,100 @@ def alerts_record(*, tenant: Tenant, news: Iterable[RunNews], now: datetime | No
     if not rules:
         return 0
     now = now or timezone.now()
-    rows = []
+    offered: list[_Offered] = []
     news = list(news)
     node_rules = [rule for rule in rules if rule.condition in NODE_CONDITIONS]
     if node_rules:
-        rows += _node_notifications(tenant, node_rules, [item for item in news if item.completed], now)
+        offered += _node_notifications(tenant, node_rules, [item for item in news if item.completed])
     for item in news:
         for rule in rules:
             if not rule.matches(item.run.run_id):
                 continue
             for node, details in _fired(rule, item):
-                if rule.cooldown_s and _cooling_down(tenant, rule, now):
-                    continue
-                rows.append(
-                    Notification(
-                        tenant=tenant,
-                        rule_id=rule.id,
-                        run_id=item.run.run_id,
-                        type=EVENT_TYPE[Condition(rule.condition)],
-                        node=node,
-                        details=details,
-                        created_at=now,
-                        next_attempt_at=now,
-                        webhook_id=_webhook_id(),
-                    )
-                )
-    if rows:
-        # ON CONFLICT DO NOTHING on (rule, run, type, node): a re-import or a concurrent writer's
-        # notification is already there, and this one is not another.
-        Notification.objects.bulk_create(rows, ignore_conflicts=True)
+                offered.append(_Offered(rule, item.run.run_id, node, details))
+    if any(row.rule.cooldown_s for row in offered):
+        # Asked once per rule: nothing this batch offers is stored before the answer is used.
+        cooling = {rule.id: _cooling_down(tenant, rule, now) for rule in {row.rule for row in offered}}
+        offered = [row for row in offered if not cooling[row.rule.id]]
+    if offered:
+        _notifications_insert(tenant, offered, now)
         _wake_delivery()
-    return len(rows)
+    return len(offered)
 
 
-def _notification(
-    tenant: Tenant, rule: ActiveRule, run_id: str, node: str, details: dict[str, Any], now: datetime
-) -> Notification:
-    return Notification(
-        tenant=tenant,
-        rule_id=rule.id,
-        run_id=run_id,
-        type=EVENT_TYPE[Condition(rule.condition)],
-        node=node,
-        details=details,
-        created_at=now,
-        next_attempt_at=now,
-        webhook_id=_webhook_id(),
-    )
+def _notifications_insert(tenant: Tenant, offered: list[_Offered], now: datetime) -> None:
+    """INSERT … ON CONFLICT DO NOTHING on (rule, run, type, node): a re-import or a concurrent
+    writer's notification is already there, and this one is not another. On PostgreSQL the rows go
+    as one JSON parameter (as the write path's own rows do, `runs.sql`): a model instance and a
+    placeholder per value cost an import's batch more than its notifications are worth."""
+    webhook_ids = _webhook_ids(len(offered))
+    if connection.vendor != "postgresql":
+        Notification.objects.bulk_create(
+            [
+                Notification(
+                    tenant=tenant,
+                    rule_id=row.rule.id,
+                    run_id=row.run_id,
+                    type=EVENT_TYPE[Condition(row.rule.condition)],
+                    node=row.node,
+                    details=row.details,
+                    created_at=now,
+                    next_attempt_at=now,
+                    webhook_id=webhook_id,
+                )
+                for row, webhook_id in zip(offered, webhook_ids, strict=True)
+            ],
+            ignore_conflicts=True,
+        )
+        return
+    records = orjson.dumps(
+        [
+            {
+                "rule_id": row.rule.id,
+                "run_id": row.run_id,
+                "type": EVENT_TYPE[Condition(row.rule.condition)],
+                "node": row.node,
+                "details": row.details,
+                "webhook_id": webhook_id,
+            }
+            for row, webhook_id in zip(offered, webhook_ids, strict=True)
+        ]
+    ).decode()
+    table = connection.ops.quote_name(Notification._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (tenant_id, rule_id, run_id, type, node, details, "
+            "created_at, next_attempt_at, webhook_id, status, attempts) "
+            "SELECT %s, r.rule_id, r.run_id, r.type, r.node, r.details, %s, %s, r.webhook_id, %s, 0 "
+            "FROM jsonb_to_recordset(%s::jsonb) "
+            "AS r(rule_id bigint, run_id text, type text, node text, details jsonb, webhook_id text) "
+            "ON CONFLICT DO NOTHING",
+            [tenant.pk, now, now, NotificationStatus.PENDING.value, records],
+        )
 
 
-def _successful_durations(tenant: Tenant, runs: Sequence[Run]) -> dict[int, dict[str, list[float]]]:
-    """Per run, per node: the durations of its successful attempts, in log order. One query for the
-    runs a batch completed, reading their attempt records only (never another run's)."""
-    found: dict[int, dict[str, list[float]]] = {run.pk: {} for run in runs}
+def _successful_durations(tenant: Tenant, completed: Sequence[RunNews]) -> dict[int, dict[str, list[float]]]:
+    """Per run, per node: the durations of its successful attempts, in log order. From the records
+    the write path has in hand when it wrote the run's whole log; otherwise from one query for the
+    other runs a batch completed, reading their attempt records only (never another run's)."""
+    found: dict[int, dict[str, list[float]]] = {}
+    stored: list[int] = []
+    for item in completed:
+        durations = found[item.run.pk] = {}
+        if item.attempt_records is None:
+            stored.append(item.run.pk)
+            continue
+        for record in item.attempt_records:
+            # The same tests as the query's below, on the event as validated (`ok` a boolean,
+            # `duration_s` a number).
+            node, duration = record.get("node"), record.get("duration_s")
+            if node and record.get("ok") is True and duration is not None:
+                durations.setdefault(node, []).append(float(duration))
+    if not stored:
+        return found
     # Only the two fields, extracted by the database: the records themselves are not decoded here.
     records = (
-        Event.objects.filter(tenant=tenant, run_id__in=list(found), kind="node_attempt")
+        Event.objects.filter(tenant=tenant, run_id__in=stored, kind="node_attempt")
         .order_by("run_id", "seq")
         .values_list("run_id", "node", KT("payload__ok"), KT("payload__duration_s"))
     )
@@ -537,16 +595,14 @@ def _successful_durations(tenant: Tenant, runs: Sequence[Run]) -> dict[int, dict
     return found
 
 
-def _node_notifications(
-    tenant: Tenant, rules: list[ActiveRule], completed: list[RunNews], now: datetime
-) -> list[Notification]:
+def _node_notifications(tenant: Tenant, rules: list[ActiveRule], completed: list[RunNews]) -> list[_Offered]:
     """`node_slow` and `node_flaky` for the runs this batch completed, against each node's own
     statistics (`NodeStats`), which are then advanced by these runs: no history is read again."""
     if not completed:
         return []
     # An import may complete many runs in one batch: each is measured against those started before.
     completed = sorted(completed, key=_started_order)
-    durations = _successful_durations(tenant, [item.run for item in completed])
+    durations = _successful_durations(tenant, completed)
     states = {item.run.pk: item.node_states() for item in completed}
     nodes = sorted(
         {node for found in durations.values() for node in found} | {n for s in states.values() for n, *_ in s}
@@ -558,25 +614,22 @@ def _node_notifications(
         .filter(tenant=tenant, node_id__in=nodes)
         .order_by("node_id")
     }
-    # Advanced in memory as deques (appending drops the oldest), written back once.
+    # Advanced in memory as lists, oldest first, and cut to the newest MAX_WINDOW when written back
+    # once: no rule's window is longer, so each reads the same values as from the stored row.
     keep = NodeStats.MAX_WINDOW
-    recent = {
-        node: (deque(s.durations, maxlen=keep), deque(s.flakes, maxlen=keep)) for node, s in stats.items()
-    }
-    rows = []
+    recent = {node: (list(s.durations), list(s.flakes)) for node, s in stats.items()}
+    rows: list[_Offered] = []
     for item in completed:
         run_id = item.run.run_id
         matching = [rule for rule in rules if rule.matches(run_id)]
         slow = [rule for rule in matching if rule.condition == Condition.NODE_SLOW]
         flaky = [rule for rule in matching if rule.condition == Condition.NODE_FLAKY]
         for node, taken in durations[item.run.pk].items():
-            node_durations = (
-                recent.get(node) or recent.setdefault(node, (deque(maxlen=keep), deque(maxlen=keep)))
-            )[0]
+            node_durations = (recent.get(node) or recent.setdefault(node, ([], [])))[0]
             for rule in slow:
                 if not rule.matches_node(node) or len(node_durations) < MIN_WINDOW:
                     continue
-                earlier = list(islice(reversed(node_durations), rule.window))
+                earlier = node_durations[-rule.window :]
                 typical, slowest = median(earlier), max(taken)
                 if slowest > rule.factor * typical:
                     details = {
@@ -585,20 +638,19 @@ def _node_notifications(
                         "factor": rule.factor,
                         "window": len(earlier),
                     }
-                    rows.append(_notification(tenant, rule, run_id, node, details, now))
+                    rows.append(_Offered(rule, run_id, node, details))
             node_durations.extend(taken)
         for node, state, attempts in states[item.run.pk]:
             if state not in ("done", "failed"):
                 continue
-            node_flakes = (
-                recent.get(node) or recent.setdefault(node, (deque(maxlen=keep), deque(maxlen=keep)))
-            )[1]
+            node_flakes = (recent.get(node) or recent.setdefault(node, ([], [])))[1]
             flaked = 1 if state == "done" and attempts > 1 else 0
-            for rule in flaky:
+            # A run in which the node did not flake cannot raise its flake rate: no rule to ask.
+            for rule in flaky if flaked else ():
                 if not rule.matches_node(node):
                     continue
-                before = list(islice(reversed(node_flakes), rule.window))
-                after = [flaked, *before[: rule.window - 1]]
+                before = node_flakes[-rule.window :]
+                after = [*before, flaked][-rule.window :]
                 rate_before = sum(before) / len(before) if before else 0.0
                 rate_after = sum(after) / len(after)
                 if len(after) >= MIN_WINDOW and rate_before <= rule.threshold < rate_after:
@@ -607,27 +659,25 @@ def _node_notifications(
                         "threshold": rule.threshold,
                         "window": len(after),
                     }
-                    rows.append(_notification(tenant, rule, run_id, node, details, now))
+                    rows.append(_Offered(rule, run_id, node, details))
             node_flakes.append(flaked)
     NodeStats.objects.bulk_create(
         [
-            NodeStats(tenant=tenant, node_id=node, durations=list(node_durations), flakes=list(node_flakes))
+            NodeStats(
+                tenant=tenant, node_id=node, durations=node_durations[-keep:], flakes=node_flakes[-keep:]
+            )
             for node, (node_durations, node_flakes) in recent.items()
         ],
         update_conflicts=True,
         unique_fields=["tenant", "node_id"],
         update_fields=["durations", "flakes"],
     )
-    return [row for row in rows if not _cooling_down(tenant, _rule_of(rules, row.rule_id), now)]
+    return rows
 
 
 def _started_order(item: RunNews) -> tuple[float, str]:
     started = item.run.started
     return (started.timestamp() if started is not None else float("inf"), item.run.run_id)
-
-
-def _rule_of(rules: list[ActiveRule], rule_id: int) -> ActiveRule:
-    return next(rule for rule in rules if rule.id == rule_id)
 
 
 def _cooling_down(tenant: Tenant, rule: ActiveRule, now: datetime) -> bool:

@@ -108,6 +108,24 @@ def test_node_slow_fires_when_a_node_triples_after_20_steady_runs_and_not_on_noi
     assert sent(local_tenant) == [("node.slow", "nightly-21", "compile")]
 
 
+def test_node_slow_of_a_run_imported_in_two_parts_measures_the_attempts_of_the_first(local_tenant, tmp_path):
+    node_rule(local_tenant, "node_slow", node="compile")
+    for day in range(1, 21):
+        write_archive_run(tmp_path, f"nightly-{day:02d}", run_events(f"nightly-{day:02d}", day, 60.0))
+    ingest_quietly(tmp_path)
+    events = run_events("nightly-21", 21, 180.0)
+    # The log as a follower first finds it: the slow attempt is there, the run's end is not yet.
+    write_archive_run(tmp_path, "nightly-21", events[:4])
+    ingest_quietly(tmp_path)
+    assert sent(local_tenant) == []
+    write_archive_run(tmp_path, "nightly-21", events)
+    ingest_quietly(tmp_path)  # the rest of the log, and the run completes
+    assert sent(local_tenant) == [("node.slow", "nightly-21", "compile")]
+    with tenant_scope(local_tenant):
+        (notification,) = Notification.objects.filter(tenant=local_tenant)
+    assert notification.details["duration_s"] == 180.0 and notification.details["median_s"] == 60.0
+
+
 def test_node_slow_needs_five_earlier_attempts(local_tenant, tmp_path):
     node_rule(local_tenant, "node_slow")
     for day, seconds in enumerate([10, 10, 10, 10, 100], start=1):
