@@ -359,3 +359,22 @@ def wait_for(server, text: str) -> str:
         assert time.monotonic() < deadline, f"serve never said {text!r}; it said:\n{output}"
         time.sleep(0.1)
     return output
+
+
+@pytest.mark.database_agnostic
+@pytest.mark.django_db(transaction=True)
+def test_serve_says_once_that_the_bucket_refused_its_credentials(local_tenant, s3, enforced_auth):
+    upload(s3, SAMPLE_ARCHIVE, "archive")
+    moto_auth(s3.endpoint, enforced=True)
+    env = manage_env(
+        KAHN_ARCHIVE=f"s3://{s3.bucket}/archive", **s3_env(s3.endpoint, key_id="AKIANOTAKNOWN0000000")
+    )
+    with served(env, "--follow-interval", "0.2") as server:
+        wait_for(server, "refused these AWS credentials")
+        time.sleep(1)  # five passes more
+        output = server.output()
+    said = [line for line in output.splitlines() if "refused these AWS credentials" in line]
+    assert len(said) == 1, output
+    assert said[0].startswith(f"the bucket {s3.bucket} refused these AWS credentials (InvalidAccessKeyId")
+    assert "trying again every 0.2 s" in said[0]
+    assert not Run.objects.exists()
