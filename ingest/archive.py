@@ -130,7 +130,7 @@ class ArchiveSource(Protocol):
         ...
 
     def file_size(self, folder: RunFolder, name: str) -> int:
-        """The size of the run's file `name` (graph.json, summary.json)."""
+        """The size of the run's file `name`; asked of graph.json, before it is read."""
         ...
 
     def read_json(self, folder: RunFolder, name: str) -> Any:

@@ -208,6 +208,7 @@ class S3Source:
         return size, data
 
     def file_size(self, folder: RunFolder, name: str) -> int:
+        # From the listing: only graph.json's size is asked, to refuse a graph too large to read.
         return folder.graph_size if name == GRAPH else -1
 
     def read_json(self, folder: RunFolder, name: str) -> Any:
