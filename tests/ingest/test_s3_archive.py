@@ -54,6 +54,8 @@ def s3_env(endpoint: str, key_id: str = KEY_ID, secret: str = SECRET) -> dict[st
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        # Never ask an instance's metadata service for credentials: nothing but loopback is reached.
+        "AWS_EC2_METADATA_DISABLED": "true",
     }
 
 
@@ -378,3 +380,22 @@ def test_serve_says_once_that_the_bucket_refused_its_credentials(local_tenant, s
     assert said[0].startswith(f"the bucket {s3.bucket} refused these AWS credentials (InvalidAccessKeyId")
     assert "trying again every 0.2 s" in said[0]
     assert not Run.objects.exists()
+
+
+def test_credentials_come_from_the_standard_files_and_none_at_all_is_one_sentence(
+    local_tenant, s3, tmp_path, monkeypatch
+):
+    upload(s3, SAMPLE_ARCHIVE, "archive")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(CommandError) as refused:
+        ingest(f"s3://{s3.bucket}/archive")
+    assert str(refused.value).startswith(
+        f"s3://{s3.bucket}/archive cannot be read: no AWS credentials were found"
+    )
+    assert not Run.objects.exists()
+    credentials = tmp_path / "credentials"
+    credentials.write_text(f"[reader]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_PROFILE", "reader")
+    assert "imported 149 events into 6 runs" in ingest(f"s3://{s3.bucket}/archive")
