@@ -2,6 +2,9 @@
 
 Reading never writes to the archive: it may be mounted read-only. Progress is the byte offset of
 each run's log already imported, so a second import reads only what was appended since.
+
+An archive is read through an `ArchiveSource`: a folder (`FolderSource`, here) or a prefix of an S3
+bucket (`ingest.s3_source.S3Source`). The import and the write path do not know which.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -97,11 +101,41 @@ class WarningsOnce:
 
 @dataclass(frozen=True, slots=True)
 class RunFolder:
+    """One run of the archive as its source's listing saw it."""
+
     run_id: str
-    path: Path
+    where: str  # the source's own name for the run's folder: a path, or an S3 key prefix
     log_size: int  # -1 while the producer has not created the log yet
     has_graph: bool
     has_summary: bool
+    graph_size: int = -1  # known from the listing where the source lists sizes (S3)
+
+
+class ArchiveSource(Protocol):
+    """Where an archive is read from. Every method only reads: an archive may be read-only."""
+
+    # How messages name the archive: its path, or s3://bucket/prefix.
+    shown: str
+    # How many runs' files may be read at once (reading an object store waits on the network).
+    readers: int
+
+    def scan(self) -> tuple[list[RunFolder], list[str]]:
+        """The runs under `runs/`, and a warning for every entry that was skipped; an
+        ArchiveError when the archive cannot be read at all."""
+        ...
+
+    def read_log(self, folder: RunFolder, offset: int) -> tuple[int, bytes | None]:
+        """The log's size now and its bytes from `offset` on; None for the bytes when the log is
+        shorter than `offset` (it shrank, or was rewritten)."""
+        ...
+
+    def file_size(self, folder: RunFolder, name: str) -> int:
+        """The size of the run's file `name`; asked of graph.json, before it is read."""
+        ...
+
+    def read_json(self, folder: RunFolder, name: str) -> Any:
+        """The run's small JSON file `name`, or a ValueError saying why not."""
+        ...
 
 
 @dataclass
@@ -204,6 +238,45 @@ def _check_root(root: Path) -> None:
     )
 
 
+class FolderSource:
+    """An archive in a folder of this machine's file system."""
+
+    readers = 1
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.shown = printable(root)
+
+    def scan(self) -> tuple[list[RunFolder], list[str]]:
+        return archive_scan(self.root)
+
+    def read_log(self, folder: RunFolder, offset: int) -> tuple[int, bytes | None]:
+        with _open_regular(Path(folder.where) / LOG) as file:
+            size = os.fstat(file.fileno()).st_size
+            if size < offset:
+                return size, None
+            file.seek(offset)
+            return size, file.read(size - offset)
+
+    def file_size(self, folder: RunFolder, name: str) -> int:
+        return os.lstat(Path(folder.where) / name).st_size
+
+    def read_json(self, folder: RunFolder, name: str) -> Any:
+        return _read_json(Path(folder.where) / name)
+
+
+def archive_source(root: ArchiveSource | Path | str) -> ArchiveSource:
+    """The source of an archive named by a path or an `s3://bucket/prefix` URL (ArchiveError for
+    an S3 URL that names no bucket)."""
+    if isinstance(root, str) and root.startswith("s3://"):
+        from ingest.s3_source import S3Source  # boto3 is loaded only for an archive in S3
+
+        return S3Source.from_url(root)
+    if isinstance(root, str | os.PathLike):
+        return FolderSource(Path(root))
+    return root
+
+
 def archive_scan(root: Path) -> tuple[list[RunFolder], list[str]]:
     """The run folders under `root/runs`, and a warning for every entry that was skipped."""
     _check_root(root)
@@ -233,7 +306,7 @@ def archive_scan(root: Path) -> tuple[list[RunFolder], list[str]]:
         folders.append(
             RunFolder(
                 run_id=entry.name,
-                path=path,
+                where=entry.path,
                 log_size=log.st_size if log else -1,
                 has_graph=_run_file(entry.name, path / GRAPH, warnings) is not None,
                 has_summary=_run_file(entry.name, path / SUMMARY, warnings) is not None,
@@ -366,19 +439,21 @@ def _log_items(reading: LogReading, lines: list[bytes], first_line: int) -> Iter
     found.clear()
 
 
-def _run_log(folder: RunFolder, stored: _Stored | None, warnings: list[str]) -> tuple[RunLog, int]:
+def _run_log(
+    source: ArchiveSource, folder: RunFolder, stored: _Stored | None, warnings: list[str]
+) -> tuple[RunLog, int]:
     """What the folder holds beyond what the run already has (`stored`, as read before the import),
     read now; and the log's bytes read. Its lines are parsed when the write path consumes them."""
     stored = stored or _NEW_RUN
     log = RunLog(run_id=folder.run_id, new=stored is _NEW_RUN, log_offset=stored.offset)
     if folder.has_graph and not stored.has_graph:
         try:
-            size = os.lstat(folder.path / GRAPH).st_size
+            size = source.file_size(folder, GRAPH)
             if size > reduction.MAX_GRAPH_BYTES:
                 raise ValueError(
                     f"graph.json is {size} bytes, over the {reduction.MAX_GRAPH_BYTES} a graph may be"
                 )
-            graph = _read_json(folder.path / GRAPH)
+            graph = source.read_json(folder, GRAPH)
             problems = reduction.validate_graph(graph)
             if problems:
                 raise ValueError(f"graph.json breaks the schema: {problems[0].field}: {problems[0].message}")
@@ -388,26 +463,23 @@ def _run_log(folder: RunFolder, stored: _Stored | None, warnings: list[str]) -> 
 
     read = 0
     if folder.log_size >= 0 and not stored.shrank:
-        with _open_regular(folder.path / LOG) as file:
-            size = os.fstat(file.fileno()).st_size
-            log.log_size = size
-            # A log shorter than what was imported is the write path's to note (and stop reading).
-            if size >= stored.offset:
-                file.seek(stored.offset)
-                data = file.read(size - stored.offset)
-                # A line is complete only once it ends in "\n"; an unfinished last line is a write in
-                # progress and waits for the next import.
-                end = data.rfind(b"\n") + 1
-                lines = data[: end - 1].split(b"\n") if end else []
-                reading = LogReading(folder.run_id, stored.next_seq)
-                log.items = _log_items(reading, lines, first_line=stored.lines + 1)
-                log.log_end = stored.offset + end
-                log.lines = len(lines)
-                read = end
+        size, data = source.read_log(folder, stored.offset)
+        log.log_size = size
+        # A log shorter than what was imported is the write path's to note (and stop reading).
+        if data is not None:
+            # A line is complete only once it ends in "\n"; an unfinished last line is a write in
+            # progress and waits for the next import.
+            end = data.rfind(b"\n") + 1
+            lines = data[: end - 1].split(b"\n") if end else []
+            reading = LogReading(folder.run_id, stored.next_seq)
+            log.items = _log_items(reading, lines, first_line=stored.lines + 1)
+            log.log_end = stored.offset + end
+            log.lines = len(lines)
+            read = end
 
     if folder.has_summary and not stored.has_summary:
         try:
-            summary = _read_json(folder.path / SUMMARY)
+            summary = source.read_json(folder, SUMMARY)
             if not isinstance(summary, dict):
                 raise ValueError("summary.json is not a JSON object")
             if reduction.json_too_deep(summary):
@@ -438,15 +510,21 @@ _NEW_RUN = _Stored(0, 0, 0, 0, False, False, False, "", None)
 
 
 def archive_import(
-    *, tenant: Tenant, root: Path, progress: ImportProgress | None = None, retry_now: bool = False
+    *,
+    tenant: Tenant,
+    root: ArchiveSource | Path | str,
+    progress: ImportProgress | None = None,
+    retry_now: bool = False,
 ) -> ArchiveReport:
     """Imports everything new under `root` for `tenant`: new runs, appended lines, late files.
+    `root` is a source, or a folder's path or an `s3://bucket/prefix` URL (see `archive_source`).
 
     A run whose last import failed is tried again once its retry time has come (a follower polls
     every second and must not fail the same way at each poll), or at once with `retry_now` (a
     person running the import by hand).
     """
-    folders, warnings = archive_scan(root)
+    source = archive_source(root)
+    folders, warnings = source.scan()
     report = ArchiveReport(warnings=warnings, scanned=len(folders))
     now = timezone.now()
     stored, deleted = _stored_runs(tenant, [f.run_id for f in folders])
@@ -468,7 +546,7 @@ def archive_import(
         progress.start(sum(max(f.log_size - offsets.get(f.run_id, 0), 0) for f in todo))
     started = time.perf_counter()
     with _collector_paused():
-        _import_chunks(tenant, todo, stored, report, progress)
+        _import_chunks(source, tenant, todo, stored, report, progress)
     if todo:
         metrics.IMPORT_SECONDS.inc(time.perf_counter() - started)
         metrics.IMPORTED_EVENTS.inc(report.events)
@@ -539,6 +617,7 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _import_chunks(
+    source: ArchiveSource,
     tenant: Tenant,
     todo: list[RunFolder],
     stored: dict[str, _Stored],
@@ -560,12 +639,14 @@ def _import_chunks(
     chunks = list(_chunks(todo, offsets))
     if connection.vendor != "postgresql" or connection.in_atomic_block or len(chunks) < 2:
         for chunk in chunks:
-            report.add(_import_chunk(tenant, chunk, stored, progress))
+            report.add(_import_chunk(source, tenant, chunk, stored, progress))
         return
     shared = _SharedProgress(progress) if progress is not None else None
     pool = ThreadPoolExecutor(max_workers=IMPORTS_IN_FLIGHT, thread_name_prefix="import")
     try:
-        imports = [pool.submit(_import_chunk_in_thread, tenant, chunk, stored, shared) for chunk in chunks]
+        imports = [
+            pool.submit(_import_chunk_in_thread, source, tenant, chunk, stored, shared) for chunk in chunks
+        ]
         for chunk_imported in imports:
             report.add(chunk_imported.result())
     finally:
@@ -579,11 +660,15 @@ IMPORTS_IN_FLIGHT = 2
 
 
 def _import_chunk_in_thread(
-    tenant: Tenant, chunk: list[RunFolder], stored: dict[str, _Stored], progress: ImportProgress | None
+    source: ArchiveSource,
+    tenant: Tenant,
+    chunk: list[RunFolder],
+    stored: dict[str, _Stored],
+    progress: ImportProgress | None,
 ) -> ArchiveReport:
     """`_import_chunk` in a pool's thread, on that thread's connection, closed when done."""
     try:
-        return _import_chunk(tenant, chunk, stored, progress)
+        return _import_chunk(source, tenant, chunk, stored, progress)
     finally:
         connection.close()
 
@@ -604,7 +689,11 @@ class _SharedProgress:
 
 
 def _import_chunk(
-    tenant: Tenant, chunk: list[RunFolder], stored: dict[str, _Stored], progress: ImportProgress | None
+    source: ArchiveSource,
+    tenant: Tenant,
+    chunk: list[RunFolder],
+    stored: dict[str, _Stored],
+    progress: ImportProgress | None,
 ) -> ArchiveReport:
     """Imports one chunk's runs in one transaction and says what it did; a chunk the database
     refuses is imported again a run at a time, so that only the run it refused is lost.
@@ -619,7 +708,7 @@ def _import_chunk(
     """
     part = ArchiveReport()
     try:
-        _import_together(tenant, chunk, stored, part, progress)
+        _import_together(source, tenant, chunk, stored, part, progress)
         return part
     except Exception as exc:  # any refusal, whatever raised it (see above)
         if len(chunk) == 1:
@@ -627,7 +716,7 @@ def _import_chunk(
             return part
     for folder in chunk:
         try:
-            _import_together(tenant, [folder], stored, part, progress)
+            _import_together(source, tenant, [folder], stored, part, progress)
         except Exception as exc:
             _import_failed(tenant, folder.run_id, exc, part)
     return part
@@ -638,6 +727,7 @@ STALE_READS = 3
 
 
 def _import_together(
+    source: ArchiveSource,
     tenant: Tenant,
     chunk: list[RunFolder],
     stored: dict[str, _Stored],
@@ -647,13 +737,16 @@ def _import_together(
     """Imports these runs in one transaction; the report learns of them once it has committed. A
     run another import advanced since it was read is read again from where that one left it."""
     for _ in range(STALE_READS):
-        logs: list[RunLog] = []
-        read: dict[str, int] = {}
-        warned: dict[str, list[str]] = {}
-        for folder in chunk:
-            warned[folder.run_id] = []
-            log, read[folder.run_id] = _run_log(folder, stored.get(folder.run_id), warned[folder.run_id])
-            logs.append(log)
+        warned: dict[str, list[str]] = {folder.run_id: [] for folder in chunk}
+        run_log = partial(_run_log_of, source, stored, warned)
+        if source.readers > 1 and len(chunk) > 1:
+            # An object store answers each read after a round trip: several at once hide them.
+            with ThreadPoolExecutor(max_workers=source.readers, thread_name_prefix="read") as readers:
+                read_logs = list(readers.map(run_log, chunk))
+        else:
+            read_logs = [run_log(folder) for folder in chunk]
+        logs = [log for log, _ in read_logs]
+        read = {log.run_id: n for log, n in read_logs}
         imported = runs_import(tenant=tenant, runs=logs)
         report.deleted.extend(imported.deleted)
         stale = set(imported.stale)
@@ -676,6 +769,12 @@ def _import_together(
     report.warnings.extend(
         f"runs/{folder.run_id}: another import kept writing it; tried again next time" for folder in chunk
     )
+
+
+def _run_log_of(
+    source: ArchiveSource, stored: dict[str, _Stored], warned: dict[str, list[str]], folder: RunFolder
+) -> tuple[RunLog, int]:
+    return _run_log(source, folder, stored.get(folder.run_id), warned[folder.run_id])
 
 
 def _import_failed(tenant: Tenant, run_id: str, exc: Exception, report: ArchiveReport) -> None:

@@ -61,7 +61,9 @@ CLOUD = KAHN_MODE == "cloud"
 
 # Where OSS keeps its embedded database and, by default, where producers write their archive.
 KAHN_HOME = Path(env.str("KAHN_HOME", default=str(BASE_DIR / ".kahn")))
-KAHN_ARCHIVE = Path(env.str("KAHN_ARCHIVE", default=str(KAHN_HOME / "archive")))
+# A folder's path, or an archive in S3 as s3://bucket/prefix (kept as written: a Path would fold its "//").
+_archive = env.str("KAHN_ARCHIVE", default=str(KAHN_HOME / "archive"))
+KAHN_ARCHIVE: Path | str = _archive if _archive.startswith("s3://") else Path(_archive)
 # A run with no run_end whose last event is older than this is shown as interrupted, not running.
 KAHN_STALE_AFTER = env.int("KAHN_STALE_AFTER", default=3600)
 

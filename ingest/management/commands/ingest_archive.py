@@ -11,7 +11,15 @@ from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 from tqdm import tqdm
 
-from ingest.archive import ArchiveError, ArchiveReport, WarningsOnce, archive_import, printable
+from ingest.archive import (
+    ArchiveError,
+    ArchiveReport,
+    ArchiveSource,
+    WarningsOnce,
+    archive_import,
+    archive_source,
+    printable,
+)
 from kahn_site.checks import require_migrated
 from runs.read_model import verdict_word
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
@@ -41,11 +49,16 @@ class TqdmProgress:
 
 
 class Command(BaseCommand):
-    help = "Imports a KAHN archive (a folder holding runs/<run_id>/), once or following it as it grows."
+    help = (
+        "Imports a KAHN archive (a folder, or s3://bucket/prefix, holding runs/<run_id>/), once or "
+        "following it as it grows."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "path", nargs="?", type=Path, help="the archive root, holding runs/ (default: KAHN_ARCHIVE)"
+            "path",
+            nargs="?",
+            help="the archive root, holding runs/: a folder, or s3://bucket/prefix (default: KAHN_ARCHIVE)",
         )
         parser.add_argument("--tenant", default=LOCAL_TENANT_SLUG, help="the tenant's slug (default: local)")
         parser.add_argument(
@@ -66,7 +79,9 @@ class Command(BaseCommand):
 
     def _handle(self, **options: Any) -> None:
         require_migrated()
-        root: Path = options["path"] or settings.KAHN_ARCHIVE
+        root: Path | str = options["path"] or settings.KAHN_ARCHIVE
+        if isinstance(root, str) and not root.startswith("s3://"):
+            root = Path(root)
         # Where the path came from, for a message about it: the command line, or the setting.
         self.origin = (
             ""
@@ -82,9 +97,14 @@ class Command(BaseCommand):
                 f"there is no tenant '{printable(options['tenant'])}': create it with "
                 "`manage.py create_tenant`"
             ) from None
+        try:
+            # One source for every poll: an S3 client is made once.
+            source = archive_source(root)
+        except ArchiveError as exc:
+            raise CommandError(f"{exc}{self.origin}") from None
         if not options["follow"]:
             # A person asked for this import: runs whose last import failed are tried again now.
-            self._import(tenant, root, warnings=None, retry_now=True)
+            self._import(tenant, source, warnings=None, retry_now=True)
             return
 
         stop = threading.Event()
@@ -94,11 +114,13 @@ class Command(BaseCommand):
         self.stdout.write(f"following {printable(root)} every {options['interval']} s; Ctrl-C stops")
         warnings = WarningsOnce()
         while not stop.is_set():
-            self._import(tenant, root, warnings=warnings, retry_now=False)
+            self._import(tenant, source, warnings=warnings, retry_now=False)
             stop.wait(options["interval"])
         self.stdout.write("stopped following")
 
-    def _import(self, tenant: Tenant, root: Path, *, warnings: WarningsOnce | None, retry_now: bool) -> None:
+    def _import(
+        self, tenant: Tenant, root: ArchiveSource, *, warnings: WarningsOnce | None, retry_now: bool
+    ) -> None:
         """One import. With `warnings` (following), quiet unless something changed, and a warning
         the previous poll gave is not given again."""
         progress = TqdmProgress()

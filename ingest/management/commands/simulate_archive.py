@@ -47,7 +47,11 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        root: Path = options["path"] or settings.KAHN_ARCHIVE
+        root = options["path"] or settings.KAHN_ARCHIVE
+        if not isinstance(root, Path):
+            raise CommandError(
+                f"KAHN_ARCHIVE is {root}: the simulator writes into a folder; give a folder's path"
+            )
         if options["live"] is not None and options["runs"] is not None:
             raise CommandError("--runs writes many runs at once and --live one run slowly: give one of them")
         if options["live"] is None and options["interval"] is not None:

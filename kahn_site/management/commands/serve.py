@@ -40,7 +40,14 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 from django.db import connection
 
-from ingest.archive import ArchiveError, ArchiveReport, WarningsOnce, archive_import
+from ingest.archive import (
+    ArchiveError,
+    ArchiveReport,
+    ArchiveSource,
+    WarningsOnce,
+    archive_import,
+    archive_source,
+)
 from kahn_site.checks import require_migrated
 from kahn_site.metrics import MULTIPROCESS_DIR_VARIABLE
 from runs.alerts.delivery import delivery_loop
@@ -318,7 +325,7 @@ class ArchiveFollower(threading.Thread):
     found nothing new is silent.
     """
 
-    def __init__(self, root: Path, interval: float, stdout: OutputWrapper) -> None:
+    def __init__(self, root: Path | str, interval: float, stdout: OutputWrapper) -> None:
         super().__init__(name="kahn-archive-follower", daemon=True)
         self.root = root
         self.interval = interval
@@ -334,12 +341,18 @@ class ArchiveFollower(threading.Thread):
         # The last problem said, so that one which lasts is said once, not at every pass.
         said: str | None = None
         warnings = WarningsOnce()
+        # Made at the first pass and kept: an archive in S3 is read with one client.
+        source: ArchiveSource | None = None
         try:
             while not self.stopping.is_set():
                 try:
-                    report = archive_import(tenant=tenant, root=self.root)
+                    source = source or archive_source(self.root)
+                    report = archive_import(tenant=tenant, root=source)
                 except ArchiveError as unreadable:
-                    if self.root.exists():
+                    if not isinstance(self.root, Path):
+                        # In S3: no objects yet, or credentials refused; either may change.
+                        problem = f"{unreadable}; trying again every {self.interval:g} s"
+                    elif self.root.exists():
                         problem = f"{unreadable}; waiting for a producer to write there"
                     else:
                         problem = (
