@@ -64,6 +64,8 @@ TS = "2026-11-20T10:00:00.000Z"
 # How each way of serving is started: the arguments after `manage.py serve`.
 SERVERS = {
     "daphne": [],
+    # One worker: what a web worker alone carries, for the README's "Growing".
+    "gunicorn-1": ["--http-workers", "1"],
     "gunicorn-2": ["--http-workers", "2"],
     "gunicorn-3": ["--http-workers", "3"],
     "gunicorn-4": ["--http-workers", "4"],
