@@ -434,15 +434,15 @@ class RunNews:
         return self.run.complete and not self.was_complete
 
 
-def _webhook_id() -> str:
-    return f"msg_{uuid.uuid4().hex}"
-
-
 def _webhook_ids(count: int) -> list[str]:
-    """`count` webhook message ids, as random as `_webhook_id`'s, drawn from the system in one call
-    rather than one each: every call lets go of Python's lock, which an import's other thread takes."""
+    """`count` webhook message ids (`msg_` and 128 random bits in hex), drawn from the system in one
+    call rather than one each: every call lets go of Python's lock, which an import's other thread takes."""
     digits = secrets.token_hex(16 * count)
     return [f"msg_{digits[start : start + 32]}" for start in range(0, len(digits), 32)]
+
+
+def _webhook_id() -> str:
+    return _webhook_ids(1)[0]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,10 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from runs.alerts import selectors, services
 from runs.alerts.encryption import EncryptionKeyMissing
-from runs.alerts.models import ChannelKind, Condition, NotificationStatus
+from runs.alerts.models import AlertRule, ChannelKind, Condition, NotificationStatus
 from runs.alerts.presentation import rule_data
 from tenants.context import tenant_current
+from tenants.models import Tenant
 from tenants.page_guards import managers_only_in_cloud
 
 DELIVERIES_SHOWN = 50
@@ -100,13 +101,18 @@ def alerts_page(request: HttpRequest) -> HttpResponse:
     return render(request, "alerts/alerts.html", context, status=400 if form.errors else 200)
 
 
+def _rule_or_404(tenant: Tenant, rule_id: int) -> AlertRule:
+    rule = selectors.rule_get(tenant=tenant, rule_id=rule_id)
+    if rule is None:
+        raise Http404("There is no such alert rule in this workspace.")
+    return rule
+
+
 @require_POST
 @managers_only_in_cloud
 def alert_rule_test(request: HttpRequest, rule_id: int) -> HttpResponse:
     tenant = tenant_current()
-    rule = selectors.rule_get(tenant=tenant, rule_id=rule_id)
-    if rule is None:
-        raise Http404("There is no such alert rule in this workspace.")
+    rule = _rule_or_404(tenant, rule_id)
     services.rule_send_test(tenant=tenant, rule=rule)
     messages.success(request, f"A test of “{rule.name}” is on its way: see Deliveries below.")
     return redirect("alerts")
@@ -118,9 +124,7 @@ def alert_rule_enabled(request: HttpRequest, rule_id: int) -> HttpResponse:
     """Turns a rule on or off: `enabled` is `on` or `off`, so that sending the form twice does
     what it did once."""
     tenant = tenant_current()
-    rule = selectors.rule_get(tenant=tenant, rule_id=rule_id)
-    if rule is None:
-        raise Http404("There is no such alert rule in this workspace.")
+    rule = _rule_or_404(tenant, rule_id)
     wanted = request.POST.get("enabled")
     if wanted not in ("on", "off"):
         return HttpResponseBadRequest("enabled is on or off", content_type="text/plain; charset=utf-8")
@@ -136,9 +140,7 @@ def alert_rule_enabled(request: HttpRequest, rule_id: int) -> HttpResponse:
 @managers_only_in_cloud
 def alert_rule_delete(request: HttpRequest, rule_id: int) -> HttpResponse:
     tenant = tenant_current()
-    rule = selectors.rule_get(tenant=tenant, rule_id=rule_id)
-    if rule is None:
-        raise Http404("There is no such alert rule in this workspace.")
+    rule = _rule_or_404(tenant, rule_id)
     services.rule_delete(tenant=tenant, rule=rule)
     messages.info(request, f"The alert rule “{rule.name}” is removed.")
     return redirect("alerts")

@@ -80,8 +80,6 @@ class Command(BaseCommand):
     def _handle(self, **options: Any) -> None:
         require_migrated()
         root: Path | str = options["path"] or settings.KAHN_ARCHIVE
-        if isinstance(root, str) and not root.startswith("s3://"):
-            root = Path(root)
         # Where the path came from, for a message about it: the command line, or the setting.
         self.origin = (
             ""
@@ -111,7 +109,7 @@ class Command(BaseCommand):
         for signum in (signal.SIGINT, signal.SIGTERM):
             # A signal lets the transaction in flight finish, then the loop ends: nothing half-written.
             signal.signal(signum, lambda *_: stop.set())
-        self.stdout.write(f"following {printable(root)} every {options['interval']} s; Ctrl-C stops")
+        self.stdout.write(f"following {source.shown} every {options['interval']} s; Ctrl-C stops")
         warnings = WarningsOnce()
         while not stop.is_set():
             self._import(tenant, source, warnings=warnings, retry_now=False)
