@@ -63,7 +63,7 @@ class RetentionRecord(models.Model):
         constraints = [
             # A run is hard-deleted once, however many workers run the job at the same time.
             models.UniqueConstraint(
-                fields=["run_ref"],
+                fields=["run_ref", "tenant"],
                 condition=Q(action="hard_delete"),
                 name="retention_one_hard_delete_per_run",
             )

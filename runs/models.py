@@ -180,7 +180,9 @@ class Severity(models.TextChoices):
 
 
 class Diagnostic(models.Model):
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="diagnostics")
+    # On PostgreSQL the constraint is (run_id, tenant_id) to the run's (id, tenant_id), so both rows
+    # live with their tenant when tables are distributed (tenants.sharding).
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, db_constraint=False, related_name="diagnostics")
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, db_index=False, related_name="+")
     code = models.CharField(max_length=40)
     severity = models.CharField(max_length=10, choices=Severity.choices)
@@ -221,7 +223,10 @@ class RunNode(models.Model):
     objects = RunPartManager()
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["run", "node_id"], name="runnode_unique_per_run")]
+        # The tenant last: a key that can be distributed by tenant (tenants.sharding).
+        constraints = [
+            models.UniqueConstraint(fields=["run", "node_id", "tenant"], name="runnode_unique_per_run")
+        ]
         # By node, then state: "runs that have node X" and "runs where X failed" both use it.
         indexes = [models.Index(fields=["tenant", "node_id", "state"], name="runnode_by_node_state")]
 

@@ -45,22 +45,24 @@ def _table_and_column(state: ProjectState, model_label: str, field: str) -> tupl
     return model._meta.db_table, model._meta.get_field(field).column
 
 
-class _PostgresOnly(migrations.operations.base.Operation):
+class PostgresOnlyOperation(migrations.operations.base.Operation):
+    """A migration operation of statements for PostgreSQL alone; on SQLite it does nothing."""
+
     reversible = True
     reduces_to_sql = True
 
     def state_forwards(self, app_label: str, state: ProjectState) -> None:
-        # Policies are not part of Django's model state: nothing to record.
+        # Policies and key changes are not part of Django's model state: nothing to record.
         pass
 
-    def _run(self, schema_editor: BaseDatabaseSchemaEditor, statements: list[str]) -> None:
+    def run_on_postgresql(self, schema_editor: BaseDatabaseSchemaEditor, statements: list[str]) -> None:
         if schema_editor.connection.vendor != "postgresql":
             return
         for statement in statements:
             schema_editor.execute(statement)
 
 
-class EnableTenantRowLevelSecurity(_PostgresOnly):
+class EnableTenantRowLevelSecurity(PostgresOnlyOperation):
     """ENABLE + FORCE row-level security and the `tenant_isolation` policy on one model's table."""
 
     def __init__(self, model_label: str, tenant_field: str = "tenant") -> None:
@@ -83,7 +85,7 @@ class EnableTenantRowLevelSecurity(_PostgresOnly):
         table, column = _table_and_column(to_state, self.model_label, self.tenant_field)
         quoted = schema_editor.quote_name(table)
         expression = tenant_policy_expression(schema_editor.quote_name(column))
-        self._run(
+        self.run_on_postgresql(
             schema_editor,
             [
                 f"ALTER TABLE {quoted} ENABLE ROW LEVEL SECURITY",
@@ -101,7 +103,7 @@ class EnableTenantRowLevelSecurity(_PostgresOnly):
     ) -> None:
         table, _ = _table_and_column(from_state, self.model_label, self.tenant_field)
         quoted = schema_editor.quote_name(table)
-        self._run(
+        self.run_on_postgresql(
             schema_editor,
             [
                 f"DROP POLICY {TENANT_POLICY} ON {quoted}",
@@ -111,7 +113,7 @@ class EnableTenantRowLevelSecurity(_PostgresOnly):
         )
 
 
-class AddPreTenantLookupPolicy(_PostgresOnly):
+class AddPreTenantLookupPolicy(PostgresOnlyOperation):
     """A second, SELECT-only policy: rows whose `field` equals `setting` are readable (not writable).
 
     For lookups made before the tenant is known, through `tenants.context.pre_tenant_lookup`.
@@ -144,7 +146,9 @@ class AddPreTenantLookupPolicy(_PostgresOnly):
         table, column = _table_and_column(to_state, self.model_label, self.field)
         quoted = schema_editor.quote_name(table)
         expression = f"{schema_editor.quote_name(column)} = {setting_expression(self.setting, self.cast)}"
-        self._run(schema_editor, [f"CREATE POLICY {self.name} ON {quoted} FOR SELECT USING ({expression})"])
+        self.run_on_postgresql(
+            schema_editor, [f"CREATE POLICY {self.name} ON {quoted} FOR SELECT USING ({expression})"]
+        )
 
     def database_backwards(
         self,
@@ -154,4 +158,6 @@ class AddPreTenantLookupPolicy(_PostgresOnly):
         to_state: ProjectState,
     ) -> None:
         table, _ = _table_and_column(from_state, self.model_label, self.field)
-        self._run(schema_editor, [f"DROP POLICY {self.name} ON {schema_editor.quote_name(table)}"])
+        self.run_on_postgresql(
+            schema_editor, [f"DROP POLICY {self.name} ON {schema_editor.quote_name(table)}"]
+        )

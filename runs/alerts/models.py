@@ -96,7 +96,7 @@ class Notification(models.Model):
     details = models.JSONField(default=dict)
     created_at = models.DateTimeField(default=timezone.now)
     # The Standard Webhooks message id: the same on every attempt, so receivers can deduplicate.
-    webhook_id = models.CharField(max_length=40, unique=True)
+    webhook_id = models.CharField(max_length=40)
     status = models.CharField(max_length=10, choices=NotificationStatus.choices, default="pending")
     next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     attempts = models.PositiveIntegerField(default=0)
@@ -105,10 +105,12 @@ class Notification(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # Each with the tenant last: keys that can be distributed by tenant (tenants.sharding).
         constraints = [
             models.UniqueConstraint(
-                fields=["rule", "run_id", "type", "node"], name="notification_at_most_once"
+                fields=["rule", "run_id", "type", "node", "tenant"], name="notification_at_most_once"
             ),
+            models.UniqueConstraint(fields=["webhook_id", "tenant"], name="notification_webhook_id_unique"),
         ]
         indexes = [
             models.Index(
@@ -124,7 +126,10 @@ class Notification(models.Model):
 
 class DeliveryAttempt(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
-    notification = models.ForeignKey(Notification, on_delete=models.CASCADE, related_name="delivery_attempts")
+    # On PostgreSQL the constraint includes the tenant (tenants.sharding), as between runs and diagnostics.
+    notification = models.ForeignKey(
+        Notification, on_delete=models.CASCADE, db_constraint=False, related_name="delivery_attempts"
+    )
     at = models.DateTimeField(default=timezone.now)
     status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     error = models.TextField(blank=True)

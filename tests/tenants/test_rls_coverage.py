@@ -4,22 +4,13 @@ cannot forget them: this enumerates the models, not a list someone must remember
 from __future__ import annotations
 
 import pytest
-from django.apps import apps
 from django.db import connection, transaction
 
 from tenants.models import Tenant
 from tenants.rls import TENANT_POLICY, tenant_policy_expression
-from tests.tenants.conftest import POSTGRES_ONLY
+from tests.tenants.conftest import POSTGRES_ONLY, tenant_owned_models
 
 pytestmark = POSTGRES_ONLY
-
-
-def tenant_owned_models() -> list:
-    return [
-        model
-        for model in apps.get_models()
-        if any(field.many_to_one and field.related_model is Tenant for field in model._meta.concrete_fields)
-    ]
 
 
 def expected_policy_text() -> str:
