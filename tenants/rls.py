@@ -20,6 +20,7 @@ SQLite has no row-level security: there, these operations do nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.db import migrations
@@ -46,7 +47,10 @@ def _table_and_column(state: ProjectState, model_label: str, field: str) -> tupl
 
 
 class PostgresOnlyOperation(migrations.operations.base.Operation):
-    """A migration operation of statements for PostgreSQL alone; on SQLite it does nothing."""
+    """A migration operation of statements for PostgreSQL alone; on SQLite it does nothing.
+
+    A subclass says its statements, each way, from the model state in which its table exists.
+    """
 
     reversible = True
     reduces_to_sql = True
@@ -55,11 +59,35 @@ class PostgresOnlyOperation(migrations.operations.base.Operation):
         # Policies and key changes are not part of Django's model state: nothing to record.
         pass
 
-    def run_on_postgresql(self, schema_editor: BaseDatabaseSchemaEditor, statements: list[str]) -> None:
+    def forwards_statements(self, quote: Callable[[str], str], state: ProjectState) -> list[str]:
+        raise NotImplementedError
+
+    def backwards_statements(self, quote: Callable[[str], str], state: ProjectState) -> list[str]:
+        raise NotImplementedError
+
+    def _execute(self, schema_editor: BaseDatabaseSchemaEditor, statements: Callable[[], list[str]]) -> None:
         if schema_editor.connection.vendor != "postgresql":
             return
-        for statement in statements:
+        for statement in statements():
             schema_editor.execute(statement)
+
+    def database_forwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
+        self._execute(schema_editor, lambda: self.forwards_statements(schema_editor.quote_name, to_state))
+
+    def database_backwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
+        self._execute(schema_editor, lambda: self.backwards_statements(schema_editor.quote_name, from_state))
 
 
 class EnableTenantRowLevelSecurity(PostgresOnlyOperation):
@@ -75,42 +103,22 @@ class EnableTenantRowLevelSecurity(PostgresOnlyOperation):
     def describe(self) -> str:
         return f"Row-level security by tenant on {self.model_label}"
 
-    def database_forwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        table, column = _table_and_column(to_state, self.model_label, self.tenant_field)
-        quoted = schema_editor.quote_name(table)
-        expression = tenant_policy_expression(schema_editor.quote_name(column))
-        self.run_on_postgresql(
-            schema_editor,
-            [
-                f"ALTER TABLE {quoted} ENABLE ROW LEVEL SECURITY",
-                f"ALTER TABLE {quoted} FORCE ROW LEVEL SECURITY",
-                f"CREATE POLICY {TENANT_POLICY} ON {quoted} USING ({expression}) WITH CHECK ({expression})",
-            ],
-        )
+    def forwards_statements(self, quote: Callable[[str], str], state: ProjectState) -> list[str]:
+        table, column = _table_and_column(state, self.model_label, self.tenant_field)
+        expression = tenant_policy_expression(quote(column))
+        return [
+            f"ALTER TABLE {quote(table)} ENABLE ROW LEVEL SECURITY",
+            f"ALTER TABLE {quote(table)} FORCE ROW LEVEL SECURITY",
+            f"CREATE POLICY {TENANT_POLICY} ON {quote(table)} USING ({expression}) WITH CHECK ({expression})",
+        ]
 
-    def database_backwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        table, _ = _table_and_column(from_state, self.model_label, self.tenant_field)
-        quoted = schema_editor.quote_name(table)
-        self.run_on_postgresql(
-            schema_editor,
-            [
-                f"DROP POLICY {TENANT_POLICY} ON {quoted}",
-                f"ALTER TABLE {quoted} NO FORCE ROW LEVEL SECURITY",
-                f"ALTER TABLE {quoted} DISABLE ROW LEVEL SECURITY",
-            ],
-        )
+    def backwards_statements(self, quote: Callable[[str], str], state: ProjectState) -> list[str]:
+        table, _ = _table_and_column(state, self.model_label, self.tenant_field)
+        return [
+            f"DROP POLICY {TENANT_POLICY} ON {quote(table)}",
+            f"ALTER TABLE {quote(table)} NO FORCE ROW LEVEL SECURITY",
+            f"ALTER TABLE {quote(table)} DISABLE ROW LEVEL SECURITY",
+        ]
 
 
 class AddPreTenantLookupPolicy(PostgresOnlyOperation):
@@ -136,28 +144,11 @@ class AddPreTenantLookupPolicy(PostgresOnlyOperation):
     def describe(self) -> str:
         return f"Read-only lookup policy {self.name} on {self.model_label}"
 
-    def database_forwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        table, column = _table_and_column(to_state, self.model_label, self.field)
-        quoted = schema_editor.quote_name(table)
-        expression = f"{schema_editor.quote_name(column)} = {setting_expression(self.setting, self.cast)}"
-        self.run_on_postgresql(
-            schema_editor, [f"CREATE POLICY {self.name} ON {quoted} FOR SELECT USING ({expression})"]
-        )
+    def forwards_statements(self, quote: Callable[[str], str], state: ProjectState) -> list[str]:
+        table, column = _table_and_column(state, self.model_label, self.field)
+        expression = f"{quote(column)} = {setting_expression(self.setting, self.cast)}"
+        return [f"CREATE POLICY {self.name} ON {quote(table)} FOR SELECT USING ({expression})"]
 
-    def database_backwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        table, _ = _table_and_column(from_state, self.model_label, self.field)
-        self.run_on_postgresql(
-            schema_editor, [f"DROP POLICY {self.name} ON {schema_editor.quote_name(table)}"]
-        )
+    def backwards_statements(self, quote: Callable[[str], str], state: ProjectState) -> list[str]:
+        table, _ = _table_and_column(state, self.model_label, self.field)
+        return [f"DROP POLICY {self.name} ON {quote(table)}"]

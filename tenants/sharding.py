@@ -23,9 +23,9 @@ table with a tenant whose keys leave `tenant_id` out, so a new growing table can
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.state import ProjectState
 
 from tenants.rls import PostgresOnlyOperation
@@ -36,14 +36,6 @@ TENANT_COLUMN = "tenant_id"
 DIRECTORY_MODELS = frozenset(
     {"tenants.Membership", "tenants.MembershipChange", "tenants.ApiKey", "runs.Badge"}
 )
-
-
-def _primary_key_constraint(schema_editor: BaseDatabaseSchemaEditor, table: str) -> str:
-    with schema_editor.connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'", [table]
-        )
-        return cursor.fetchone()[0]
 
 
 class TenantInPrimaryKey(PostgresOnlyOperation):
@@ -58,40 +50,23 @@ class TenantInPrimaryKey(PostgresOnlyOperation):
     def describe(self) -> str:
         return f"tenant_id in the primary key of {self.model_label}"
 
-    def _replace_primary_key(
-        self, schema_editor: BaseDatabaseSchemaEditor, state: ProjectState, *, with_tenant: bool
-    ) -> None:
-        if schema_editor.connection.vendor != "postgresql":
-            return
+    def _primary_key(
+        self, quote: Callable[[str], str], state: ProjectState, *, with_tenant: bool
+    ) -> list[str]:
         meta = state.apps.get_model(self.model_label)._meta
         columns = [field.column for field in meta.pk_fields] + ([TENANT_COLUMN] if with_tenant else [])
-        quote = schema_editor.quote_name
-        constraint = _primary_key_constraint(schema_editor, meta.db_table)
-        self.run_on_postgresql(
-            schema_editor,
-            [
-                f"ALTER TABLE {quote(meta.db_table)} DROP CONSTRAINT {quote(constraint)}, "
-                f"ADD CONSTRAINT {quote(constraint)} PRIMARY KEY ({', '.join(map(quote, columns))})"
-            ],
-        )
+        # PostgreSQL's own name for a table's primary key, which Django leaves it to choose.
+        constraint = quote(f"{meta.db_table}_pkey")
+        return [
+            f"ALTER TABLE {quote(meta.db_table)} DROP CONSTRAINT {constraint}, "
+            f"ADD CONSTRAINT {constraint} PRIMARY KEY ({', '.join(map(quote, columns))})"
+        ]
 
-    def database_forwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        self._replace_primary_key(schema_editor, to_state, with_tenant=True)
+    def forwards_statements(self, quote: Callable[[str], str], state: ProjectState) -> list[str]:
+        return self._primary_key(quote, state, with_tenant=True)
 
-    def database_backwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        self._replace_primary_key(schema_editor, to_state, with_tenant=False)
+    def backwards_statements(self, quote: Callable[[str], str], state: ProjectState) -> list[str]:
+        return self._primary_key(quote, state, with_tenant=False)
 
 
 class TenantForeignKey(PostgresOnlyOperation):
@@ -111,41 +86,20 @@ class TenantForeignKey(PostgresOnlyOperation):
     def describe(self) -> str:
         return f"Foreign key with tenant_id from {self.model_label}.{self.field}"
 
-    def _names(self, state: ProjectState) -> tuple[str, str, str, str]:
+    def _constraint(self, state: ProjectState) -> tuple[str, str, str, str, str]:
+        """The table, its column, the constraint's name, the target table and the target's key column."""
         field = state.apps.get_model(self.model_label)._meta.get_field(self.field)
-        table = field.model._meta.db_table
-        target = field.related_model._meta
-        return table, field.column, target.db_table, target.pk.column
+        table, target = field.model._meta.db_table, field.related_model._meta
+        return table, field.column, f"{table}_{field.column}_tenant_fk", target.db_table, target.pk.column
 
-    def database_forwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        table, column, target, target_key = self._names(to_state)
-        quote = schema_editor.quote_name
-        self.run_on_postgresql(
-            schema_editor,
-            [
-                f"ALTER TABLE {quote(table)} ADD CONSTRAINT {quote(f'{table}_{column}_tenant_fk')} "
-                f"FOREIGN KEY ({quote(column)}, {TENANT_COLUMN}) "
-                f"REFERENCES {quote(target)} ({quote(target_key)}, {TENANT_COLUMN}) "
-                "DEFERRABLE INITIALLY DEFERRED"
-            ],
-        )
+    def forwards_statements(self, quote: Callable[[str], str], state: ProjectState) -> list[str]:
+        table, column, name, target, target_key = self._constraint(state)
+        return [
+            f"ALTER TABLE {quote(table)} ADD CONSTRAINT {quote(name)} "
+            f"FOREIGN KEY ({quote(column)}, {TENANT_COLUMN}) "
+            f"REFERENCES {quote(target)} ({quote(target_key)}, {TENANT_COLUMN}) DEFERRABLE INITIALLY DEFERRED"
+        ]
 
-    def database_backwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        table, column, _, _ = self._names(from_state)
-        quote = schema_editor.quote_name
-        self.run_on_postgresql(
-            schema_editor,
-            [f"ALTER TABLE {quote(table)} DROP CONSTRAINT {quote(f'{table}_{column}_tenant_fk')}"],
-        )
+    def backwards_statements(self, quote: Callable[[str], str], state: ProjectState) -> list[str]:
+        table, _, name, _, _ = self._constraint(state)
+        return [f"ALTER TABLE {quote(table)} DROP CONSTRAINT {quote(name)}"]
