@@ -14,8 +14,6 @@ path then records notifications and advances per-node statistics). Target: ≤ 1
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import statistics
 import sys
 import time
@@ -25,7 +23,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT))
 
-from tests.bench.bench_database import bench_database_url, recreate_database  # noqa: E402 (needs the path above)
+from tests.bench.bench_database import bench_database_url, database_fresh, synthetic_archive  # noqa: E402 (needs the path above)
 
 CONDITIONS = ("run_failed", "run_flaky", "diagnostic_error", "node_slow", "node_flaky")
 
@@ -42,24 +40,11 @@ def main() -> None:
     args = parser.parse_args()
 
     url = bench_database_url("bench_alerts")
-    archive = PROJECT / ".kahn" / "bench" / f"simulated-{args.runs}x{args.nodes}"
-    if not (archive / "runs").is_dir():
-        from ingest.simulator import archive_synthesize
+    archive = synthetic_archive(args.runs, args.nodes)
 
-        print(f"writing the synthetic archive to {archive} ...", flush=True)
-        partial = archive.with_name(archive.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        archive_synthesize(partial, runs=args.runs, nodes=args.nodes)
-        partial.rename(archive)
-
-    recreate_database(url)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kahn_site.settings")
-    import django
-
-    django.setup()
+    database_fresh(url)
     from django.core.management import call_command
 
-    call_command("migrate", verbosity=0)
     without, with_rules, notified = [], [], 0
     for round_number in range(1, args.repeat + 1):
         # Alternating, so that a machine growing busier or quieter weighs on both alike.

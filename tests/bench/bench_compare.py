@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT))
 
-from tests.bench.bench_database import bench_database_url, recreate_database  # noqa: E402 (needs the path above)
+from tests.bench.bench_database import bench_database_url, database_fresh  # noqa: E402 (needs the path above)
 
 
 def main() -> None:
@@ -48,12 +47,7 @@ def main() -> None:
     args = parser.parse_args()
 
     url = bench_database_url("bench_compare")
-    recreate_database(url)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kahn_site.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
+    database_fresh(url)
     from django.test import Client
     from django.utils import timezone
 
@@ -61,7 +55,6 @@ def main() -> None:
     from tenants.context import tenant_scope
     from tenants.models import LOCAL_TENANT_SLUG, Tenant
 
-    call_command("migrate", verbosity=0)
     small = import_pair(seed=1, nodes=7)
     big = import_pair(seed=2, nodes=args.big)
     seed_history(args.history)

@@ -21,7 +21,6 @@ reached until the end. Flat memory: the two are about equal, whatever the size o
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import tracemalloc
@@ -30,7 +29,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT))
 
-from tests.bench.bench_database import bench_database_url, recreate_database  # noqa: E402 (needs the path above)
+from tests.bench.bench_database import bench_database_url, database_fresh  # noqa: E402 (needs the path above)
 
 LONG_RUN = "bench_long_run"
 MB = 1024 * 1024
@@ -49,16 +48,10 @@ def main() -> None:
     args = parser.parse_args()
 
     url = bench_database_url("bench_export")
-    recreate_database(url)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kahn_site.settings")
-    import django
-
-    django.setup()
+    database_fresh(url)
     from django.conf import settings
-    from django.core.management import call_command
 
     settings.DEBUG = False  # no query log growing with every batch
-    call_command("migrate", verbosity=0)
     from tests.bench.bench_read import seed_history
 
     started = time.perf_counter()

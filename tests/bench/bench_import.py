@@ -24,8 +24,6 @@ of the import.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import statistics
 import sys
 import time
@@ -35,7 +33,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT))
 
-from tests.bench.bench_database import bench_database_url, recreate_database  # noqa: E402 (needs the path above)
+from tests.bench.bench_database import bench_database_url, database_fresh, synthetic_archive  # noqa: E402 (needs the path above)
 
 
 def main() -> None:
@@ -50,26 +48,11 @@ def main() -> None:
     args = parser.parse_args()
 
     url = bench_database_url("bench_import")
-    # "simulated": archives cached by an earlier producer tool differ and are not reused.
-    archive = PROJECT / ".kahn" / "bench" / f"simulated-{args.runs}x{args.nodes}"
-    if not (archive / "runs").is_dir():
-        from ingest.simulator import archive_synthesize
+    archive = synthetic_archive(args.runs, args.nodes)
 
-        print(f"writing the synthetic archive to {archive} ...", flush=True)
-        # Written aside and renamed when whole: an interrupted write is never taken for the cache.
-        partial = archive.with_name(archive.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        archive_synthesize(partial, runs=args.runs, nodes=args.nodes)
-        partial.rename(archive)
-
-    recreate_database(url)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kahn_site.settings")
-    import django
-
-    django.setup()
+    database_fresh(url)
     from django.core.management import call_command
 
-    call_command("migrate", verbosity=0)
     rows = build_rows(archive)
     print(f"{len(rows):,} events in {args.runs:,} runs of {args.nodes} nodes", flush=True)
 

@@ -18,7 +18,6 @@ and prints endpoint ÷ floor. The goal (issue 19): at most 3.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT))
 
-from tests.bench.bench_database import bench_database_url, recreate_database  # noqa: E402 (needs the path above)
+from tests.bench.bench_database import bench_database_url, database_fresh  # noqa: E402 (needs the path above)
 
 GOAL = 3.0
 
@@ -42,19 +41,13 @@ def main() -> None:
     args = parser.parse_args()
 
     url = bench_database_url("bench_metrics")
-    recreate_database(url)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kahn_site.settings")
-    import django
-
-    django.setup()
+    database_fresh(url)
     from django.conf import settings
-    from django.core.management import call_command
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
     settings.DEBUG = False
-    call_command("migrate", verbosity=0)
     from tests.bench.bench_read import seed_history
 
     started = time.perf_counter()

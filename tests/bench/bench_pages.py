@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT))
 
-from tests.bench.bench_database import bench_database_url, recreate_database  # noqa: E402 (needs the path above)
+from tests.bench.bench_database import bench_database_url, database_fresh  # noqa: E402 (needs the path above)
 
 SMALL_RUN, BIG_RUN = "bench_small_failed", "bench_big_failed"
 TIME_TARGET = 10.0
@@ -48,14 +47,8 @@ def main() -> None:
     args = parser.parse_args()
 
     url = bench_database_url("bench_pages")
-    recreate_database(url)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kahn_site.settings")
-    import django
+    database_fresh(url)
 
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
     started = time.perf_counter()
     events = import_runs()
     print(

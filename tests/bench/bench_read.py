@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT))
 
-from tests.bench.bench_database import bench_database_url, recreate_database  # noqa: E402 (needs the path above)
+from tests.bench.bench_database import bench_database_url, database_fresh  # noqa: E402 (needs the path above)
 
 DETAIL_RUN = "bench_2000_events"
 TARGET = 3.0
@@ -55,14 +54,8 @@ def main() -> None:
     args = parser.parse_args()
 
     url = bench_database_url("bench_read")
-    recreate_database(url)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kahn_site.settings")
-    import django
+    database_fresh(url)
 
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
     started = time.perf_counter()
     seed_history(args.runs, args.nodes)
     events = import_detail_run()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import statistics
 import sys
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT))
 
-from tests.bench.bench_database import bench_database_url, recreate_database  # noqa: E402 (needs the path above)
+from tests.bench.bench_database import bench_database_url, database_fresh  # noqa: E402 (needs the path above)
 
 NOW = datetime(2026, 12, 1, 3, 30, tzinfo=UTC)
 NODES_PER_RUN = 20
@@ -48,15 +47,9 @@ def main() -> None:
     args = parser.parse_args()
 
     url = bench_database_url("bench_retention")
-    recreate_database(url)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kahn_site.settings")
-    import django
-
-    django.setup()
+    database_fresh(url)
     from django.conf import settings
-    from django.core.management import call_command
 
-    call_command("migrate", verbosity=0)
     role = service_role()
     tenant = bench_tenant()
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT))
 
-from tests.bench.bench_database import bench_database_url, recreate_database  # noqa: E402 (needs the path above)
+from tests.bench.bench_database import bench_database_url, database_fresh, synthetic_archive  # noqa: E402 (needs the path above)
 from tests.servers import free_port  # noqa: E402
 
 BUCKET, PREFIX = "kahn-bench", "archive"
@@ -82,15 +81,7 @@ def main() -> None:
     args = parser.parse_args()
 
     url = bench_database_url("bench_s3_import")
-    archive = PROJECT / ".kahn" / "bench" / f"simulated-{args.runs}x{args.nodes}"
-    if not (archive / "runs").is_dir():
-        from ingest.simulator import archive_synthesize
-
-        print(f"writing the synthetic archive to {archive} ...", flush=True)
-        partial = archive.with_name(archive.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        archive_synthesize(partial, runs=args.runs, nodes=args.nodes)
-        partial.rename(archive)
+    archive = synthetic_archive(args.runs, args.nodes)
 
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
@@ -122,16 +113,11 @@ def main() -> None:
 
 
 def measure(url: str, archive: Path, args: argparse.Namespace) -> None:
-    recreate_database(url)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kahn_site.settings")
-    import django
-
-    django.setup()
+    database_fresh(url)
     from django.core.management import call_command
 
     from tests.bench.bench_import import check_counts, empty_runs
 
-    call_command("migrate", verbosity=0)
     expected = sum(
         (folder / "transitions.jsonl").read_bytes().count(b"\n") for folder in (archive / "runs").iterdir()
     )
