@@ -9,7 +9,7 @@ tenant), answer with an Output serializer. Errors leave in the shape of SPEC sec
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from asgiref.sync import sync_to_async
@@ -58,20 +58,6 @@ class TimestampField(serializers.DateTimeField):
     # None for None, as DRF's own DateTimeField answers (its stubs say str).
     def to_representation(self, value: datetime | None) -> str | None:  # type: ignore[override]
         return timestamp(value)
-
-
-class InstantParameter(serializers.DateTimeField):
-    """An instant in a query. One whose offset takes it past what a date-time can hold in UTC (the
-    first hours of year 1, the last of year 9999) is held at that edge, before or after every run:
-    DRF's own field refuses it as out of range, although the schema's date-time admits it."""
-
-    def enforce_timezone(self, value: datetime) -> datetime:
-        try:
-            return super().enforce_timezone(value)
-        except serializers.ValidationError:
-            if not timezone.is_aware(value) or value.year not in (1, 9999):
-                raise
-            return (datetime.min if value.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 class TextParameter(serializers.RegexField):
@@ -185,8 +171,8 @@ class RunListApi(APIView):
         status = serializers.ChoiceField(choices=selectors.STATUSES, required=False)
         outcome = serializers.ChoiceField(choices=selectors.OUTCOMES, required=False)
         q = TextParameter(required=False, max_length=64, help_text="run id contains (any case)")
-        started_after = InstantParameter(required=False, help_text="started at or after")
-        started_before = InstantParameter(required=False, help_text="started before")
+        started_after = serializers.DateTimeField(required=False, help_text="started at or after")
+        started_before = serializers.DateTimeField(required=False, help_text="started before")
         node = TextParameter(required=False, max_length=200, help_text="runs that have this node")
         failed_node = TextParameter(required=False, max_length=200, help_text="runs where it failed")
         page_size = serializers.IntegerField(

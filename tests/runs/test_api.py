@@ -114,9 +114,6 @@ def test_diagnostic_counts_count_stored_diagnostics(client, imported):
             ["run_inline", "run_dirty", "run_same_ts", "run_crashed", "run_failed"],
         ),
         ("started_before=2026-11-20T11:00:00Z", ["run_flaky", "run_clean"]),
-        # Instants whose offset takes them past year 1 or 9999 in UTC: before or after every run.
-        ("started_before=0001-01-01T00:10:12%2B01:00", []),
-        ("started_after=9999-12-31T23:30:00-01:00", []),
         (
             "started_after=2026-11-20T11:30:00%2B01:00&started_before=2026-11-20T12:00:00.001Z",
             ["run_crashed", "run_failed"],
