@@ -35,8 +35,6 @@ def pooler_port() -> int | None:
     connection of the tests, and of the servers, commands and workers they start, goes through it;
     pytest-django makes and drops the test databases on the server itself, as a pooler cannot.
     """
-    import os
-
     from django.db import connection
 
     value = os.environ.get("TEST_POOLER_PORT", "").strip()
