@@ -4,6 +4,9 @@ PY := $(VENV)/bin/python
 # The PostgreSQL pass of the suite; pytest-django creates and drops `test_<name>` beside it. It
 # leaves to the SQLite pass the tests marked database_agnostic (a server's headers, a command's words).
 TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/kahn
+# ... and reaches them through PgBouncer in transaction pooling mode on this port (.ci/services starts
+# it), as a cloud deployment may (README, "Behind PgBouncer"). `make test TEST_POOLER_PORT=` goes direct.
+TEST_POOLER_PORT ?= 6432
 
 .PHONY: run test install services lint
 
@@ -40,4 +43,5 @@ PARALLEL := --numprocesses auto --maxprocesses 4
 
 test: install services lint
 	$(VENV)/bin/pytest -m "not postgres" $(PARALLEL)
-	DATABASE_URL=$(TEST_POSTGRES_URL) $(VENV)/bin/pytest -m "not database_agnostic" $(PARALLEL)
+	DATABASE_URL=$(TEST_POSTGRES_URL) $(if $(TEST_POOLER_PORT),DATABASE_POOLER=transaction TEST_POOLER_PORT=$(TEST_POOLER_PORT)) \
+		$(VENV)/bin/pytest -m "not database_agnostic" $(PARALLEL)

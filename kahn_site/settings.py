@@ -128,12 +128,28 @@ elif _db["ENGINE"] == "django.db.backends.postgresql":
     _db.setdefault("CONN_HEALTH_CHECKS", True)
 else:
     raise ImproperlyConfigured("DATABASE_URL must be a sqlite:/// or postgres:// URL.")
+# `transaction` when DATABASE_URL leads to a pooler in transaction pooling mode (PgBouncer's
+# `pool_mode = transaction`): each transaction may then run on another server connection, so nothing
+# may outlive one. Everything Scope binds to a connection already is transaction-local (the tenant's
+# setting, the staging tables of COPY, row locks); this turns off the two things that are not.
+DATABASE_POOLER = env.str("DATABASE_POOLER", default="").strip().lower()
+if DATABASE_POOLER not in ("", "transaction"):
+    raise ImproperlyConfigured(
+        "DATABASE_POOLER must be 'transaction' (behind a pooler in transaction mode) or empty, "
+        f"not {DATABASE_POOLER!r}."
+    )
 if _db["ENGINE"] == "django.db.backends.postgresql":
     # The statements every request of a producer makes are bound on the server (kahn_site.rows):
     # psycopg prepares each on a connection after this many uses, so PostgreSQL plans it once per
     # connection, not per request. Django's own cursors bind on the client and are never prepared.
-    # (Behind a pooler in transaction mode, use one that keeps prepared statements per client.)
-    _db.setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
+    # Behind a transaction pooler a statement prepared on one server connection is missing on the
+    # next, so none is prepared (binding on the server still works: its statements are unnamed);
+    # nor does a queryset's `.iterator()` keep a server-side cursor open across transactions.
+    _db.setdefault("OPTIONS", {}).setdefault("prepare_threshold", None if DATABASE_POOLER else 5)
+    if DATABASE_POOLER:
+        _db["DISABLE_SERVER_SIDE_CURSORS"] = True
+elif DATABASE_POOLER:
+    raise ImproperlyConfigured("DATABASE_POOLER is for a postgres:// DATABASE_URL.")
 
 # ---------------------------------------------------------------- Django
 INSTALLED_APPS = [

@@ -2,6 +2,7 @@
 (alice in acme, bob in globex, carol in both). Runs beyond the sample come from the project's own
 simulator (ingest/simulator.py): the suite needs nothing outside the repository."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -21,6 +23,99 @@ from tests.servers import ServerDidNotStart, served
 PROJECT = Path(__file__).resolve().parents[1]
 # The six runs of SPEC section 3, with their edge cases: data in the project, also what `make run` shows.
 SAMPLE_ARCHIVE = PROJECT / "ingest" / "demo_archive"
+
+
+# ---------------------------------------------------------------- PostgreSQL through a pooler
+
+
+def pooler_port() -> int | None:
+    """`TEST_POOLER_PORT`: PgBouncer's port, in transaction pooling mode, in front of the test server.
+
+    Set (`make test` sets it for the PostgreSQL pass, with `DATABASE_POOLER=transaction`), every
+    connection of the tests, and of the servers, commands and workers they start, goes through it;
+    pytest-django makes and drops the test databases on the server itself, as a pooler cannot.
+    """
+    from django.db import connection
+
+    value = os.environ.get("TEST_POOLER_PORT", "").strip()
+    if not value or connection.vendor != "postgresql":
+        return None
+    return int(value)
+
+
+def pooler_admin(*commands: str) -> list[dict[str, Any]]:
+    """Runs commands on the pooler's admin console (PgBouncer's `pgbouncer` database); the rows of
+    the last, each as a dict."""
+    import psycopg
+    from django.db import connection
+    from psycopg.rows import dict_row
+
+    db = connection.settings_dict
+    with psycopg.connect(
+        host=db["HOST"] or "127.0.0.1",
+        port=pooler_port(),
+        user=db["USER"] or "postgres",
+        dbname="pgbouncer",
+        autocommit=True,
+        row_factory=dict_row,
+    ) as admin:
+        rows: list[dict[str, Any]] = []
+        for command in commands:
+            # Without parameters psycopg sends plain text: the admin console knows no other protocol.
+            cursor = admin.execute(command.encode(), prepare=False)
+            rows = cursor.fetchall() if cursor.description else []
+        return rows
+
+
+def other_connections_to_test_database() -> int:
+    """The connections to the test database open now besides this thread's: the server's, or, through
+    a pooler, the pooler's clients (it keeps its own server connections open between clients)."""
+    import socket
+
+    from django.db import connection
+
+    connection.ensure_connection()
+    if pooler_port() is None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return cursor.fetchone()[0]
+    # Our own client is the one whose port is this connection's local port.
+    with socket.socket(fileno=os.dup(connection.connection.pgconn.socket)) as ours:
+        own_port = ours.getsockname()[1]
+    clients = pooler_admin("SHOW CLIENTS")
+    name = connection.settings_dict["NAME"]
+    return sum(1 for client in clients if client["database"] == name and client["port"] != own_port)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def through_the_pooler(request) -> Iterator[None]:
+    """With `TEST_POOLER_PORT`, the test database is reached through the pooler once it is made."""
+    port = pooler_port()
+    if port is None:
+        yield
+        return
+    from django.conf import settings
+    from django.db import connections
+
+    if settings.DATABASE_POOLER != "transaction":
+        pytest.exit("TEST_POOLER_PORT needs DATABASE_POOLER=transaction: the settings a pooler needs", 2)
+    request.getfixturevalue("django_db_setup")
+    default = connections["default"]
+    direct = default.settings_dict["PORT"]
+    name = default.settings_dict["NAME"]
+    default.close()
+    # Shared by the connections of every thread: each connects through the pooler from now on.
+    default.settings_dict["PORT"] = port
+    try:
+        yield
+    finally:
+        default.close()
+        default.settings_dict["PORT"] = direct
+        # The pooler keeps server connections to the test database open; pytest-django drops it next.
+        pooler_admin(f'KILL "{name}"', f'RESUME "{name}"')
 
 
 @pytest.fixture
@@ -42,8 +137,6 @@ def sample_archive(tmp_path: Path) -> Path:
 
 def manage_env(**extra: str) -> dict[str, str]:
     """The environment for a `manage.py` subprocess that works on this test's database."""
-    import os
-
     from django.db import connection
 
     settings_dict = connection.settings_dict
@@ -54,7 +147,12 @@ def manage_env(**extra: str) -> dict[str, str]:
         user = settings_dict["USER"] or "postgres"
         url = f"postgres://{user}@{host}:{port}/{settings_dict['NAME']}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAHN_", "DJANGO_", "DATABASE_"))}
-    return {**env, "DATABASE_URL": url, **extra}
+    env = {**env, "DATABASE_URL": url, **extra}
+    url = env["DATABASE_URL"]
+    # A URL that leads to the pooler (`through_the_pooler`) needs the settings a pooler needs.
+    if url.startswith("postgres") and urlsplit(url).port == (pooler_port() or -1):
+        env.setdefault("DATABASE_POOLER", "transaction")
+    return env
 
 
 def manage(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:

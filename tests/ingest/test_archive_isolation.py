@@ -28,7 +28,7 @@ from ingest import archive as archive_module
 from ingest.archive import archive_import
 from runs.models import Diagnostic, Event, Run
 from runs.services import IMPORT_RETRY_FIRST
-from tests.conftest import PROJECT, manage, manage_env, write_archive_run
+from tests.conftest import PROJECT, manage, manage_env, other_connections_to_test_database, write_archive_run
 from tests.servers import served
 
 pytestmark = pytest.mark.django_db
@@ -312,12 +312,7 @@ def test_chunks_imported_two_at_a_time_each_lose_only_the_run_refused(
     listed = [line.split()[0] for line in out.splitlines() if line.startswith("run_")]
     assert listed == other_runs(archive, "run_hostile"), out
     # Every connection a chunk opened was closed with it.
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        assert cursor.fetchone() == (0,)
+    assert other_connections_to_test_database() == 0
 
 
 @pytest.mark.django_db(transaction=True)

@@ -9,16 +9,10 @@ the machine's Redis can hand them work or take theirs.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-import redis
-from celery import Celery
 from celery.schedules import crontab
 from django.db import connection
 from django.utils import timezone
@@ -30,12 +24,12 @@ from retention.models import RetentionRecord
 from runs.models import Run
 from tenants.context import tenant_scope
 from tenants.models import LOCAL_TENANT_SLUG, Tenant
-from tests.conftest import PROJECT, manage, manage_env
+from tests.conftest import manage, manage_env
 from tests.retention.conftest import rows_of, store_run
+from tests.servers import TASK_TIMEOUT, CeleryWorkers
 from tests.tenants.test_settings import CLOUD_ENV
 
 REDIS_URL = os.environ.get("KAHN_TEST_CELERY_REDIS_URL", "redis://127.0.0.1:6379/11")
-TASK_TIMEOUT = 90
 
 
 def test_the_beat_schedule_names_the_retention_tasks_daily():
@@ -68,80 +62,8 @@ def test_in_cloud_mode_the_broker_and_the_results_are_redis_at_redis_url():
 # ---------------------------------------------------------------- real workers
 
 
-class Workers:
-    """Celery workers in subprocesses, on this test's queue, and a client app that sends them tasks."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.queue = f"kahn-retention-test-{uuid.uuid4().hex[:12]}"
-        self.env = env
-        self.processes: list[subprocess.Popen] = []
-        self.client = Celery("retention-tests", broker=REDIS_URL, backend=REDIS_URL)
-
-    def start(self, count: int = 1) -> list[str]:
-        names = [f"{self.queue}-{n}@test" for n in range(count)]
-        for name in names:
-            self.processes.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "kahn_site",
-                        "worker",
-                        "--pool",
-                        "solo",
-                        "--queues",
-                        self.queue,
-                        "--hostname",
-                        name,
-                        "--without-gossip",
-                        "--without-mingle",
-                        "--loglevel",
-                        "INFO",
-                    ],
-                    cwd=PROJECT,
-                    env=self.env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                )
-            )
-        self._wait_until_ready(names)
-        return names
-
-    def _wait_until_ready(self, names: list[str]) -> None:
-        deadline = time.monotonic() + TASK_TIMEOUT
-        while time.monotonic() < deadline:
-            for process in self.processes:
-                if process.poll() is not None:
-                    pytest.fail(f"a worker exited early:\n{process.stdout.read()}")
-            replies = self.client.control.ping(destination=names, timeout=0.5)
-            if {name for reply in replies for name in reply} >= set(names):
-                return
-        pytest.fail("the workers did not answer a ping in time")
-
-    def send(self, task: str):
-        return self.client.send_task(task, queue=self.queue)
-
-    def stop(self) -> str:
-        logs = []
-        for process in self.processes:
-            process.terminate()
-            try:
-                out, _ = process.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                out, _ = process.communicate()
-            logs.append(out)
-        store = redis.Redis.from_url(REDIS_URL)
-        for key in store.scan_iter(f"*{self.queue}*"):
-            store.delete(key)
-        return "\n".join(logs)
-
-
 @pytest.fixture
-def workers(request, transactional_db) -> Iterator[Workers]:
+def workers(request, transactional_db) -> Iterator[CeleryWorkers]:
     env = manage_env(KAHN_MODE="oss", REDIS_URL=REDIS_URL)
     if connection.vendor == "postgresql":
         # As the service role, which owns nothing and is held to row-level security.
@@ -149,7 +71,7 @@ def workers(request, transactional_db) -> Iterator[Workers]:
         db = connection.settings_dict
         host, port = db["HOST"] or "127.0.0.1", db["PORT"] or 5432
         env["DATABASE_URL"] = f"postgres://{role}@{host}:{port}/{db['NAME']}"
-    pool = Workers(env)
+    pool = CeleryWorkers(env, REDIS_URL, queue="kahn-retention-test")
     try:
         yield pool
     finally:

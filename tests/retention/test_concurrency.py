@@ -64,18 +64,18 @@ def test_a_run_another_transaction_holds_is_skipped_not_waited_for(transactional
         # Another worker's batch (or a producer's write) holding the run's row.
         other.execute("BEGIN")
         other.execute("SELECT id FROM runs_run WHERE id = %s FOR UPDATE", [held.pk])
-        with connection.cursor() as cursor:
-            # Were the job to wait for the lock, it would fail here instead of hanging the suite.
-            cursor.execute("SET lock_timeout = '5s'")
-        outcome = retention_soft_delete_expired(tenant=local_tenant, actor="job", now=T0)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                # Were the job to wait for the lock, it would fail here instead of hanging the suite.
+                # Local to a transaction around the job, as any setting must be behind a pooler.
+                cursor.execute("SET LOCAL lock_timeout = '5s'")
+            outcome = retention_soft_delete_expired(tenant=local_tenant, actor="job", now=T0)
         assert [r.run_id for r in outcome.records] == ["free"]
         other.execute("ROLLBACK")
         outcome = retention_soft_delete_expired(tenant=local_tenant, actor="job", now=T0)
         assert [r.run_id for r in outcome.records] == ["held"]
     finally:
         other.close()
-        with connection.cursor() as cursor:
-            cursor.execute("RESET lock_timeout")
 
 
 def test_two_jobs_at_once_act_on_every_run_exactly_once(service_role, transactional_db):

@@ -100,10 +100,12 @@ def test_serve_no_follow_leaves_the_archive_alone(local_tenant, tmp_path):
 # ---------------------------------------------------------------- the resume property
 
 
-async def resume_property(url: str, run_id: str, *, key: str | None = None, seed: int) -> None:
-    """A producer POSTs 2,000 events in batches of random sizes while six clients connect at random
-    moments, drop their socket (closed or cut) at random points and resume with `after_seq`: each
-    ends with seqs 0..1999, each once."""
+async def resume_property(
+    url: str, run_id: str, *, key: str | None = None, seed: int, producer_url: str | None = None
+) -> None:
+    """A producer POSTs 2,000 events in batches of random sizes (to `producer_url`, another replica,
+    when given) while six clients connect at random moments, drop their socket (closed or cut) at
+    random points and resume with `after_seq`: each ends with seqs 0..1999, each once."""
     total, rng = 2000, random.Random(seed)
 
     async def producer() -> None:
@@ -111,7 +113,7 @@ async def resume_property(url: str, run_id: str, *, key: str | None = None, seed
         while sent < total:
             size = min(rng.randint(1, 60), total - sent)
             batch = [event(seq, run_id) for seq in range(sent, sent + size)]
-            await asyncio.to_thread(post_events, url, run_id, batch, key=key, first_seq=sent)
+            await asyncio.to_thread(post_events, producer_url or url, run_id, batch, key=key, first_seq=sent)
             sent += size
             await asyncio.sleep(rng.uniform(0, 0.004))
 
