@@ -20,7 +20,7 @@ from django.core.management.base import CommandError
 from django.db import connection
 
 from tenants.services import api_key_create
-from tests.conftest import scope_server, world_build
+from tests.conftest import pooler_admin, pooler_port, scope_server, world_build
 from tests.runs.live_client import LiveClient
 from tests.runs.test_live_socket import event
 from tests.servers import free_port
@@ -34,8 +34,13 @@ def test_http_workers_are_for_cloud_mode_only():
 
 
 def connections_of(role: str) -> int:
-    """The connections `role` holds to the test database now, seen from a connection of our own."""
+    """The connections `role` holds to the test database now, seen from a connection of our own:
+    the server's, or, through a pooler, the pooler's clients (its server connections outlive the
+    clients they served, and serve other tests' servers of the same role)."""
     db = connection.settings_dict
+    if pooler_port() is not None:
+        clients = pooler_admin("SHOW CLIENTS")
+        return sum(1 for client in clients if client["user"] == role and client["database"] == db["NAME"])
     url = (
         f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
     )
