@@ -55,6 +55,15 @@ def _parse(raw: bytes) -> tuple[int, dict[str, str], bytes, bool]:
     return int(status_line.split()[1]), headers, body, continued
 
 
+def _only_interim(raw: bytes) -> bool:
+    """Whether what came so far is "100 Continue" alone (complete or not): no answer yet."""
+    while raw.startswith(b"HTTP/1.1 100"):
+        _head, found, raw = raw.partition(b"\r\n\r\n")
+        if not found:
+            return True
+    return not raw
+
+
 def send(
     url: str,
     method: str,
@@ -96,6 +105,8 @@ def send(
                     data = b""
                 received += data
                 closed = not data
+                if not closed and _only_interim(received):
+                    continue  # invited to send the body: it goes on
                 # The server has answered: the rest of the body is not wanted (or it is closed).
                 sending = sending and hostile and not closed
                 continue
