@@ -2,6 +2,7 @@
 clean one, and gone once revoked."""
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.conftest import ARTIFACTS
 from tests.conftest import manage_env, scope_server
@@ -29,7 +30,9 @@ def make_badge(page, server_url: str, pattern: str) -> str:
 
 def drawn_status_colour(page) -> tuple[int, int, int]:
     """The colour of the badge preview's status half, as drawn: the image's pixels through a canvas."""
-    page.wait_for_function("document.querySelector('.badge-preview img').complete")
+    # Not wait_for_function: its polling compiles the expression in the page, which the policy's
+    # script-src (no 'unsafe-eval') refuses whenever the first look finds the image still loading.
+    expect(page.locator(".badge-preview img")).to_have_js_property("complete", True)
     rgba = page.evaluate(
         """() => {
             const img = document.querySelector('.badge-preview img');
