@@ -338,16 +338,11 @@ def world(db) -> World:
     return world_build()
 
 
-def run_record(tenant: Tenant, run_id: str, *, ok: bool = True) -> None:
-    """Stores a small complete run (one node, `build`; six events; one diagnostic) for `tenant`,
-    through the one write path."""
-    import orjson
-
-    from runs.services import RunBatch
-    from tenants.context import tenant_atomic
-
+def small_run_events(run_id: str, *, ok: bool = True) -> list[dict[str, Any]]:
+    """A small complete run: one node, `build`, that succeeds or fails at its only attempt; six
+    events, one of a kind this version does not know."""
     ts = "2026-11-20T10:00:00.000Z"
-    events = [
+    return [
         {
             "ts": ts,
             "event": "run_start",
@@ -376,6 +371,17 @@ def run_record(tenant: Tenant, run_id: str, *, ok: bool = True) -> None:
         {"ts": ts, "event": "producer_note", "text": "cache warm"},
         {"ts": "2026-11-20T10:00:02.000Z", "event": "run_end", "exit_code": 0 if ok else 1},
     ]
+
+
+def run_record(tenant: Tenant, run_id: str, *, ok: bool = True) -> None:
+    """Stores a small complete run (`small_run_events`; one diagnostic) for `tenant`, through the
+    one write path."""
+    import orjson
+
+    from runs.services import RunBatch
+    from tenants.context import tenant_atomic
+
+    events = small_run_events(run_id, ok=ok)
     with tenant_atomic(tenant):
         batch = RunBatch(tenant=tenant)
         change = batch.open([run_id])[run_id]

@@ -38,7 +38,7 @@ from tenants.models import Tenant
 from tenants.services import api_key_create
 from tests.alerts.receiver import webhook_receiver
 from tests.alerts.test_delivery import verified
-from tests.conftest import World, scope_server
+from tests.conftest import World, scope_server, small_run_events
 from tests.ingest.test_rate_limits_replicas import Producer
 from tests.retention.conftest import store_run
 from tests.runs.live_client import post_events
@@ -227,30 +227,6 @@ def test_retention_sent_twice_at_once_to_two_workers_acts_on_each_run_once(every
     )
 
 
-def failing_run(run_id: str) -> list[dict]:
-    ts = "2026-11-20T10:00:00.000Z"
-    return [
-        {
-            "ts": ts,
-            "event": "run_start",
-            "run_id": run_id,
-            "graph": {"version": 1, "nodes": [{"id": "build", "deps": []}]},
-        },
-        {"ts": ts, "event": "transition", "node": "build", "from": "pending", "to": "running", "attempt": 1},
-        {
-            "ts": ts,
-            "event": "node_attempt",
-            "node": "build",
-            "attempt": 1,
-            "ok": False,
-            "duration_s": 1.0,
-            "exit_code": 1,
-        },
-        {"ts": ts, "event": "transition", "node": "build", "from": "running", "to": "failed", "attempt": 1},
-        {"ts": ts, "event": "run_end", "exit_code": 1},
-    ]
-
-
 def test_a_failing_run_posted_to_both_replicas_is_notified_once_and_delivered_once(
     everything, world, acme_key, settings
 ):
@@ -260,7 +236,7 @@ def test_a_failing_run_posted_to_both_replicas_is_notified_once_and_delivered_on
     with webhook_receiver() as receiver:
         spec = RuleSpec(name="failures", condition="run_failed", channel_kind="webhook", url=receiver.url)
         _rule, secret = rule_create(tenant=world.acme, spec=spec)
-        events = failing_run("nightly")
+        events = small_run_events("nightly", ok=False)
         with ThreadPoolExecutor(4) as pool:
             receipts = list(
                 pool.map(
